@@ -1,0 +1,1 @@
+"""Data stage: dataset readers, the paper's protocol, synthetic tiles and the LightningDataModule."""

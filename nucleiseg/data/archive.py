@@ -1,0 +1,46 @@
+"""Open a dataset given as a folder or as the zip archive the user downloaded."""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from nucleiseg.errors import DatasetLayoutError
+
+
+@contextmanager
+def dataset_folder(root: str | Path) -> Iterator[Path]:
+    """Yield a folder for ``root``: the folder itself, or a zip safely extracted to a temporary folder."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: dataset root not found")
+    if root.is_dir():
+        yield root
+        return
+    if not zipfile.is_zipfile(root):
+        raise DatasetLayoutError(f"{root}: expected a dataset folder or the .zip archive of one")
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-") as scratch, zipfile.ZipFile(root) as archive:
+        target = Path(scratch).resolve()
+        for member in archive.infolist():
+            destination = (target / member.filename).resolve()
+            if not destination.is_relative_to(target):  # zip-slip: "../" or absolute member names
+                raise DatasetLayoutError(f"{root}: archive member {member.filename!r} points outside the archive")
+        try:
+            archive.extractall(target)
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise DatasetLayoutError(f"{root}: the archive is damaged ({error}); download it again") from None
+        yield target
+
+
+def find_layout_root(folder: Path, is_root, max_depth: int = 3) -> Path | None:
+    """Return ``folder`` or the shallowest sub-folder (breadth first, sorted) for which ``is_root`` holds."""
+    level = [folder]
+    for _ in range(max_depth + 1):
+        for candidate in level:
+            if is_root(candidate):
+                return candidate
+        level = sorted(p for parent in level for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return None

@@ -1,0 +1,210 @@
+"""Build the processed dataset of the paper's protocol: split, resize, augment, write, with a manifest.
+
+Output folder ``PREPARED_ROOT/NAME-CONFIGHASH/``::
+
+    manifest.json            sources per split, seed, config, counts, content hash
+    train/images.npy         uint8  N x S x S x 3
+    train/masks.npy          int32  N x S x S instance labels
+    val/..., test/...
+
+The folder is written under a temporary name and renamed at the end, so an interrupted or failed run never
+leaves a half-written dataset; an existing folder is reused (same config = same folder) unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucleiseg.data.archive import dataset_folder
+from nucleiseg.data.monuseg import find_monuseg
+from nucleiseg.data.source import SourceImage
+from nucleiseg.data.split import SPLIT_MODES, carve_validation, split_by_patient, split_paper
+from nucleiseg.data.synthetic import SyntheticSpec, synthetic_sources
+from nucleiseg.data.tnbc import find_tnbc
+from nucleiseg.data.transforms import augment_pair, resize_pair
+from nucleiseg.errors import ConfigError
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
+FORMAT_VERSION = 1
+
+
+def _plain(config: Any) -> Any:
+    """A DictConfig or mapping as plain, JSON-serialisable Python objects."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(config):
+            return OmegaConf.to_container(config, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(config, Mapping):
+        return {k: _plain(v) for k, v in config.items()}
+    if isinstance(config, list | tuple):
+        return [_plain(v) for v in config]
+    return config
+
+
+def config_hash(config: Mapping) -> str:
+    """SHA-256 of a config's canonical JSON."""
+    return hashlib.sha256(json.dumps(_plain(config), sort_keys=True).encode()).hexdigest()
+
+
+def collect_sources(sources_cfg: Mapping, stack: ExitStack) -> dict[str, list[SourceImage]]:
+    """Read every configured dataset: ``{"tnbc": [...], "monuseg": [...]}`` (zips are opened inside ``stack``)."""
+    collected: dict[str, list[SourceImage]] = {}
+    for key, cfg in sources_cfg.items():
+        if cfg is None:
+            continue
+        if key == "tnbc":
+            collected["tnbc"] = find_tnbc(stack.enter_context(dataset_folder(cfg["root"])))
+        elif key == "monuseg":
+            collected["monuseg"] = find_monuseg(stack.enter_context(dataset_folder(cfg["root"])), cfg.get("mask_dir"))
+        elif key == "synthetic":
+            spec = SyntheticSpec(height=cfg["tile_size"], width=cfg["tile_size"], n_nuclei=cfg["n_nuclei"])
+            collected["tnbc"] = synthetic_sources("tnbc", list(cfg["tnbc_images_per_slide"]), spec, cfg["seed"])
+            collected["monuseg"] = synthetic_sources("monuseg", [1] * cfg["monuseg_images"], spec, cfg["seed"])
+        else:
+            raise ConfigError(f"data.sources.{key}: unknown dataset; expected tnbc, monuseg or synthetic")
+    return collected
+
+
+def plan_splits(sources: dict[str, list[SourceImage]], protocol: Mapping) -> dict[str, list[SourceImage]]:
+    """Assign source images to train/val/test following ``protocol`` (see conf/data/paper.yaml)."""
+    mode = protocol["split"]
+    if mode not in SPLIT_MODES:
+        raise ConfigError(f"data.protocol.split={mode!r}: expected one of {SPLIT_MODES}")
+    test_dataset = protocol["test_dataset"]
+    if test_dataset not in sources:
+        raise ConfigError(f"data.protocol.test_dataset={test_dataset!r}: no such dataset among {sorted(sources)}")
+    splitter = split_paper if mode == "paper" else split_by_patient
+    pool, test = splitter(sources[test_dataset], protocol["n_test"], protocol["seed"])
+    for name, dataset in sources.items():
+        if name != test_dataset:
+            pool = dataset + pool  # MoNuSeg first, as in the paper's training list
+    train, val = carve_validation(pool, protocol["val_fraction"], protocol["seed"], by_patient=mode == "by_patient")
+    return {"train": train, "val": val, "test": test}
+
+
+def _file_sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None  # synthetic sources have no file
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _augmentations(split: str, protocol: Mapping) -> list[str]:
+    if split == "test" or (split == "val" and not protocol["augment_val"]):
+        return ["identity"]
+    names = list(protocol["augment"])
+    return (["identity"] + names) if protocol["include_originals"] or not names else names
+
+
+def _write_split(folder: Path, split: str, sources: list[SourceImage], protocol: Mapping) -> list[dict]:
+    size = protocol["image_size"]
+    augmentations = _augmentations(split, protocol)
+    n = len(sources) * len(augmentations)
+    folder.mkdir(parents=True)
+    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    masks = np.lib.format.open_memmap(folder / "masks.npy", mode="w+", dtype=np.int32, shape=(n, size, size))
+    records, index = [], 0
+    for source in sources:
+        image, mask = resize_pair(*source.load(), size)
+        for augmentation in augmentations:
+            images[index], masks[index] = augment_pair(image, mask, augmentation)
+            records.append({
+                "index": index, "source_id": source.source_id, "dataset": source.dataset,
+                "patient": source.patient, "augmentation": augmentation,
+                "n_nuclei": int(len(np.unique(masks[index])) - 1),
+            })
+            index += 1
+    images.flush()
+    masks.flush()
+    del images, masks
+    return records
+
+
+def _content_hash(folder: Path, records: dict[str, list[dict]]) -> str:
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode())
+    for split in SPLITS:
+        for array in ("images.npy", "masks.npy"):
+            digest.update(np.load(folder / split / array, mmap_mode="r").tobytes())
+    return digest.hexdigest()
+
+
+def prepared_path(data_cfg: Mapping) -> Path:
+    """Folder the processed dataset of ``data_cfg`` lives in: ``prepared_root/name-confighash``."""
+    key = {"sources": data_cfg["sources"], "protocol": data_cfg["protocol"], "format": FORMAT_VERSION}
+    return Path(data_cfg["prepared_root"]).expanduser() / f"{data_cfg['name']}-{config_hash(key)[:10]}"
+
+
+def prepare_dataset(data_cfg: Mapping, overwrite: bool = False, log=print) -> Path:
+    """Build (or reuse) the processed dataset described by ``data_cfg``; return its folder."""
+    target = prepared_path(data_cfg)
+    if (target / MANIFEST).is_file() and not overwrite:
+        log(f"reusing prepared dataset {target}")
+        return target
+    protocol = _plain(data_cfg["protocol"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        with ExitStack() as stack:
+            sources = collect_sources(data_cfg["sources"], stack)
+            splits = plan_splits(sources, protocol)
+            records = {}
+            for split in SPLITS:
+                log(f"preparing {split}: {len(splits[split])} source images")
+                records[split] = _write_split(scratch / split, split, splits[split], protocol)
+                for source, record_group in zip(splits[split], _group(records[split]), strict=True):
+                    for record in record_group:
+                        record["image_file"] = str(source.image_path)
+                        record["annotation_file"] = str(source.annotation_path)
+                        record["image_sha256"] = _file_sha256(source.image_path)
+                        record["annotation_sha256"] = _file_sha256(source.annotation_path)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": data_cfg["name"],
+            "seed": protocol["seed"],
+            "config": {"sources": _plain(data_cfg["sources"]), "protocol": protocol},
+            "counts": {s: len(records[s]) for s in SPLITS},
+            "source_images": {s: sorted({r["source_id"] for r in records[s]}) for s in SPLITS},
+            "splits": records,
+        }
+        manifest["content_hash"] = _content_hash(scratch, records)
+        (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if target.exists():  # only reached with overwrite=True
+            shutil.rmtree(target)
+        os.replace(scratch, target)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    log(f"prepared {target}: " + ", ".join(f"{s} {len(records[s])}" for s in SPLITS))
+    return target
+
+
+def _group(records: list[dict]) -> list[list[dict]]:
+    """Group consecutive records of one source image (its augmented copies)."""
+    groups: list[list[dict]] = []
+    for record in records:
+        if groups and groups[-1][0]["source_id"] == record["source_id"]:
+            groups[-1].append(record)
+        else:
+            groups.append([record])
+    return groups
+
+
+def load_manifest(folder: str | Path) -> dict:
+    """Read ``manifest.json`` of a prepared dataset folder."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; run `nucleiseg data prepare` to build the dataset first")
+    return json.loads(path.read_text())
