@@ -1,0 +1,73 @@
+"""Online augmentation beyond the paper, applied to whole batches on the training device with kornia.
+
+Geometric transforms (flips, rotation, elastic) move image and instance mask together; colour transforms
+(brightness/contrast/saturation/hue jitter and haematoxylin-eosin-DAB jitter) touch the image only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import kornia.augmentation as K
+import torch
+from skimage.color import hed_from_rgb, rgb_from_hed
+from torch import nn
+
+_HED_FROM_RGB = torch.tensor(hed_from_rgb, dtype=torch.float32)
+_RGB_FROM_HED = torch.tensor(rgb_from_hed, dtype=torch.float32)
+
+
+class RandomHEDJitter(nn.Module):
+    """Random scale and shift of each stain channel in HED space (Tellez et al., 2018).
+
+    kornia has no stain-space augmentation, so this is our own: RGB -> optical density -> HED with
+    scikit-image's colour-deconvolution matrices, perturb, and back. Images are ``float32 Bx3xHxW`` in [0, 1].
+    """
+
+    def __init__(self, sigma: float = 0.05, p: float = 0.5) -> None:
+        super().__init__()
+        self.sigma, self.p = sigma, p
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        batch = image.shape[0]
+        apply = torch.rand(batch, 1, 1, 1, device=image.device) < self.p
+        optical_density = -torch.log(image.clamp_min(1e-6)).permute(0, 2, 3, 1)  # B H W 3
+        stains = optical_density @ _HED_FROM_RGB.to(image)
+        alpha = 1 + (torch.rand(batch, 1, 1, 3, device=image.device) * 2 - 1) * self.sigma
+        beta = (torch.rand(batch, 1, 1, 3, device=image.device) * 2 - 1) * self.sigma
+        jittered = torch.exp(-((stains * alpha + beta) @ _RGB_FROM_HED.to(image))).permute(0, 3, 1, 2)
+        return torch.where(apply, jittered.clamp(0, 1), image)
+
+
+class OnlineAugment(nn.Module):
+    """Batch augmentation configured by ``data.online_augment`` (probabilities; 0 turns a transform off)."""
+
+    def __init__(self, cfg: Mapping) -> None:
+        super().__init__()
+        geometric = []
+        if cfg.get("hflip", 0):
+            geometric.append(K.RandomHorizontalFlip(p=cfg["hflip"]))
+        if cfg.get("vflip", 0):
+            geometric.append(K.RandomVerticalFlip(p=cfg["vflip"]))
+        if cfg.get("rotate", 0):
+            geometric.append(K.RandomRotation(degrees=cfg.get("rotate_degrees", 180.0), p=cfg["rotate"]))
+        if cfg.get("elastic", 0):
+            geometric.append(K.RandomElasticTransform(p=cfg["elastic"]))
+        self.geometric = K.AugmentationSequential(*geometric, data_keys=["input", "mask"]) if geometric else None
+        colour = []
+        if cfg.get("colour_jitter", 0):
+            colour.append(K.ColorJiggle(0.1, 0.1, 0.1, 0.02, p=cfg["colour_jitter"]))
+        self.colour = K.AugmentationSequential(*colour, data_keys=["input"]) if colour else None
+        self.hed = RandomHEDJitter(cfg.get("hed_sigma", 0.05), cfg["hed_jitter"]) if cfg.get("hed_jitter", 0) else None
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``image float32 Bx3xHxW`` in [0, 1], ``mask int32 BxHxW`` labels -> the same, augmented."""
+        if self.geometric is not None:
+            image, mask_float = self.geometric(image, mask[:, None].float())
+            mask = mask_float[:, 0].round().to(torch.int32)
+        if self.colour is not None:
+            image = self.colour(image)
+        if self.hed is not None:
+            image = self.hed(image)
+        return image.clamp(0, 1), mask

@@ -1,0 +1,38 @@
+"""The paper's loss (section III-C, equations 1-3): binary cross-entropy plus Dice loss with smooth 1.
+
+    BCE  = -mean(y log p + (1 - y) log(1 - p))
+    Dice = (2 sum(y p) + smooth) / (sum(y) + sum(p) + smooth)
+    L    = BCE + (1 - Dice)
+
+over all pixels of the batch, with p = sigmoid(logits). BCE is torch's (computed from logits, numerically
+stable). The Dice term is written out because smp's DiceLoss sets the loss to 0 when a batch has no nucleus
+pixel, where equation 2 gives 1 - smooth / (sum(p) + smooth): that would silently stop penalising false
+positives on empty tiles.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """``1 - Dice`` over the whole batch; ``logits`` and ``target`` (0/1) share a shape."""
+    probabilities = torch.sigmoid(logits.float()).flatten()
+    target = target.float().flatten()
+    intersection = (probabilities * target).sum()
+    return 1.0 - (2.0 * intersection + smooth) / (probabilities.sum() + target.sum() + smooth)
+
+
+class BCEDiceLoss(nn.Module):
+    """``BCE + Dice loss`` of the paper; returns the total and its two parts."""
+
+    def __init__(self, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        dice = dice_loss(logits, target, self.smooth)
+        return {"loss": bce + dice, "bce": bce, "dice_loss": dice}

@@ -1,0 +1,1 @@
+"""Metrics: pixel-level (torchmetrics) and, later, instance-level."""

@@ -1,0 +1,51 @@
+"""Where MLflow data lives and what each run records.
+
+Default: an embedded SQLite store (``mlflow.db``) and an artifact folder (``mlartifacts/``) in the project
+root; no server. ``MLFLOW_TRACKING_URI`` (or ``logger.tracking_uri``) points runs at a team server instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """Make a relative ``sqlite:///`` path absolute, so every job of a sweep writes to the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).expanduser().resolve())
+    return uri
+
+
+def resolve_artifact_location(location: str | None) -> str | None:
+    """Absolute ``file:`` URI for a local artifact folder; other URIs (s3://, mlflow-artifacts:) unchanged."""
+    if location is None or "://" in location or location.startswith("mlflow-artifacts:"):
+        return location
+    return Path(location).expanduser().resolve().as_uri()
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become their string form (MLflow params are strings)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_commit(folder: str | Path = ".") -> str:
+    """Commit hash of the code being run (with ``-dirty`` when there are uncommitted changes), or ``unknown``."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -1,0 +1,15 @@
+"""Train the paper's models: ``python train.py [-m] [overrides]`` (see README.md and conf/config.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig):
+    from nucleiseg.train import main as train_main  # deferred: `python train.py --help` stays instant
+
+    return train_main(cfg)
+
+
+if __name__ == "__main__":
+    main()
