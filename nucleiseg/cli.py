@@ -1,0 +1,87 @@
+"""The ``nucleiseg`` command. Subcommands import their modules only when run, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    from nucleiseg.data.inspect import inspect_dataset
+
+    summary = inspect_dataset(args.dataset, args.root, args.mask_dir)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"{summary['dataset']} at {summary['root']}: {summary['n_images']} images, {summary['n_masks']} masks, "
+              f"{summary['n_patients']} patients, sizes {summary['sizes']}, {summary['n_nuclei']} nuclei")
+    return 0
+
+
+def _data_download(args: argparse.Namespace) -> int:
+    from nucleiseg.data.download import download
+
+    def progress(done: int, total: int | None) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""), end="", file=sys.stderr)
+
+    folder = download(args.dataset, args.to, timeout=args.timeout, progress=progress)
+    print(f"\n{args.dataset}: verified and unpacked in {folder}")
+    return 0
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from nucleiseg.config import compose
+    from nucleiseg.data.prepare import load_manifest, prepare_dataset
+
+    cfg = compose(args.overrides)
+    folder = prepare_dataset(cfg.data, overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr))
+    manifest = load_manifest(folder)
+    print(json.dumps({"folder": str(folder), "counts": manifest["counts"],
+                      "content_hash": manifest["content_hash"]}, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nucleiseg", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="download, inspect and prepare the datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_commands.add_parser("inspect", help="summarise a raw dataset (counts, sizes, nuclei)")
+    inspect.add_argument("dataset", choices=["tnbc", "monuseg"])
+    inspect.add_argument("root", help="dataset folder or its downloaded .zip")
+    inspect.add_argument("--mask-dir", default=None, help="MoNuSeg: mask PNGs for images without XML")
+    inspect.add_argument("--json", action="store_true", help="print the full JSON summary")
+    inspect.set_defaults(handler=_data_inspect)
+
+    download = data_commands.add_parser("download", help="download with checksum verification and resume")
+    download.add_argument("dataset", choices=["tnbc", "monuseg", "monuseg-test"])
+    download.add_argument("--to", required=True, help="folder to download into (e.g. data)")
+    download.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds")
+    download.set_defaults(handler=_data_download)
+
+    prepare = data_commands.add_parser("prepare", help="build the processed dataset of a data config")
+    prepare.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (data=paper ...)")
+    prepare.add_argument("--overwrite", action="store_true", help="rebuild even if the prepared folder exists")
+    prepare.set_defaults(handler=_data_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from nucleiseg.errors import NucleisegError
+
+    try:
+        return args.handler(args)
+    except (NucleisegError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

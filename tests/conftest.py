@@ -1,0 +1,110 @@
+"""Shared fixtures: synthetic datasets written in the published TNBC/MoNuSeg layouts, composed configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.measure import find_contours
+
+from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_tnbc(root: Path, images_per_slide=(3, 2, 2), size: int = 64, seed: int = 0) -> Path:
+    """A TNBC-layout folder: ``Slide_XX/XX_K.png`` (RGBA like the release) and ``GT_XX/XX_K.png`` {0,255}."""
+    for slide, count in enumerate(images_per_slide, start=1):
+        (root / f"Slide_{slide:02d}").mkdir(parents=True)
+        (root / f"GT_{slide:02d}").mkdir(parents=True)
+        for k in range(1, count + 1):
+            image, mask = synthetic_tile(SyntheticSpec(size, size, n_nuclei=6), seed + slide * 10 + k)
+            rgba = np.concatenate([image, np.full((size, size, 1), 255, np.uint8)], axis=-1)
+            Image.fromarray(rgba).save(root / f"Slide_{slide:02d}" / f"{slide:02d}_{k}.png")
+            Image.fromarray(((mask > 0) * 255).astype(np.uint8)).save(root / f"GT_{slide:02d}" / f"{slide:02d}_{k}.png")
+    return root
+
+
+def region_xml(polygons: list[np.ndarray], ids: list[str] | None = None) -> str:
+    """Aperio ImageScope XML with one Region per polygon (``Nx2`` arrays of x, y)."""
+    regions = []
+    for index, polygon in enumerate(polygons):
+        region_id = ids[index] if ids else str(index + 1)
+        vertices = "".join(f'<Vertex X="{x:.2f}" Y="{y:.2f}"/>' for x, y in polygon)
+        regions.append(f'<Region Id="{region_id}" Type="0"><Attributes/><Vertices>{vertices}</Vertices></Region>')
+    return ('<Annotations MicronsPerPixel="0.25"><Annotation Id="1"><Regions>'
+            + "".join(regions) + "</Regions></Annotation></Annotations>")
+
+
+def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """Outline of each instance as an ``Nx2`` (x, y) polygon."""
+    polygons = []
+    for label in range(1, mask.max() + 1):
+        contours = find_contours(np.pad(mask == label, 1).astype(float), 0.5)
+        if contours:
+            longest = max(contours, key=len) - 1  # undo the padding
+            polygons.append(longest[:, ::-1])
+    return polygons
+
+
+def write_monuseg(root: Path, n_images: int = 4, size: int = 80, seed: int = 100,
+                  tissue: str = "Tissue Images", annotations: str = "Annotations") -> Path:
+    """A MoNuSeg training-release folder: ``Tissue Images/TCGA-*.tif`` + ``Annotations/TCGA-*.xml``."""
+    (root / tissue).mkdir(parents=True)
+    (root / annotations).mkdir(parents=True)
+    for index in range(n_images):
+        image, mask = synthetic_tile(SyntheticSpec(size, size, n_nuclei=5, touching_fraction=0.0), seed + index)
+        name = f"TCGA-{10 + index:02d}-{1000 + index}-01Z-00-DX1"
+        Image.fromarray(image).save(root / tissue / f"{name}.tif", compression="tiff_lzw")
+        (root / annotations / f"{name}.xml").write_text(region_xml(mask_polygons(mask)))
+    return root
+
+
+@pytest.fixture
+def tnbc_root(tmp_path: Path) -> Path:
+    return write_tnbc(tmp_path / "tnbc")
+
+
+@pytest.fixture
+def monuseg_root(tmp_path: Path) -> Path:
+    return write_monuseg(tmp_path / "MoNuSeg 2018 Training Data")
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One MLflow SQLite store for the whole session (creating one costs seconds); tests use their own study."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def train_overrides(tmp_path: Path, tracking_uri: str) -> list[str]:
+    """Overrides for a fast CPU run on synthetic data, all outputs under ``tmp_path``."""
+    return [
+        "experiment=quickstart",
+        f"paths.root_dir={tmp_path}",
+        f"logger.tracking_uri={tracking_uri}",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "data.sources.synthetic.tile_size=48",
+        "data.protocol.image_size=32",
+        "logger.overlays=1",
+        "progress_bar=none",
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a developer's MLFLOW_TRACKING_URI must never receive test runs
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def requires_shared_data(*parts: str):
+    path = SHARED_DATA.joinpath(*parts)
+    return pytest.mark.skipif(not path.exists(), reason=f"real dataset copy {path} is absent (dev machines only)")
+
+
+os.environ.setdefault("NUCLEISEG_CONF", str(REPO / "conf"))

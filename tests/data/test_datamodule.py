@@ -1,0 +1,42 @@
+import torch
+
+from nucleiseg.config import compose
+from nucleiseg.data.datamodule import NucleiDataModule
+from nucleiseg.data.online_augment import OnlineAugment, RandomHEDJitter
+
+
+def test_datamodule_serves_cached_batches(tmp_path):
+    cfg = compose(["data=synthetic", f"paths.root_dir={tmp_path}", "data.protocol.image_size=32",
+                   "data.sources.synthetic.tile_size=48"])
+    module = NucleiDataModule(cfg.data)
+    module.prepare_data()
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (3, 3, 32, 32)
+    assert batch["mask"].dtype == torch.int32 and batch["mask"].shape == (3, 32, 32)
+    moved = module.on_after_batch_transfer(batch, 0)
+    assert moved["image"].dtype == torch.float32 and 0.0 <= moved["image"].min() and moved["image"].max() <= 1.0
+    assert len(module.splits["train"]) == 30 and len(module.splits["val"]) == 6
+    module.setup("test")
+    assert len(module.test_dataloader().dataset) == 6
+
+
+def test_online_augmentation_moves_mask_with_image():
+    image = torch.zeros(2, 3, 16, 16)
+    image[:, :, 2:6, 1:4] = 1.0
+    mask = (image[:, 0] > 0).to(torch.int32) * 3
+    augment = OnlineAugment({"hflip": 1.0, "vflip": 0.0})
+    out_image, out_mask = augment(image, mask)
+    assert torch.equal(out_image, image.flip(-1))
+    assert torch.equal(out_mask, mask.flip(-1)) and out_mask.dtype == torch.int32
+    rotated_image, rotated_mask = OnlineAugment({"rotate": 1.0, "rotate_degrees": 90.0})(image, mask)
+    assert torch.equal((rotated_image[:, 0] > 0.5), rotated_mask > 0)
+
+
+def test_hed_jitter_changes_stain_but_not_range():
+    torch.manual_seed(0)
+    image = torch.rand(4, 3, 8, 8) * 0.8 + 0.1
+    jittered = RandomHEDJitter(sigma=0.1, p=1.0)(image)
+    assert jittered.shape == image.shape and 0 <= jittered.min() and jittered.max() <= 1
+    assert not torch.allclose(jittered, image)
+    assert torch.allclose(RandomHEDJitter(sigma=0.0, p=1.0)(image), image, atol=1e-4)  # HED round trip
