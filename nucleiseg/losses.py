@@ -5,9 +5,11 @@
     L    = BCE + (1 - Dice)
 
 over all pixels of the batch, with p = sigmoid(logits). BCE is torch's (computed from logits, numerically
-stable). The Dice term is written out because smp's DiceLoss sets the loss to 0 when a batch has no nucleus
-pixel, where equation 2 gives 1 - smooth / (sum(p) + smooth): that would silently stop penalising false
-positives on empty tiles.
+stable). The Dice term is written out rather than taken from segmentation-models-pytorch because smp's
+DiceLoss differs from equation 2 in two ways: (1) since smp 0.5 it computes Dice through the Tversky form
+(I + s) / (I + FP/2 + FN/2 + s) = (2I + 2s) / (sum(y) + sum(p) + 2s), so its ``smooth=1`` is the paper's
+smooth 2; (2) it sets the loss to 0 when a batch has no nucleus pixel, where equation 2 gives
+1 - smooth / (sum(p) + smooth), silently ceasing to penalise false positives on empty tiles.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -43,19 +44,38 @@ from nucleiseg.writing import write_json_atomic
 log = logging.getLogger(__name__)
 
 # Keys that do not change what a run computes: excluded from its identity (name and config hash).
-VOLATILE_KEYS = ("resume", "skip_finished", "paths", "progress_bar", "logger", "hydra")
+VOLATILE_KEYS = ("resume", "skip_finished", "paths", "progress_bar", "logger", "hydra", "dry_run")
 
 
-def run_name(cfg: DictConfig) -> str:
-    """``densenet121-imagenet-seed3`` plus any other command-line overrides (``-optimizer.lr=0.001``)."""
-    name = f"{cfg.encoder}-{'imagenet' if cfg.pretrained else 'scratch'}-seed{cfg.seed}"
+# Overrides that name the run already, or change where/how it runs but not what it computes, stay out of the
+# run name; every other override is part of it (so a sweep over optimizer.lr gets one folder per value).
+NAME_EXCLUDED_KEYS = {"encoder", "pretrained", "seed", "paper_config", "experiment", "study", "resume",
+                      "skip_finished", "progress_bar", "test_checkpoint", "dry_run", "trainer.accelerator",
+                      "trainer.devices", "data.loader.num_workers", "data.loader.pin_memory",
+                      "data.loader.persistent_workers"}
+NAME_EXCLUDED_PREFIXES = ("paths.", "logger.", "hydra.", "hydra/")
+MAX_NAME_SUFFIX = 48
+
+
+def _naming_overrides() -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        extra = HydraConfig.get().job.override_dirname
-    except ValueError:  # composed outside a Hydra app (tests, notebooks)
-        extra = ""
-    return f"{name}-{extra}" if extra else name
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed outside a Hydra app (tests, notebooks): no command line
+        return ""
+    kept = sorted(o for o in overrides if (key := o.split("=", 1)[0].lstrip("+~")) not in NAME_EXCLUDED_KEYS
+                  and not key.startswith(NAME_EXCLUDED_PREFIXES))
+    return ",".join(kept)
+
+
+def run_name(cfg: DictConfig) -> str:
+    """``densenet121-imagenet-seed3``, plus other overrides (``-optimizer.lr=0.001``; hashed when long)."""
+    name = f"{cfg.encoder}-{'imagenet' if cfg.pretrained else 'scratch'}-seed{cfg.seed}"
+    extra = _naming_overrides()
+    if len(extra) > MAX_NAME_SUFFIX:
+        extra = "cfg" + config_hash({"overrides": extra})[:8]
+    return f"{name}-{extra.replace('/', '_')}" if extra else name
 
 
 def identity_hash(cfg: DictConfig) -> str:
@@ -141,6 +161,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     name = run_name(cfg)
     run_dir = Path(cfg.paths.output_root).expanduser().resolve() / cfg.study / name
     identity = identity_hash(cfg)
+    if cfg.dry_run:
+        print(f"dry run: would train {name} [{configuration_label(cfg.encoder, cfg.pretrained)}] in {run_dir}")
+        return {}
     done_file, run_file = run_dir / "done.json", run_dir / "run.json"
     previous = json.loads(run_file.read_text()) if run_file.is_file() else None
     if previous is not None and previous["identity"] != identity:
@@ -191,9 +214,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                      _convert_="partial")
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resuming else None)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resuming else None)
+        except SystemExit:
+            # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on; make it an interruption
+            # again (recorded by main(), resumable) and give Ctrl-C back to the user
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if trainer.interrupted:
+                raise KeyboardInterrupt(f"{name} interrupted; re-run the same command to resume") from None
+            raise
         final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
         test_path = checkpoint.best_model_path if cfg.test_checkpoint == "best" else checkpoint.last_model_path
         if not test_path or not Path(test_path).is_file():
@@ -253,8 +282,13 @@ def main(cfg: DictConfig) -> Any:
     the sweep goes on with the next job; the sweep summary lists it and the sweep exits non-zero at the end.
     """
     try:
+        before = time.time()
         metrics = run(cfg)
-        return {"status": "finished", "run": run_name(cfg), **metrics}
+        status = "planned" if cfg.dry_run else "finished"
+        done = Path(cfg.paths.output_root).expanduser().resolve() / cfg.study / run_name(cfg) / "done.json"
+        if done.is_file() and done.stat().st_mtime < before:
+            status = "skipped"
+        return {"status": status, "run": run_name(cfg), **metrics}
     except KeyboardInterrupt:
         record_failure(cfg, KeyboardInterrupt("interrupted; re-run the same command to resume"))
         raise

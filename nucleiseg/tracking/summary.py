@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +28,10 @@ def print_run_summary(name: str, cfg: Any, metrics: dict, final: dict, run_dir: 
     console.print(f"checkpoints: {run_dir / 'checkpoints'}   MLflow run: {run_id}")
 
 
-def sweep_rows(study_dir: Path) -> list[dict[str, Any]]:
-    """One row per run folder of a study: finished (with test metrics), failed (with reason) or unfinished."""
-    rows = []
-    for run_dir in sorted(p for p in study_dir.iterdir() if p.is_dir() and (p / "run.json").is_file()):
-        row: dict[str, Any] = {"run": run_dir.name}
-        if (run_dir / "done.json").is_file():
-            row.update(status="finished", **json.loads((run_dir / "done.json").read_text())["metrics"])
-        elif (run_dir / "failed.json").is_file():
-            row.update(status="failed", reason=json.loads((run_dir / "failed.json").read_text())["reason"])
-        else:
-            row.update(status="unfinished")
-        rows.append(row)
-    return rows
-
-
-def print_sweep_summary(study_dir: Path, console: Console | None = None) -> list[dict[str, Any]]:
+def print_sweep_summary(rows: list[dict[str, Any]], console: Console | None = None) -> None:
+    """Table of a sweep's jobs: finished ones with test Jaccard/F1 and time, failed ones with the reason."""
     console = console or Console()
-    rows = sweep_rows(study_dir) if study_dir.is_dir() else []
-    table = Table(title=f"sweep summary: {study_dir}")
+    table = Table(title="sweep summary")
     for column in ("run", "status", "jaccard", "f1", "time s"):
         table.add_column(column, justify="left" if column in ("run", "status") else "right")
     for row in rows:
@@ -55,10 +39,8 @@ def print_sweep_summary(study_dir: Path, console: Console | None = None) -> list
             table.add_row(row["run"], row["status"], f"{row.get('test/jaccard', float('nan')):.4f}",
                           f"{row.get('test/f1', float('nan')):.4f}", f"{row.get('train_seconds', 0):.0f}")
         else:
-            table.add_row(row["run"], f"[red]{row['status']}[/red]", "", "", "", end_section=False)
-            if row.get("reason"):
-                table.add_row("", f"  {row['reason'][:100]}", "", "", "")
+            table.add_row(row["run"], f"[red]{row['status']}[/red]", "", "", "")
+            table.add_row("", str(row.get("reason", ""))[:120], "", "", "")
     console.print(table)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "unfinished")}
-    console.print(", ".join(f"{n} {s}" for s, n in counts.items()))
-    return rows
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "skipped", "failed", "planned")}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("finished", "failed")))

@@ -1,0 +1,35 @@
+import math
+
+import pytest
+import torch
+
+from nucleiseg.metrics.pixel import pixel_metrics
+
+
+def test_metrics_against_hand_counts():
+    prob = torch.tensor([0.9, 0.8, 0.2, 0.6, 0.1, 0.4, 0.7, 0.3])
+    target = torch.tensor([1, 1, 1, 0, 0, 0, 1, 0])
+    # thresholded at 0.5: predictions 1,1,0,1,0,0,1,0 -> tp=3 fp=1 fn=1 tn=3
+    metrics = pixel_metrics(0.5)
+    result = {k: v.item() for k, v in metrics(prob, target).items()}
+    assert math.isclose(result["jaccard"], 3 / 5, rel_tol=1e-6)
+    assert math.isclose(result["f1"], 6 / 8, rel_tol=1e-6)
+    assert math.isclose(result["recall"], 3 / 4, rel_tol=1e-6)
+    assert math.isclose(result["precision"], 3 / 4, rel_tol=1e-6)
+    assert math.isclose(result["accuracy"], 6 / 8, rel_tol=1e-6)
+
+
+def test_metrics_accumulate_over_the_whole_split():
+    metrics = pixel_metrics(0.5)
+    metrics.update(torch.tensor([1.0, 0.0]), torch.tensor([1, 1]))  # tp 1, fn 1
+    metrics.update(torch.tensor([1.0, 1.0]), torch.tensor([1, 0]))  # tp 1, fp 1
+    assert metrics.compute()["jaccard"].item() == pytest.approx(2 / 4)
+
+
+def test_empty_masks():
+    metrics = pixel_metrics(0.5)
+    both_empty = {k: v.item() for k, v in metrics(torch.zeros(9), torch.zeros(9, dtype=torch.int)).items()}
+    assert both_empty["jaccard"] == 1.0 and both_empty["f1"] == 1.0 and both_empty["accuracy"] == 1.0
+    metrics.reset()
+    missed = {k: v.item() for k, v in metrics(torch.zeros(4), torch.tensor([1, 0, 0, 0])).items()}
+    assert missed["jaccard"] == 0.0 and missed["recall"] == 0.0 and missed["accuracy"] == 0.75

@@ -1,0 +1,38 @@
+import torch
+
+from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
+from nucleiseg.models.lit_module import SegmentationModule
+
+
+def _batch(n=3, size=32):
+    tiles = [synthetic_tile(SyntheticSpec(size, size, n_nuclei=5), seed) for seed in range(n)]
+    image = torch.stack([torch.from_numpy(t[0]).permute(2, 0, 1) for t in tiles]).float() / 255
+    mask = torch.stack([torch.from_numpy(t[1]) for t in tiles])
+    return {"image": image, "mask": mask}
+
+
+def test_small_model_overfits_a_synthetic_batch():
+    torch.manual_seed(0)
+    module = SegmentationModule("unet_bn", pretrained=False, smooth=1.0, threshold=0.5,
+                                optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
+    optimizer = module.configure_optimizers()
+    batch = _batch()
+    losses = []
+    for _ in range(40):
+        loss = module._shared_step(batch)[0]["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.35 * losses[0], losses[::8]
+
+
+def test_module_without_optimizer_cannot_train_but_can_predict():
+    module = SegmentationModule("unet", pretrained=False, smooth=1.0, threshold=0.5).eval()
+    assert module(_batch(1)["image"]).shape == (1, 1, 32, 32)
+    try:
+        module.configure_optimizers()
+    except ValueError as error:
+        assert "without an optimizer" in str(error)
+    else:
+        raise AssertionError("configure_optimizers should refuse without an optimizer")

@@ -1,0 +1,146 @@
+"""Training runs on synthetic data: MLflow contents, determinism, resume, failure handling."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import nucleiseg.models.lit_module as lit_module
+from nucleiseg.config import compose
+from nucleiseg.errors import ConfigError, NucleisegError
+from nucleiseg.train import main, run, run_name
+
+
+def _run_dir(cfg) -> Path:
+    return Path(cfg.paths.output_root) / cfg.study / run_name(cfg)
+
+
+def _client(uri) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def _runs(uri, study):
+    experiment = _client(uri).get_experiment_by_name(study)
+    return [] if experiment is None else _client(uri).search_runs([experiment.experiment_id])
+
+
+def test_a_run_trains_tests_and_records_everything(train_overrides, tracking_uri):
+    cfg = compose(train_overrides + ["study=record", "trainer.max_epochs=2"])
+    metrics = run(cfg)
+    for key in ("test/jaccard", "test/f1", "test/recall", "test/precision", "test/accuracy", "test/loss"):
+        assert 0.0 <= metrics[key] <= (1.0 if key != "test/loss" else 10.0)
+    folder = _run_dir(cfg)
+    assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "checkpoints" / "best.ckpt").is_file()
+    done = json.loads((folder / "done.json").read_text())
+    [record] = _runs(tracking_uri, "record")
+    assert record.info.status == "FINISHED" and record.info.run_id == done["run_id"]
+    tags = record.data.tags
+    assert tags["encoder"] == "unet_bn" and tags["pretrained"] == "false" and tags["seed"] == "0"
+    assert len(tags["data_manifest_hash"]) == 64 and tags["device"].startswith("cpu") and tags["git_commit"]
+    assert record.data.params["optimizer.lr"] == "0.0001" and record.data.params["loss.smooth"] == "1.0"
+    assert record.data.metrics["test/jaccard"] == pytest.approx(metrics["test/jaccard"])
+    client = _client(tracking_uri)
+    assert [m.step for m in client.get_metric_history(record.info.run_id, "train/loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(record.info.run_id, "val/loss")] == [0, 1]
+    artifacts = {a.path for a in client.list_artifacts(record.info.run_id)}
+    assert {"config.yaml", "data_manifest.json", "overlays"} <= artifacts
+    assert len(client.list_artifacts(record.info.run_id, "overlays")) == 1
+
+
+def test_same_seed_gives_the_same_loss_curve(train_overrides, tracking_uri):
+    curves = []
+    for study in ("det_a", "det_b"):
+        run(compose(train_overrides + [f"study={study}", "trainer.max_epochs=2", "seed=3"]))
+        [record] = _runs(tracking_uri, study)
+        curves.append([m.value for m in _client(tracking_uri).get_metric_history(record.info.run_id, "train/loss")])
+    assert curves[0] == curves[1] and len(curves[0]) == 2
+    run(compose(train_overrides + ["study=det_c", "trainer.max_epochs=2", "seed=4"]))
+    [other] = _runs(tracking_uri, "det_c")
+    assert [m.value for m in _client(tracking_uri).get_metric_history(other.info.run_id, "train/loss")] != curves[0]
+
+
+def test_finished_runs_are_skipped_and_killed_runs_resume_into_the_same_mlflow_run(
+        train_overrides, tracking_uri, monkeypatch):
+    cfg = compose(train_overrides + ["study=resume", "trainer.max_epochs=3"])
+    original = lit_module.SegmentationModule.on_train_epoch_end
+
+    def killed_in_epoch_two(self):
+        original(self)
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt  # as if the job were killed after epoch 2's checkpoint... before it
+    monkeypatch.setattr(lit_module.SegmentationModule, "on_train_epoch_end", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        main(cfg)
+    [killed] = _runs(tracking_uri, "resume")
+    assert killed.info.status in ("FAILED", "KILLED")
+    assert torch.load(_run_dir(cfg) / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+
+    monkeypatch.setattr(lit_module.SegmentationModule, "on_train_epoch_end", original)
+    metrics = run(cfg)
+    [resumed] = _runs(tracking_uri, "resume")
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    steps = [m.step for m in _client(tracking_uri).get_metric_history(resumed.info.run_id, "train/loss")]
+    assert sorted(set(steps)) == [0, 1, 2]
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+    monkeypatch.setattr(lit_module.SegmentationModule, "training_step", must_not_train)
+    assert run(cfg) == metrics
+    assert len(_runs(tracking_uri, "resume")) == 1
+
+
+def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoint(
+        train_overrides, tracking_uri, monkeypatch):
+    cfg = compose(train_overrides + ["study=nanloss", "trainer.max_epochs=3"])
+    original = lit_module.BCEDiceLoss.forward
+
+    def nan_in_second_epoch(self, logits, target):
+        out = original(self, logits, target)
+        if self.training and torch.is_grad_enabled() and getattr(self, "_calls", 0) >= 10:
+            out["loss"] = out["loss"] * float("nan")
+        self._calls = getattr(self, "_calls", 0) + 1
+        return out
+    monkeypatch.setattr(lit_module.BCEDiceLoss, "forward", nan_in_second_epoch)
+    with pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    assert exit_info.value.code == 2
+    [record] = _runs(tracking_uri, "nanloss")
+    assert record.info.status == "FAILED"
+    assert "non-finite training loss" in record.data.tags["failure_reason"]
+    checkpoint = _run_dir(cfg) / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["state_dict"].values()
+                                       if v.is_floating_point())
+
+
+def test_cuda_out_of_memory_suggests_a_smaller_batch(train_overrides, monkeypatch):
+    import lightning
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(lightning.Trainer, "fit", out_of_memory)
+    with pytest.raises(NucleisegError, match="batch_size.*bf16-mixed"):
+        run(compose(train_overrides + ["study=oom"]))
+
+
+def test_wrong_overrides_fail_before_any_work(train_overrides, tmp_path):
+    with pytest.raises(ConfigError, match="encodr"):
+        compose(train_overrides + ["encodr=unet"])
+    with pytest.raises(ConfigError, match="not a known encoder"):
+        run(compose(train_overrides + ["encoder=unet_xl"]))
+    with pytest.raises(ConfigError, match="no ImageNet weights"):
+        run(compose(train_overrides + ["encoder=unet", "pretrained=true"]))
+    with pytest.raises(ConfigError, match="trainer.precision"):
+        run(compose(train_overrides + ["trainer.precision=fp8"]))
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "data").exists()
+
+
+def test_defaults_reproduce_the_paper():
+    cfg = compose([])
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-4
+    assert cfg.data.loader.batch_size == 3 and cfg.trainer.max_epochs == 20
+    assert cfg.loss.smooth == 1.0 and cfg.threshold == 0.5 and cfg.data.protocol.image_size == 512
+    assert list(cfg.data.protocol.augment) == ["hflip", "vflip", "rotate45"] and cfg.data.protocol.n_test == 25
