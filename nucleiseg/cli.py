@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -43,6 +44,37 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from nucleiseg.config import compose
+    from nucleiseg.evaluate import evaluate
+
+    cfg = compose(args.overrides)
+    results = evaluate(args.checkpoint, cfg, split=args.split, images=args.images, masks=args.masks,
+                       log_to_mlflow=not args.no_mlflow, study=args.study)
+    table = Table(title=f"evaluation of {args.checkpoint}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in results.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from nucleiseg.config import compose
+    from nucleiseg.tracking.report import write_report
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or compose([]).logger.tracking_uri
+    figure = [c.strip() for c in args.figure_configs.split(";")] if args.figure_configs else None
+    out = write_report(uri, args.study, args.out, overwrite=args.overwrite, figure_configurations=figure,
+                       figure_image=args.figure_image)
+    print(f"report written to {out} (report.md, table2_losses.csv, table3_metrics.csv, figures)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nucleiseg", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (data=paper ...)")
     prepare.add_argument("--overwrite", action="store_true", help="rebuild even if the prepared folder exists")
     prepare.set_defaults(handler=_data_prepare)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split or a folder of pairs")
+    evaluate.add_argument("checkpoint", help="a .ckpt written by training (outputs/<study>/<run>/checkpoints/)")
+    evaluate.add_argument("overrides", nargs="*", help="Hydra overrides selecting the data (data=paper ...)")
+    evaluate.add_argument("--split", default="test", help="prepared split: test (default), val or train")
+    evaluate.add_argument("--images", default=None, help="folder of images (instead of a prepared split)")
+    evaluate.add_argument("--masks", default=None, help="folder of masks named like the images")
+    evaluate.add_argument("--study", default="evaluate", help="MLflow experiment to log to")
+    evaluate.add_argument("--no-mlflow", action="store_true", help="print only, log nothing")
+    evaluate.set_defaults(handler=_evaluate)
+
+    report = commands.add_parser("report", help="Tables II-III and Figures 7-11 of a finished study")
+    report.add_argument("--study", default="paper", help="MLflow experiment (the study name used in training)")
+    report.add_argument("--out", required=True, help="folder to write (must be new or empty)")
+    report.add_argument("--tracking-uri", default=None, help="MLflow store (default: the config's / env's)")
+    report.add_argument("--figure-configs", default=None,
+                        help="configurations for the prediction figure, ';'-separated, e.g. "
+                             "'DenseNet-121 (ImageNet);Modified U-Net (BatchNorm)'")
+    report.add_argument("--figure-image", type=int, default=0, help="index of the test image for that figure")
+    report.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    report.set_defaults(handler=_report)
     return parser
 
 

@@ -27,8 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.data.datamodule import NucleiDataModule, to_model_input
 from nucleiseg.data.prepare import config_hash, load_manifest, prepare_dataset, prepared_path
-from nucleiseg.devices import device_name, resolve_flag, resolve_precision
+from nucleiseg.devices import cuda_available, device_name, resolve_flag, resolve_precision
 from nucleiseg.errors import ConfigError, NucleisegError
+from nucleiseg.inference.speed import measure_inference
 from nucleiseg.models.factory import check_configuration, configuration_label
 from nucleiseg.models.lit_module import SegmentationModule
 from nucleiseg.tracking.mlflow_store import (
@@ -131,6 +132,7 @@ def _tags(cfg: DictConfig, manifest: dict, accelerator: str) -> dict[str, str]:
         "git_commit": git_commit(Path(__file__).parent),
         "data_manifest_hash": manifest["content_hash"],
         "data_name": manifest["name"],
+        "data_folder": str(prepared_path(cfg.data).resolve()),
         "device": device_name(accelerator),
     }
 
@@ -236,6 +238,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ) from None
     _log_overlays(module, datamodule, logger, cfg.logger.overlays, cfg.threshold)
     metrics = {k: float(v) for k, v in results.items()}
+    speed = measure_inference(module.model, cfg.speed.image_size, cfg.speed.batch_size, precision,
+                              "cuda" if cuda_available(accelerator) else "cpu", cfg.speed.warmup,
+                              cfg.speed.iterations, module.hparams.channels_last)
+    metrics["test/images_per_second"] = speed["images_per_second"]
+    logger.log_metrics({"test/images_per_second": speed["images_per_second"]})
+    for key in ("image_size", "batch_size", "precision", "device"):
+        logger.experiment.set_tag(logger.run_id, f"speed.{key}", str(speed[key]))
+    logger.experiment.set_tag(logger.run_id, "checkpoint", str(test_path))
     metrics["train_seconds"] = time.perf_counter() - started
     logger.log_metrics({"train_seconds": metrics["train_seconds"]})
     write_json_atomic(done_file, {"run_id": logger.run_id, "name": name, "identity": identity,

@@ -93,6 +93,7 @@ def train_overrides(tmp_path: Path, tracking_uri: str) -> list[str]:
         "data.protocol.image_size=32",
         "logger.overlays=1",
         "progress_bar=none",
+        "speed.image_size=32",
     ]
 
 

@@ -29,6 +29,7 @@ def _runs(uri, study):
 def test_a_run_trains_tests_and_records_everything(train_overrides, tracking_uri):
     cfg = compose(train_overrides + ["study=record", "trainer.max_epochs=2"])
     metrics = run(cfg)
+    assert metrics["test/images_per_second"] > 0 and 0 <= metrics["test/jaccard_image_mean"] <= 1
     for key in ("test/jaccard", "test/f1", "test/recall", "test/precision", "test/accuracy", "test/loss"):
         assert 0.0 <= metrics[key] <= (1.0 if key != "test/loss" else 10.0)
     folder = _run_dir(cfg)
@@ -39,6 +40,7 @@ def test_a_run_trains_tests_and_records_everything(train_overrides, tracking_uri
     tags = record.data.tags
     assert tags["encoder"] == "unet_bn" and tags["pretrained"] == "false" and tags["seed"] == "0"
     assert len(tags["data_manifest_hash"]) == 64 and tags["device"].startswith("cpu") and tags["git_commit"]
+    assert tags["speed.image_size"] == "32" and tags["speed.batch_size"] == "3" and tags["speed.precision"] == "32-true"
     assert record.data.params["optimizer.lr"] == "0.0001" and record.data.params["loss.smooth"] == "1.0"
     assert record.data.metrics["test/jaccard"] == pytest.approx(metrics["test/jaccard"])
     client = _client(tracking_uri)

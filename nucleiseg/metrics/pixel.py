@@ -6,7 +6,8 @@ over the whole split (micro average: the paper's numbers are over all test pixel
 
 from __future__ import annotations
 
-from torchmetrics import MetricCollection
+import torch
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryF1Score,
@@ -14,6 +15,7 @@ from torchmetrics.classification import (
     BinaryPrecision,
     BinaryRecall,
 )
+from torchmetrics.utilities import dim_zero_cat
 
 PIXEL_METRICS = ("jaccard", "f1", "recall", "precision", "accuracy")
 
@@ -34,3 +36,44 @@ def pixel_metrics(threshold: float = 0.5, prefix: str = "") -> MetricCollection:
         },
         prefix=prefix,
     )
+
+
+class PerImageOverlap(Metric):
+    """Jaccard and F1 of every image separately, for their mean and spread over a split.
+
+    Complements the whole-split numbers: one large image cannot hide many poor small ones. An image with no
+    nucleus in truth or prediction scores 1 (perfect agreement), as in :func:`pixel_metrics`.
+    """
+
+    full_state_update = False
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.add_state("stats", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """``preds`` probabilities ``BxHxW`` (or ``Bx1xHxW``), ``target`` 0/1 of the same shape."""
+        # counted here rather than with torchmetrics' binary_stat_scores(multidim_average="samplewise"),
+        # which fails on a batch of one image (it squeezes the sample dimension away before stacking)
+        predicted = preds.reshape(preds.shape[0], -1) >= self.threshold
+        truth = target.reshape(target.shape[0], -1) > 0
+        self.stats.append(torch.stack([(predicted & truth).sum(1), (predicted & ~truth).sum(1),
+                                       (~predicted & ~truth).sum(1), (~predicted & truth).sum(1)], dim=1))
+
+    def per_image(self) -> dict[str, torch.Tensor]:
+        stats = dim_zero_cat(self.stats).double()
+        tp, fp, fn = stats[:, 0], stats[:, 1], stats[:, 3]
+        empty = (tp + fp + fn) == 0
+        jaccard = torch.where(empty, torch.ones_like(tp), tp / (tp + fp + fn).clamp_min(1))
+        f1 = torch.where(empty, torch.ones_like(tp), 2 * tp / (2 * tp + fp + fn).clamp_min(1))
+        return {"jaccard": jaccard, "f1": f1}
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        values = self.per_image()
+        out = {}
+        for name, series in values.items():
+            out[f"{name}_image_mean"] = series.mean().float()
+            out[f"{name}_image_std"] = (series.std(unbiased=False) if series.numel() > 1
+                                        else torch.zeros((), dtype=series.dtype)).float()
+        return out

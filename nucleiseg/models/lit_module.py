@@ -9,7 +9,7 @@ import torch
 
 from nucleiseg.errors import NucleisegError
 from nucleiseg.losses import BCEDiceLoss
-from nucleiseg.metrics.pixel import pixel_metrics
+from nucleiseg.metrics.pixel import PerImageOverlap, pixel_metrics
 from nucleiseg.models.factory import create_model
 
 
@@ -51,6 +51,7 @@ class SegmentationModule(L.LightningModule):
         self.criterion = BCEDiceLoss(smooth)
         self.val_metrics = pixel_metrics(threshold, prefix="val/")
         self.test_metrics = pixel_metrics(threshold, prefix="test/")
+        self.test_per_image = PerImageOverlap(threshold)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``float32 Bx3xHxW`` in [0, 1] -> logits ``Bx1xHxW``."""
@@ -85,9 +86,15 @@ class SegmentationModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         losses, logits, target = self._shared_step(batch)
-        self.test_metrics.update(torch.sigmoid(logits.float()), target.int())
+        probabilities = torch.sigmoid(logits.float())
+        self.test_metrics.update(probabilities, target.int())
+        self.test_per_image.update(probabilities, target.int())
         self.log("test/loss", losses["loss"], on_step=False, on_epoch=True, batch_size=batch["image"].shape[0])
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({f"test/{k}": v for k, v in self.test_per_image.compute().items()})
+        self.test_per_image.reset()
 
     def on_train_epoch_end(self) -> None:
         # MLflow's x axis for epoch-level metrics is the epoch, so loss curves line up across runs

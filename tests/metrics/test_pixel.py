@@ -33,3 +33,33 @@ def test_empty_masks():
     metrics.reset()
     missed = {k: v.item() for k, v in metrics(torch.zeros(4), torch.tensor([1, 0, 0, 0])).items()}
     assert missed["jaccard"] == 0.0 and missed["recall"] == 0.0 and missed["accuracy"] == 0.75
+
+
+def test_per_image_overlap_mean_and_spread():
+    from nucleiseg.metrics.pixel import PerImageOverlap
+
+    metric = PerImageOverlap(0.5)
+    preds = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    target = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+    metric.update(preds, target)
+    # per image: jaccard 1, 1/2, 1 (empty = agreement); f1 1, 2/3, 1
+    values = metric.per_image()
+    assert values["jaccard"].tolist() == pytest.approx([1.0, 0.5, 1.0])
+    assert values["f1"].tolist() == pytest.approx([1.0, 2 / 3, 1.0])
+    result = metric.compute()
+    assert result["jaccard_image_mean"].item() == pytest.approx(2.5 / 3)
+    assert result["jaccard_image_std"].item() == pytest.approx(float(torch.tensor([1.0, 0.5, 1.0]).std(unbiased=False)))
+
+
+def test_per_image_overlap_with_single_image_batches_matches_torchmetrics():
+    from torchmetrics.functional.classification import binary_jaccard_index
+
+    from nucleiseg.metrics.pixel import PerImageOverlap
+
+    torch.manual_seed(0)
+    preds, target = torch.rand(3, 8, 8), (torch.rand(3, 8, 8) > 0.6).int()
+    metric = PerImageOverlap(0.5)
+    for k in range(3):
+        metric.update(preds[k:k + 1], target[k:k + 1])
+    expected = [binary_jaccard_index(preds[k], target[k]).item() for k in range(3)]
+    assert metric.per_image()["jaccard"].tolist() == pytest.approx(expected)

@@ -1,0 +1,1 @@
+"""Inference: safe checkpoint loading, tiled prediction, speed measurement, exports."""

@@ -1,0 +1,122 @@
+"""Whole-image inference: padding, sliding windows with blended overlaps, and flip test-time augmentation.
+
+One path for every caller (evaluate, predict, the benchmark): images of any size go in as ``uint8 HxWx3``
+and come out as a nucleus probability map ``float32 HxW``. Images larger than a tile are cut into overlapping
+tiles whose predictions are blended with a weight that falls towards the tile edges, so the seams vanish and
+memory is bounded by the tile batch, not the image.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nucleiseg.data.datamodule import to_model_input
+from nucleiseg.errors import ConfigError
+
+DIVISOR = 32  # smp encoders down-sample 5 times; the plain U-Nets need 16
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision in ("bf16-mixed", "16-mixed") and device.type in ("cuda", "cpu"):
+        dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+    return nullcontext()
+
+
+def blend_window(size: int, margin: int) -> np.ndarray:
+    """``size x size`` weights: 1 in the centre, a linear ramp to a small floor over ``margin`` pixels."""
+    ramp = np.ones(size, dtype=np.float32)
+    if margin > 0:
+        edge = np.linspace(0.05, 1.0, margin, dtype=np.float32)
+        ramp[:margin], ramp[-margin:] = edge, edge[::-1]
+    return np.outer(ramp, ramp)
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride)) + [length - tile]
+    return sorted(set(starts))
+
+
+class Segmenter:
+    """Predict nucleus probabilities with ``model`` (``float32 Bx3xHxW`` in [0,1] -> logits ``Bx1xHxW``)."""
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", precision: str = "32-true",
+                 tile_size: int = 512, overlap: float = 0.25, tta: bool = False, batch_size: int = 4,
+                 channels_last: bool = False) -> None:
+        if tile_size % DIVISOR:
+            raise ConfigError(f"tile_size={tile_size}: expected a multiple of {DIVISOR}")
+        if not 0 <= overlap < 1:
+            raise ConfigError(f"overlap={overlap}: expected 0 <= overlap < 1")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        self.precision, self.tile_size, self.overlap = precision, tile_size, overlap
+        self.tta, self.batch_size = tta, batch_size
+
+    @torch.no_grad()
+    def probability_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """``uint8`` or ``float`` ``Bx3xHxW`` (H, W multiples of 32) -> probabilities ``float32 BxHxW``."""
+        x = to_model_input(images.to(self.device, non_blocking=True))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
+        total = None
+        with _autocast(self.device, self.precision):
+            for dims in flips:
+                view = x.flip(dims) if dims else x
+                logits = self.model(view).float()
+                prob = torch.sigmoid(logits.flip(dims) if dims else logits)
+                total = prob if total is None else total + prob
+        return (total / len(flips))[:, 0]
+
+    def _pad(self, tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        pad_h, pad_w = height - tensor.shape[-2], width - tensor.shape[-1]
+        if pad_h == 0 and pad_w == 0:
+            return tensor
+        mode = "reflect" if pad_h < tensor.shape[-2] and pad_w < tensor.shape[-1] else "replicate"
+        return F.pad(tensor.float(), (0, pad_w, 0, pad_h), mode=mode)
+
+    def probability(self, image: np.ndarray, progress=None) -> np.ndarray:
+        """``uint8 HxWx3`` of any size -> probability map ``float32 HxW``."""
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ConfigError(f"expected an HxWx3 RGB image, got shape {image.shape}")
+        height, width = image.shape[:2]
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        tile = self.tile_size
+        if height <= tile and width <= tile:
+            padded = self._pad(tensor, -(-height // DIVISOR) * DIVISOR, -(-width // DIVISOR) * DIVISOR)
+            return self.probability_batch(padded)[0, :height, :width].cpu().numpy()
+        padded = self._pad(tensor, max(height, tile), max(width, tile))
+        full_h, full_w = padded.shape[-2:]
+        stride = max(DIVISOR, int(tile * (1 - self.overlap)) // DIVISOR * DIVISOR)
+        window = blend_window(tile, (tile - stride) if self.overlap > 0 else 0)
+        total = np.zeros((full_h, full_w), dtype=np.float32)
+        weight = np.zeros((full_h, full_w), dtype=np.float32)
+        corners = [(y, x) for y in _starts(full_h, tile, stride) for x in _starts(full_w, tile, stride)]
+        for first in range(0, len(corners), self.batch_size):
+            chunk = corners[first:first + self.batch_size]
+            batch = torch.cat([padded[..., y:y + tile, x:x + tile] for y, x in chunk])
+            probabilities = self.probability_batch(batch).cpu().numpy()
+            for (y, x), prob in zip(chunk, probabilities, strict=True):
+                total[y:y + tile, x:x + tile] += prob * window
+                weight[y:y + tile, x:x + tile] += window
+            if progress is not None:
+                progress(len(chunk))
+        return (total / weight)[:height, :width]
+
+    def n_tiles(self, height: int, width: int) -> int:
+        """Number of tiles :meth:`probability` runs for an image of this size."""
+        if height <= self.tile_size and width <= self.tile_size:
+            return 1
+        stride = max(DIVISOR, int(self.tile_size * (1 - self.overlap)) // DIVISOR * DIVISOR)
+        return len(_starts(max(height, self.tile_size), self.tile_size, stride)) * len(
+            _starts(max(width, self.tile_size), self.tile_size, stride))
