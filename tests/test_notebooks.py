@@ -1,0 +1,41 @@
+"""The notebooks run headlessly against a small MLflow store made here, so they cannot rot."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.conftest import REPO
+from tests.tracking.test_report import make_study
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks_and_none_has_committed_outputs():
+    assert {p.name for p in NOTEBOOKS} >= {"loss_curves.ipynb", "results.ipynb"}
+    for path in NOTEBOOKS:
+        cells = nbformat.read(path, as_version=4).cells
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in cells if c.cell_type == "code")
+
+
+@pytest.fixture(scope="module")
+def study_store(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('nb') / 'mlflow.db'}"
+    make_study(uri, "nbstudy")
+    return uri
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_executes(path: Path, study_store, monkeypatch):
+    monkeypatch.setenv("NUCLEISEG_TRACKING_URI", study_store)
+    monkeypatch.setenv("NUCLEISEG_STUDY", "nbstudy")
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    text = "\n".join(output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
+                     for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
+    assert "6 runs in study 'nbstudy'" in text
+    if path.name == "results.ipynb":
+        assert "best configuration: Modified U-Net (BatchNorm) (median Jaccard 0.650" in text
+    else:
+        assert "DenseNet-121 (ImageNet)" in text
