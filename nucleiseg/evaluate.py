@@ -8,7 +8,7 @@ uses, so an evaluated model and a deployed one cannot disagree about preprocessi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,15 @@ from omegaconf import DictConfig
 from nucleiseg.data.datamodule import load_split
 from nucleiseg.data.image_io import read_mask, read_rgb
 from nucleiseg.data.prepare import load_manifest, prepare_dataset
+from nucleiseg.data.stain import from_state
 from nucleiseg.devices import cuda_available, device_name, resolve_precision
 from nucleiseg.errors import ConfigError, DatasetLayoutError
 from nucleiseg.inference.checkpoint import load_checkpoint
 from nucleiseg.inference.speed import measure_inference
 from nucleiseg.inference.tiling import Segmenter
+from nucleiseg.metrics.instance import InstanceMetrics
 from nucleiseg.metrics.pixel import PerImageOverlap, pixel_metrics
+from nucleiseg.postprocess.instances import METHODS, separate_with_config
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -46,9 +49,7 @@ def folder_pairs(images: str | Path, masks: str | Path) -> list[tuple[Path, Path
     return pairs
 
 
-def _split_items(cfg: DictConfig, split: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    folder = prepare_dataset(cfg.data)
-    manifest = load_manifest(folder)
+def _split_items(folder: Path, manifest: dict, split: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     pairs = load_split(folder, split)
     for record in manifest["splits"][split]:
         item = pairs[record["index"]]
@@ -65,6 +66,30 @@ def _folder_items(images: Path, masks: Path) -> Iterator[tuple[str, np.ndarray, 
         yield image_path.stem, image, mask
 
 
+def score(segmenter: Segmenter, items, threshold: float, postprocess: Mapping, prefix: str) -> dict[str, Any]:
+    """Pixel metrics (whole split and per image) and instance metrics with watershed and with connected
+    components, of ``segmenter`` on ``(name, image uint8 HxWx3, instance_mask int32 HxW)`` items."""
+    metrics, per_image = pixel_metrics(threshold), PerImageOverlap(threshold)
+    instances = {method: InstanceMetrics(postprocess.get("iou_threshold", 0.5)) for method in METHODS}
+    n_images = 0
+    for _, image, mask in items:
+        probability = segmenter.probability(image)
+        prediction, target = torch.from_numpy(probability)[None], torch.from_numpy(mask > 0)[None].int()
+        metrics.update(prediction, target)
+        per_image.update(prediction, target)
+        for method, accumulator in instances.items():
+            accumulator.update(mask, separate_with_config(probability, threshold, postprocess, method))
+        n_images += 1
+    if not n_images:
+        raise ConfigError(f"{prefix}: no image to evaluate")
+    results = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}
+    results.update({f"{prefix}/{k}": float(v) for k, v in per_image.compute().items()})
+    for method, accumulator in instances.items():
+        results.update({f"{prefix}/{k}_{method}": v for k, v in accumulator.compute().items()})
+    results["n_images"] = n_images
+    return results
+
+
 def evaluate(checkpoint: str | Path, cfg: DictConfig, split: str = "test", images: str | Path | None = None,
              masks: str | Path | None = None, log_to_mlflow: bool = True, study: str = "evaluate") -> dict[str, Any]:
     """Metrics of ``checkpoint`` on a prepared split, or on ``images``/``masks`` folders when given."""
@@ -76,25 +101,26 @@ def evaluate(checkpoint: str | Path, cfg: DictConfig, split: str = "test", image
     accelerator = cfg.trainer.accelerator
     device = "cuda" if cuda_available(accelerator) else "cpu"
     precision = resolve_precision(cfg.trainer.precision, accelerator)
+    model_stain = hparams.get("stain")
+    if images is not None:
+        items, normalise = _folder_items(Path(images), Path(masks)), model_stain
+    else:
+        folder = prepare_dataset(cfg.data)
+        manifest = load_manifest(folder)
+        items, normalise = _split_items(folder, manifest, split), None
+        if manifest.get("stain") and manifest["stain"] != model_stain:
+            raise ConfigError(f"{folder}: the split was stain-normalised differently from this checkpoint's training "
+                              "data; prepare it with data.stain.method=none or the same reference")
+        if not manifest.get("stain"):
+            normalise = model_stain  # raw split, model trained on normalised images: normalise like training
     segmenter = Segmenter(model, device, precision, tile_size=cfg.predict.tile_size,
-                          overlap=cfg.predict.overlap, tta=cfg.predict.tta)
+                          overlap=cfg.predict.overlap, tta=cfg.predict.tta, normaliser=from_state(normalise))
     threshold = float(hparams.get("threshold", cfg.threshold))
-    metrics, per_image = pixel_metrics(threshold), PerImageOverlap(threshold)
-    items = _folder_items(Path(images), Path(masks)) if images is not None else _split_items(cfg, split)
-    names = []
-    for name, image, mask in items:
-        probability = torch.from_numpy(segmenter.probability(image))[None]
-        target = torch.from_numpy(mask > 0)[None].int()
-        metrics.update(probability, target)
-        per_image.update(probability, target)
-        names.append(name)
     prefix = "folder" if images is not None else split
-    results = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}
-    results.update({f"{prefix}/{k}": float(v) for k, v in per_image.compute().items()})
+    results = score(segmenter, items, threshold, cfg.postprocess, prefix)
     speed = measure_inference(model, cfg.speed.image_size, cfg.speed.batch_size, precision, device,
                               cfg.speed.warmup, cfg.speed.iterations)
     results[f"{prefix}/images_per_second"] = speed["images_per_second"]
-    results["n_images"] = len(names)
     if log_to_mlflow:
         _log(cfg, study, checkpoint, hparams, results, speed, images or split)
     return results

@@ -157,6 +157,21 @@ def _log_overlays(module: SegmentationModule, datamodule: NucleiDataModule, logg
             logger.experiment.log_artifact(logger.run_id, str(path), "overlays")
 
 
+def _instance_metrics(module: SegmentationModule, datamodule: NucleiDataModule, cfg: DictConfig, precision: str,
+                      accelerator: str) -> dict[str, float]:
+    """AJI, PQ and object F1 on the test split, with watershed and with connected components (same path as
+    ``nucleiseg evaluate``)."""
+    from nucleiseg.evaluate import score
+    from nucleiseg.inference.tiling import Segmenter
+
+    test = datamodule.splits["test"]
+    items = ((str(i), test[i]["image"].permute(1, 2, 0).numpy(), test[i]["mask"].numpy()) for i in range(len(test)))
+    segmenter = Segmenter(module.model, "cuda" if cuda_available(accelerator) else "cpu", precision,
+                          tile_size=max(cfg.predict.tile_size, cfg.data.protocol.image_size))
+    results = score(segmenter, items, cfg.threshold, cfg.postprocess, "test")
+    return {k: v for k, v in results.items() if k.rsplit("_", 1)[-1] in ("watershed", "components")}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate and test one configuration; return its test metrics (also written to ``done.json``)."""
     validate(cfg)
@@ -196,6 +211,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         optimizer=instantiate(cfg.optimizer),
         weights_dir=cfg.model.weights_dir,
         channels_last=resolve_flag(cfg.model.channels_last, accelerator, "model.channels_last"),
+        stain=manifest.get("stain"),
     )
     resume_from = run_dir / "checkpoints" / "last.ckpt"
     resuming = bool(cfg.resume) and previous is not None and resume_from.is_file()
@@ -238,6 +254,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ) from None
     _log_overlays(module, datamodule, logger, cfg.logger.overlays, cfg.threshold)
     metrics = {k: float(v) for k, v in results.items()}
+    instance_metrics = _instance_metrics(module, datamodule, cfg, precision, accelerator)
+    metrics.update(instance_metrics)
+    logger.log_metrics(instance_metrics)
     speed = measure_inference(module.model, cfg.speed.image_size, cfg.speed.batch_size, precision,
                               "cuda" if cuda_available(accelerator) else "cpu", cfg.speed.warmup,
                               cfg.speed.iterations, module.hparams.channels_last)

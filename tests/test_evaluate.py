@@ -37,6 +37,9 @@ def test_evaluate_reproduces_the_training_test_metrics(trained):
     for name in ("jaccard", "f1", "recall", "precision", "accuracy"):
         assert results[f"test/{name}"] == pytest.approx(metrics[f"test/{name}"], abs=1e-5)
     assert results["n_images"] == 6 and results["test/images_per_second"] > 0
+    for method in ("watershed", "components"):
+        assert 0 <= results[f"test/aji_{method}"] <= 1 and 0 <= results[f"test/pq_{method}"] <= 1
+        assert results[f"test/aji_{method}"] == pytest.approx(metrics[f"test/aji_{method}"], abs=1e-6)
 
 
 def test_evaluate_a_folder_of_pairs_and_log_to_mlflow(trained, tmp_path, tracking_uri):
@@ -92,6 +95,8 @@ def test_report_with_prediction_figure(trained, tmp_path, tracking_uri, capsys):
     out = write_report(tracking_uri, "evaluated", tmp_path / "report",
                        figure_configurations=["Modified U-Net (BatchNorm)"], figure_image=1)
     assert (out / "fig9_predictions.png").stat().st_size > 1000 and (out / "fig9_predictions.svg").is_file()
+    instances = (out / "table4_instances.csv").read_text()
+    assert "aji_watershed" in instances and "Modified U-Net (BatchNorm)" in instances
     assert "fig9_predictions.png" in (out / "report.md").read_text()
     assert cli(["report", "--study", "evaluated", "--out", str(tmp_path / "again"), "--tracking-uri", tracking_uri,
                 "--figure-configs", "ResNet-50"]) == 2

@@ -27,6 +27,7 @@ import numpy as np
 from nucleiseg.data.archive import dataset_folder
 from nucleiseg.data.monuseg import find_monuseg
 from nucleiseg.data.source import SourceImage
+from nucleiseg.data.stain import StainNormaliser, fit_from_config
 from nucleiseg.data.split import SPLIT_MODES, carve_validation, split_by_patient, split_paper
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_sources
 from nucleiseg.data.tnbc import find_tnbc
@@ -108,7 +109,8 @@ def _augmentations(split: str, protocol: Mapping) -> list[str]:
     return (["identity"] + names) if protocol["include_originals"] or not names else names
 
 
-def _write_split(folder: Path, split: str, sources: list[SourceImage], protocol: Mapping) -> list[dict]:
+def _write_split(folder: Path, split: str, sources: list[SourceImage], protocol: Mapping,
+                 normaliser: StainNormaliser | None = None) -> list[dict]:
     size = protocol["image_size"]
     augmentations = _augmentations(split, protocol)
     n = len(sources) * len(augmentations)
@@ -117,7 +119,10 @@ def _write_split(folder: Path, split: str, sources: list[SourceImage], protocol:
     masks = np.lib.format.open_memmap(folder / "masks.npy", mode="w+", dtype=np.int32, shape=(n, size, size))
     records, index = [], 0
     for source in sources:
-        image, mask = resize_pair(*source.load(), size)
+        image, mask = source.load()
+        if normaliser is not None:
+            image = normaliser(image, str(source.image_path))
+        image, mask = resize_pair(image, mask, size)
         for augmentation in augmentations:
             images[index], masks[index] = augment_pair(image, mask, augmentation)
             records.append({
@@ -142,7 +147,8 @@ def _content_hash(folder: Path, records: dict[str, list[dict]]) -> str:
 
 def prepared_path(data_cfg: Mapping) -> Path:
     """Folder the processed dataset of ``data_cfg`` lives in: ``prepared_root/name-confighash``."""
-    key = {"sources": data_cfg["sources"], "protocol": data_cfg["protocol"], "format": FORMAT_VERSION}
+    key = {"sources": data_cfg["sources"], "protocol": data_cfg["protocol"], "format": FORMAT_VERSION,
+           "stain": data_cfg.get("stain")}
     return Path(data_cfg["prepared_root"]).expanduser() / f"{data_cfg['name']}-{config_hash(key)[:10]}"
 
 
@@ -157,13 +163,14 @@ def prepare_dataset(data_cfg: Mapping, overwrite: bool = False, log=print) -> Pa
     scratch = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
+        normaliser = fit_from_config(data_cfg.get("stain"))
         with ExitStack() as stack:
             sources = collect_sources(data_cfg["sources"], stack)
             splits = plan_splits(sources, protocol)
             records = {}
             for split in SPLITS:
                 log(f"preparing {split}: {len(splits[split])} source images")
-                records[split] = _write_split(scratch / split, split, splits[split], protocol)
+                records[split] = _write_split(scratch / split, split, splits[split], protocol, normaliser)
                 for source, record_group in zip(splits[split], _group(records[split]), strict=True):
                     for record in record_group:
                         record["image_file"] = str(source.image_path)
@@ -174,7 +181,9 @@ def prepare_dataset(data_cfg: Mapping, overwrite: bool = False, log=print) -> Pa
             "format_version": FORMAT_VERSION,
             "name": data_cfg["name"],
             "seed": protocol["seed"],
-            "config": {"sources": _plain(data_cfg["sources"]), "protocol": protocol},
+            "config": {"sources": _plain(data_cfg["sources"]), "protocol": protocol,
+                       "stain": _plain(data_cfg.get("stain"))},
+            "stain": normaliser.state() if normaliser is not None else None,
             "counts": {s: len(records[s]) for s in SPLITS},
             "source_images": {s: sorted({r["source_id"] for r in records[s]}) for s in SPLITS},
             "splits": records,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nucleiseg.data.datamodule import to_model_input
+from nucleiseg.data.stain import StainNormaliser
 from nucleiseg.errors import ConfigError
 
 DIVISOR = 32  # smp encoders down-sample 5 times; the plain U-Nets need 16
@@ -49,7 +50,9 @@ class Segmenter:
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", precision: str = "32-true",
                  tile_size: int = 512, overlap: float = 0.25, tta: bool = False, batch_size: int = 4,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, normaliser: StainNormaliser | None = None) -> None:
+        """``normaliser``: stain normalisation applied to whole images in :meth:`probability` (the model's own,
+        from its checkpoint); :meth:`probability_batch` takes already-prepared tensors."""
         if tile_size % DIVISOR:
             raise ConfigError(f"tile_size={tile_size}: expected a multiple of {DIVISOR}")
         if not 0 <= overlap < 1:
@@ -61,6 +64,7 @@ class Segmenter:
         self.channels_last = channels_last
         self.precision, self.tile_size, self.overlap = precision, tile_size, overlap
         self.tta, self.batch_size = tta, batch_size
+        self.normaliser = normaliser
 
     @torch.no_grad()
     def probability_batch(self, images: torch.Tensor) -> torch.Tensor:
@@ -89,6 +93,8 @@ class Segmenter:
         """``uint8 HxWx3`` of any size -> probability map ``float32 HxW``."""
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ConfigError(f"expected an HxWx3 RGB image, got shape {image.shape}")
+        if self.normaliser is not None:
+            image = self.normaliser(image)
         height, width = image.shape[:2]
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
         tile = self.tile_size

@@ -38,9 +38,11 @@ class SegmentationModule(L.LightningModule):
         weights_dir: str | None = None,
         channels_last: bool = False,
         load_pretrained_weights: bool = True,
+        stain: dict | None = None,
     ) -> None:
         """``optimizer`` is a partial taking the parameters (Hydra ``_partial_: true``); it is only needed to
-        train, so a module restored for inference is built without one."""
+        train, so a module restored for inference is built without one. ``stain`` is the fitted stain normaliser
+        of the training data (:meth:`nucleiseg.data.stain.StainNormaliser.state`), kept so inference matches."""
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "load_pretrained_weights", "weights_dir"])
         # from a checkpoint the weights come from the checkpoint itself, never from ImageNet again
