@@ -75,6 +75,28 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nucleiseg.config import compose
+    from nucleiseg.predict import predict, print_summary
+
+    overrides = list(args.set or [])
+    if args.tta:
+        overrides.append("predict.tta=true")
+    if args.tile_size:
+        overrides.append(f"predict.tile_size={args.tile_size}")
+    if args.mpp:
+        overrides.append(f"predict.microns_per_pixel={args.mpp}")
+    if args.device:
+        overrides.append(f"trainer.accelerator={args.device}")
+    cfg = compose(overrides)
+    summary = predict(args.inputs, args.out, cfg, checkpoint=args.checkpoint, run_id=args.run_id,
+                      overwrite=args.overwrite, show_progress=not args.quiet)
+    print_summary(summary, Path(args.out))
+    return 0 if summary.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nucleiseg", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--figure-image", type=int, default=0, help="index of the test image for that figure")
     report.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     report.set_defaults(handler=_report)
+
+    predict = commands.add_parser("predict", help="segment your own images: masks, instances, GeoJSON, features")
+    predict.add_argument("inputs", nargs="+", help="image files (.png/.jpg/.tif) or folders of them")
+    predict.add_argument("--out", required=True, help="output folder (one sub-folder per image)")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a .ckpt written by training")
+    source.add_argument("--run-id", help="an MLflow run id of a finished training run")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
+    predict.add_argument("--tile-size", type=int, default=None, help="sliding-window tile (multiple of 32)")
+    predict.add_argument("--mpp", type=float, default=None, help="microns per pixel, for features in micrometres")
+    predict.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None)
+    predict.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config override (repeatable)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bars")
+    predict.set_defaults(handler=_predict)
     return parser
 
 

@@ -109,3 +109,22 @@ def requires_shared_data(*parts: str):
 
 
 os.environ.setdefault("NUCLEISEG_CONF", str(REPO / "conf"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tracking_uri):
+    """A small modified U-Net trained on 64x64 synthetic tiles (native scale): ``(cfg, overrides, metrics, ckpt)``."""
+    import json
+
+    from nucleiseg.config import compose
+    from nucleiseg.train import run, run_name
+
+    root = tmp_path_factory.mktemp("trained")
+    overrides = ["experiment=quickstart", f"paths.root_dir={root}", f"logger.tracking_uri={tracking_uri}",
+                 "trainer.accelerator=cpu", "trainer.max_epochs=5", "data.sources.synthetic.tile_size=64",
+                 "data.protocol.image_size=64", "logger.overlays=0", "progress_bar=none", "speed.image_size=32",
+                 "study=evaluated", "optimizer.lr=0.001"]
+    cfg = compose(overrides)
+    metrics = run(cfg)
+    done = json.loads((Path(cfg.paths.output_root) / "evaluated" / run_name(cfg) / "done.json").read_text())
+    return cfg, overrides, metrics, Path(done["test_checkpoint"])

@@ -1,8 +1,6 @@
 """Evaluate and report on a real (tiny) trained run."""
 
-import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,21 +12,12 @@ from nucleiseg.cli import main as cli
 from nucleiseg.config import compose
 from nucleiseg.evaluate import evaluate
 from nucleiseg.inference.checkpoint import CheckpointError, load_checkpoint
-from nucleiseg.train import run, run_name
 from nucleiseg.tracking.report import write_report
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tracking_uri):
-    root = tmp_path_factory.mktemp("trained")
-    overrides = ["experiment=quickstart", f"paths.root_dir={root}", f"logger.tracking_uri={tracking_uri}",
-                 "trainer.accelerator=cpu", "trainer.max_epochs=2", "data.sources.synthetic.tile_size=48",
-                 "data.protocol.image_size=32", "logger.overlays=0", "progress_bar=none", "speed.image_size=32",
-                 "study=evaluated"]
-    cfg = compose(overrides)
-    metrics = run(cfg)
-    done = json.loads((Path(cfg.paths.output_root) / "evaluated" / run_name(cfg) / "done.json").read_text())
-    return cfg, overrides, metrics, Path(done["test_checkpoint"])
+@pytest.fixture
+def trained(trained_run):
+    return trained_run
 
 
 def test_evaluate_reproduces_the_training_test_metrics(trained):

@@ -146,3 +146,33 @@ def test_defaults_reproduce_the_paper():
     assert cfg.data.loader.batch_size == 3 and cfg.trainer.max_epochs == 20
     assert cfg.loss.smooth == 1.0 and cfg.threshold == 0.5 and cfg.data.protocol.image_size == 512
     assert list(cfg.data.protocol.augment) == ["hflip", "vflip", "rotate45"] and cfg.data.protocol.n_test == 25
+
+
+def test_stain_normalisation_travels_from_prepare_to_the_checkpoint(train_overrides, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from nucleiseg.data.prepare import load_manifest, prepared_path
+    from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
+    from nucleiseg.inference.checkpoint import load_checkpoint
+
+    reference, _ = synthetic_tile(SyntheticSpec(96, 96, n_nuclei=20), 99)
+    Image.fromarray(reference).save(tmp_path / "reference.png")
+    cfg = compose(train_overrides + ["study=stained", "data.stain.method=reinhard",
+                                     f"data.stain.reference={tmp_path / 'reference.png'}"])
+    run(cfg)
+    manifest = load_manifest(prepared_path(cfg.data))
+    assert manifest["stain"]["method"] == "reinhard" and len(manifest["stain"]["params"]["target_means"]) == 3
+    checkpoint = _run_dir(cfg) / "checkpoints" / "last.ckpt"
+    _, hparams = load_checkpoint(checkpoint)
+    assert hparams["stain"] == manifest["stain"]
+    plain = compose(train_overrides + ["study=stained"])
+    assert prepared_path(plain.data) != prepared_path(cfg.data)  # different data, different folder
+    assert not np.array_equal(np.load(prepared_path(cfg.data) / "test" / "images.npy")[0],
+                              np.load(prepare_plain(plain) / "test" / "images.npy")[0])
+
+
+def prepare_plain(cfg):
+    from nucleiseg.data.prepare import prepare_dataset
+
+    return prepare_dataset(cfg.data)

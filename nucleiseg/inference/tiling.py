@@ -87,7 +87,8 @@ class Segmenter:
         if pad_h == 0 and pad_w == 0:
             return tensor
         mode = "reflect" if pad_h < tensor.shape[-2] and pad_w < tensor.shape[-1] else "replicate"
-        return F.pad(tensor.float(), (0, pad_w, 0, pad_h), mode=mode)
+        # F.pad has no reflect mode for uint8; padding only copies values, so the cast back is exact
+        return F.pad(tensor.float(), (0, pad_w, 0, pad_h), mode=mode).to(tensor.dtype)
 
     def probability(self, image: np.ndarray, progress=None) -> np.ndarray:
         """``uint8 HxWx3`` of any size -> probability map ``float32 HxW``."""
