@@ -97,6 +97,83 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    import datetime
+    from pathlib import Path
+
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from nucleiseg.benchmark import as_table, benchmark, markdown, projected_study_hours
+
+    encoders = args.configs.split(",") if args.configs else None
+    from nucleiseg.models.factory import check_configuration
+
+    for encoder in encoders or []:
+        check_configuration(encoder, False)
+    out = Path(args.out) if args.out else None
+    for name in ("benchmark.md", "benchmark.csv"):
+        if out is not None and (out / name).exists() and not args.overwrite:
+            raise FileExistsError(f"{out / name} exists; pass --overwrite to replace it")
+    measurements = benchmark(encoders, args.image_size, args.device, args.infer_batch, args.train_batch,
+                             args.iterations, args.train_steps, args.warmup, args.compile,
+                             log=lambda line: print(line, file=sys.stderr))
+    table = Table(title=f"nucleiseg benchmark: {measurements[0].device}, {args.image_size}x{args.image_size}")
+    for column in ("configuration", "infer naive", "infer fast", "x", "train naive", "train fast", "x"):
+        table.add_column(column, justify="left" if column == "configuration" else "right")
+    for m in measurements:
+        table.add_row(m.configuration, f"{m.infer_naive:.2f}", f"{m.infer_fast:.2f}", f"{m.infer_ratio:.2f}",
+                      f"{m.train_naive:.2f}", f"{m.train_fast:.2f}", f"{m.train_ratio:.2f}")
+    console = Console()
+    console.print(table)
+    first = measurements[0]
+    console.print(f"images/s; fast = batch {first.infer_batch}/{first.train_batch} (inference/training), channels-last, "
+                  f"{first.infer_precision}; naive = eager fp32, batch 1, PNG decoding every step. Projected "
+                  f"140-run study: {projected_study_hours(measurements):.1f} h")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        from nucleiseg.writing import write_bytes_atomic
+
+        write_bytes_atomic(out / "benchmark.md", markdown(measurements, when).encode())
+        write_bytes_atomic(out / "benchmark.csv", pd.DataFrame(as_table(measurements)).to_csv(index=False).encode())
+        console.print(f"written: {out / 'benchmark.md'}, {out / 'benchmark.csv'}")
+    if not args.no_mlflow:
+        _log_benchmark(measurements, markdown(measurements, when))
+    return 0
+
+
+def _log_benchmark(measurements, text: str) -> None:
+    import mlflow
+
+    from nucleiseg.config import compose
+    from nucleiseg.tracking.mlflow_store import resolve_artifact_location, resolve_tracking_uri
+
+    cfg = compose([])
+    mlflow.set_tracking_uri(resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or cfg.logger.tracking_uri))
+    if mlflow.get_experiment_by_name("benchmark") is None:
+        mlflow.create_experiment("benchmark", artifact_location=resolve_artifact_location(cfg.logger.artifact_location))
+    mlflow.set_experiment("benchmark")
+    first = measurements[0]
+    with mlflow.start_run(run_name=f"benchmark-{first.image_size}px"):
+        mlflow.set_tags({"device": first.device, "precision": first.infer_precision,
+                         "infer_batch": str(first.infer_batch), "train_batch": str(first.train_batch)})
+        for m in measurements:
+            key = m.configuration.replace(" ", "_").replace("(", "").replace(")", "")
+            mlflow.log_metrics({f"{key}/infer_fast": m.infer_fast, f"{key}/infer_naive": m.infer_naive,
+                                f"{key}/train_fast": m.train_fast, f"{key}/train_naive": m.train_naive})
+        mlflow.log_text(text, "benchmark.md")
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from nucleiseg.inference.onnx_export import export_onnx
+
+    result = export_onnx(args.checkpoint, args.out, image_size=args.image_size, check=not args.no_check)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nucleiseg", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +233,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config override (repeatable)")
     predict.add_argument("--quiet", action="store_true", help="no progress bars")
     predict.set_defaults(handler=_predict)
+
+    bench = commands.add_parser("benchmark", help="training/inference throughput, fast path vs naive baseline")
+    bench.add_argument("--configs", default=None, help="comma-separated encoders (default: all of Table I)")
+    bench.add_argument("--image-size", type=int, default=512)
+    bench.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    bench.add_argument("--infer-batch", type=int, default=None, help="fast-path inference batch (GPU 16, CPU 4)")
+    bench.add_argument("--train-batch", type=int, default=3, help="fast-path training batch (paper: 3)")
+    bench.add_argument("--iterations", type=int, default=10, help="timed inference passes")
+    bench.add_argument("--train-steps", type=int, default=10, help="timed optimizer steps")
+    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    bench.add_argument("--out", default=None, help="folder for benchmark.md and benchmark.csv")
+    bench.add_argument("--overwrite", action="store_true")
+    bench.add_argument("--no-mlflow", action="store_true")
+    bench.set_defaults(handler=_benchmark)
+
+    onnx = commands.add_parser("export-onnx", help="export a checkpoint to ONNX, checked with onnxruntime")
+    onnx.add_argument("checkpoint")
+    onnx.add_argument("--out", required=True, help="the .onnx file to write (must not exist)")
+    onnx.add_argument("--image-size", type=int, default=256, help="example size for tracing (any size works after)")
+    onnx.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    onnx.set_defaults(handler=_export_onnx)
     return parser
 
 
@@ -165,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except (NucleisegError, FileNotFoundError) as error:
+    except (NucleisegError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

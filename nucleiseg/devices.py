@@ -25,6 +25,20 @@ def resolve_precision(precision: str | int, accelerator: str) -> str:
     return "32-true"
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix arithmetic in hardware, where bf16 autocast speeds CPU inference up."""
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(probe is not None and probe() for probe in probes)
+
+
+def resolve_inference_precision(precision: str, accelerator: str) -> str:
+    """Like :func:`resolve_precision`, but ``auto`` also picks bf16 on CPUs with native bf16 (inference only:
+    training on CPU stays fp32 so runs are repeatable to the bit)."""
+    if str(precision) == "auto" and not cuda_available(accelerator):
+        return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    return resolve_precision(precision, accelerator)
+
+
 def resolve_flag(value: str | bool, accelerator: str, option: str) -> bool:
     """``auto`` -> on for CUDA (channels_last, pinned memory pay off there), off on CPU."""
     if isinstance(value, bool):

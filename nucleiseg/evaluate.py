@@ -69,7 +69,8 @@ def _folder_items(images: Path, masks: Path) -> Iterator[tuple[str, np.ndarray, 
 def score(segmenter: Segmenter, items, threshold: float, postprocess: Mapping, prefix: str) -> dict[str, Any]:
     """Pixel metrics (whole split and per image) and instance metrics with watershed and with connected
     components, of ``segmenter`` on ``(name, image uint8 HxWx3, instance_mask int32 HxW)`` items."""
-    metrics, per_image = pixel_metrics(threshold), PerImageOverlap(threshold)
+    # computed by this process alone, also on rank 0 after a DDP run: no cross-process sync
+    metrics, per_image = pixel_metrics(threshold, sync_on_compute=False), PerImageOverlap(threshold, False)
     instances = {method: InstanceMetrics(postprocess.get("iou_threshold", 0.5)) for method in METHODS}
     n_images = 0
     for _, image, mask in items:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from nucleiseg.data.image_io import read_rgb
 from nucleiseg.data.stain import from_state
-from nucleiseg.devices import cuda_available, resolve_precision
+from nucleiseg.devices import cuda_available, resolve_flag, resolve_inference_precision
 from nucleiseg.errors import ConfigError, NucleisegError
 from nucleiseg.inference.checkpoint import load_checkpoint
 from nucleiseg.inference.export import (
@@ -138,9 +138,10 @@ def predict(inputs: list[str | Path], out: str | Path, cfg: DictConfig, checkpoi
         raise ConfigError(f"no image ({', '.join(sorted(INPUT_SUFFIXES))}) found in {[str(i) for i in inputs]}")
     accelerator = cfg.trainer.accelerator
     segmenter = Segmenter(model, "cuda" if cuda_available(accelerator) else "cpu",
-                          resolve_precision(cfg.trainer.precision, accelerator), tile_size=cfg.predict.tile_size,
-                          overlap=cfg.predict.overlap, tta=cfg.predict.tta, batch_size=cfg.predict.batch_size,
-                          normaliser=from_state(hparams.get("stain")))
+                          resolve_inference_precision(cfg.predict.precision, accelerator),
+                          tile_size=cfg.predict.tile_size, overlap=cfg.predict.overlap, tta=cfg.predict.tta,
+                          batch_size=cfg.predict.batch_size, normaliser=from_state(hparams.get("stain")),
+                          channels_last=resolve_flag(cfg.model.channels_last, accelerator, "model.channels_last"))
     threshold = float(hparams.get("threshold", cfg.threshold))
     out = Path(out).expanduser()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

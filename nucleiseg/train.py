@@ -23,6 +23,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.data.datamodule import NucleiDataModule, to_model_input
@@ -45,13 +46,13 @@ from nucleiseg.writing import write_json_atomic
 log = logging.getLogger(__name__)
 
 # Keys that do not change what a run computes: excluded from its identity (name and config hash).
-VOLATILE_KEYS = ("resume", "skip_finished", "paths", "progress_bar", "logger", "hydra", "dry_run")
+VOLATILE_KEYS = ("resume", "skip_finished", "paths", "progress_bar", "logger", "hydra", "dry_run", "gpu_per_job")
 
 
 # Overrides that name the run already, or change where/how it runs but not what it computes, stay out of the
 # run name; every other override is part of it (so a sweep over optimizer.lr gets one folder per value).
 NAME_EXCLUDED_KEYS = {"encoder", "pretrained", "seed", "paper_config", "experiment", "study", "resume",
-                      "skip_finished", "progress_bar", "test_checkpoint", "dry_run", "trainer.accelerator",
+                      "skip_finished", "progress_bar", "test_checkpoint", "dry_run", "gpu_per_job", "trainer.accelerator",
                       "trainer.devices", "data.loader.num_workers", "data.loader.pin_memory",
                       "data.loader.persistent_workers"}
 NAME_EXCLUDED_PREFIXES = ("paths.", "logger.", "hydra.", "hydra/")
@@ -97,6 +98,31 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"progress_bar={cfg.progress_bar!r}: expected auto, rich or none")
     if int(cfg.trainer.max_epochs) < 1:
         raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs}: expected at least 1")
+
+
+def _gpu_for_job(cfg: DictConfig) -> dict[str, Any]:
+    """Under the local-GPU launcher (joblib), job k of a sweep trains on GPU k mod (number of GPUs)."""
+    if not cfg.gpu_per_job or not torch.cuda.is_available():
+        return {}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return {}
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    if cfg.gpu_per_job == "auto" and "joblib" not in launcher.lower():
+        return {}
+    return {"devices": [int(hydra_cfg.job.num) % torch.cuda.device_count()]}
+
+
+def _sync_batchnorm(cfg: DictConfig) -> dict[str, bool]:
+    """SyncBatchNorm exists only for CUDA; DDP on CPU (gloo) keeps per-process BatchNorm statistics."""
+    wanted = bool(cfg.trainer.get("sync_batchnorm", False))
+    if wanted and not cuda_available(cfg.trainer.accelerator):
+        log.info("trainer.sync_batchnorm=true needs CUDA; running with per-process BatchNorm on CPU")
+        return {"sync_batchnorm": False}
+    return {}
 
 
 def _callbacks(cfg: DictConfig, run_dir: Path, has_val: bool) -> tuple[list, ModelCheckpoint]:
@@ -198,7 +224,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     accelerator = cfg.trainer.accelerator
     precision = resolve_precision(cfg.trainer.precision, accelerator)
     L.seed_everything(cfg.seed, workers=True)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # DDP workers wait for rank 0's dataset (see prepare_data)
+    # under DDP every rank runs this function; only rank 0 prepares data and writes the run's files. The other
+    # ranks are started by Lightning inside trainer.fit, after rank 0 has done both.
+    is_rank_zero = rank_zero_only.rank == 0
+    if is_rank_zero:
         prepare_dataset(cfg.data, log=log.info)
     manifest = load_manifest(prepared_path(cfg.data))
     datamodule = NucleiDataModule(cfg.data, pin_memory=resolve_flag(cfg.data.loader.pin_memory, accelerator,
@@ -216,20 +245,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     resume_from = run_dir / "checkpoints" / "last.ckpt"
     resuming = bool(cfg.resume) and previous is not None and resume_from.is_file()
     logger = _logger(cfg, name, previous["run_id"] if resuming else None, _tags(cfg, manifest, accelerator))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_file, {"run_id": logger.run_id, "identity": identity, "name": name})
-    if not resuming:
-        logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
-        logger.experiment.log_dict(logger.run_id, OmegaConf.to_container(cfg, resolve=True), "config.yaml")
-        logger.experiment.log_dict(logger.run_id, manifest, "data_manifest.json")
-    else:
-        log.info("resuming %s from %s into MLflow run %s", name, resume_from, logger.run_id)
+    if is_rank_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_file, {"run_id": logger.run_id, "identity": identity, "name": name})
+        if not resuming:
+            logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+            logger.experiment.log_dict(logger.run_id, OmegaConf.to_container(cfg, resolve=True), "config.yaml")
+            logger.experiment.log_dict(logger.run_id, manifest, "data_manifest.json")
+        else:
+            log.info("resuming %s from %s into MLflow run %s", name, resume_from, logger.run_id)
 
     has_val = manifest["counts"]["val"] > 0
     callbacks, checkpoint = _callbacks(cfg, run_dir, has_val)
     trainer: L.Trainer = instantiate(cfg.trainer, precision=precision, logger=logger, callbacks=callbacks,
                                      default_root_dir=str(run_dir), enable_progress_bar=len(callbacks) > 1,
-                                     _convert_="partial")
+                                     _convert_="partial", **_gpu_for_job(cfg), **_sync_batchnorm(cfg))
     started = time.perf_counter()
     try:
         try:
@@ -252,25 +282,33 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"CUDA out of memory training {name} with batch size {cfg.data.loader.batch_size} at {precision}: "
             "try a smaller data.loader.batch_size, trainer.precision=bf16-mixed (or 16-mixed), or a smaller encoder"
         ) from None
-    _log_overlays(module, datamodule, logger, cfg.logger.overlays, cfg.threshold)
     metrics = {k: float(v) for k, v in results.items()}
-    instance_metrics = _instance_metrics(module, datamodule, cfg, precision, accelerator)
-    metrics.update(instance_metrics)
-    logger.log_metrics(instance_metrics)
-    speed = measure_inference(module.model, cfg.speed.image_size, cfg.speed.batch_size, precision,
-                              "cuda" if cuda_available(accelerator) else "cpu", cfg.speed.warmup,
-                              cfg.speed.iterations, module.hparams.channels_last)
-    metrics["test/images_per_second"] = speed["images_per_second"]
-    logger.log_metrics({"test/images_per_second": speed["images_per_second"]})
-    for key in ("image_size", "batch_size", "precision", "device"):
-        logger.experiment.set_tag(logger.run_id, f"speed.{key}", str(speed[key]))
-    logger.experiment.set_tag(logger.run_id, "checkpoint", str(test_path))
+    if not trainer.is_global_zero:
+        return metrics
+    metrics.update(_finish(cfg, module, datamodule, logger, precision, test_path))
     metrics["train_seconds"] = time.perf_counter() - started
     logger.log_metrics({"train_seconds": metrics["train_seconds"]})
     write_json_atomic(done_file, {"run_id": logger.run_id, "name": name, "identity": identity,
                                   "metrics": metrics, "final_epoch_metrics": final,
                                   "test_checkpoint": str(test_path)})
     print_run_summary(name, cfg, metrics, final, run_dir, logger.run_id)
+    return metrics
+
+
+def _finish(cfg: DictConfig, module: SegmentationModule, datamodule: NucleiDataModule, logger: MLFlowLogger,
+            precision: str, test_path: str) -> dict[str, float]:
+    """After the test pass, on rank 0: overlays, instance metrics, inference speed, the checkpoint tag."""
+    accelerator = cfg.trainer.accelerator
+    _log_overlays(module, datamodule, logger, cfg.logger.overlays, cfg.threshold)
+    metrics = _instance_metrics(module, datamodule, cfg, precision, accelerator)
+    speed = measure_inference(module.model, cfg.speed.image_size, cfg.speed.batch_size, precision,
+                              "cuda" if cuda_available(accelerator) else "cpu", cfg.speed.warmup,
+                              cfg.speed.iterations, module.hparams.channels_last)
+    metrics["test/images_per_second"] = speed["images_per_second"]
+    logger.log_metrics(metrics)
+    for key in ("image_size", "batch_size", "precision", "device"):
+        logger.experiment.set_tag(logger.run_id, f"speed.{key}", str(speed[key]))
+    logger.experiment.set_tag(logger.run_id, "checkpoint", str(test_path))
     return metrics
 
 

@@ -20,19 +20,21 @@ from torchmetrics.utilities import dim_zero_cat
 PIXEL_METRICS = ("jaccard", "f1", "recall", "precision", "accuracy")
 
 
-def pixel_metrics(threshold: float = 0.5, prefix: str = "") -> MetricCollection:
+def pixel_metrics(threshold: float = 0.5, prefix: str = "", sync_on_compute: bool = True) -> MetricCollection:
     """Metrics taking ``preds`` (probabilities, any shape) and ``target`` (0/1, same shape).
 
     Empty cases: no nucleus in either prediction or truth is perfect agreement for Jaccard and F1 (1.0);
-    precision and recall keep torchmetrics' 0 for an empty denominator.
+    precision and recall keep torchmetrics' 0 for an empty denominator. ``sync_on_compute=False`` for metrics
+    one process computes alone (post-test scoring on rank 0 of a DDP run).
     """
+    options = {"threshold": threshold, "sync_on_compute": sync_on_compute}
     return MetricCollection(
         {
-            "jaccard": BinaryJaccardIndex(threshold=threshold, zero_division=1.0),
-            "f1": BinaryF1Score(threshold=threshold, zero_division=1.0),
-            "recall": BinaryRecall(threshold=threshold),
-            "precision": BinaryPrecision(threshold=threshold),
-            "accuracy": BinaryAccuracy(threshold=threshold),
+            "jaccard": BinaryJaccardIndex(zero_division=1.0, **options),
+            "f1": BinaryF1Score(zero_division=1.0, **options),
+            "recall": BinaryRecall(**options),
+            "precision": BinaryPrecision(**options),
+            "accuracy": BinaryAccuracy(**options),
         },
         prefix=prefix,
     )
@@ -47,8 +49,8 @@ class PerImageOverlap(Metric):
 
     full_state_update = False
 
-    def __init__(self, threshold: float = 0.5) -> None:
-        super().__init__()
+    def __init__(self, threshold: float = 0.5, sync_on_compute: bool = True) -> None:
+        super().__init__(sync_on_compute=sync_on_compute)
         self.threshold = threshold
         self.add_state("stats", default=[], dist_reduce_fx="cat")
 

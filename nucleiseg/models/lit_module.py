@@ -74,16 +74,18 @@ class SegmentationModule(L.LightningModule):
                 f"step {self.global_step}; the last good checkpoint is kept. Try a lower lr or precision=32-true"
             )
         batch_size = batch["image"].shape[0]
-        self.log("train/loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
-        self.log("train/bce", losses["bce"], on_step=False, on_epoch=True, batch_size=batch_size)
-        self.log("train/dice_loss", losses["dice_loss"], on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log("train/loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size,
+                 sync_dist=True)
+        self.log("train/bce", losses["bce"], on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        self.log("train/dice_loss", losses["dice_loss"], on_step=False, on_epoch=True, batch_size=batch_size,
+                 sync_dist=True)
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         losses, logits, target = self._shared_step(batch)
         self.val_metrics.update(torch.sigmoid(logits.float()), target.int())
         self.log("val/loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=batch["image"].shape[0])
+                 batch_size=batch["image"].shape[0], sync_dist=True)
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -91,20 +93,22 @@ class SegmentationModule(L.LightningModule):
         probabilities = torch.sigmoid(logits.float())
         self.test_metrics.update(probabilities, target.int())
         self.test_per_image.update(probabilities, target.int())
-        self.log("test/loss", losses["loss"], on_step=False, on_epoch=True, batch_size=batch["image"].shape[0])
+        self.log("test/loss", losses["loss"], on_step=False, on_epoch=True, batch_size=batch["image"].shape[0],
+                 sync_dist=True)
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict({f"test/{k}": v for k, v in self.test_per_image.compute().items()})
+        # compute() already gathers every rank's images; sync_dist only silences Lightning's DDP warning
+        self.log_dict({f"test/{k}": v for k, v in self.test_per_image.compute().items()}, sync_dist=True)
         self.test_per_image.reset()
 
     def on_train_epoch_end(self) -> None:
         # MLflow's x axis for epoch-level metrics is the epoch, so loss curves line up across runs
-        self.log("step", float(self.current_epoch), on_step=False, on_epoch=True)
+        self.log("step", float(self.current_epoch), on_step=False, on_epoch=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
-            self.log("step", float(self.current_epoch), on_step=False, on_epoch=True)
+            self.log("step", float(self.current_epoch), on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:
