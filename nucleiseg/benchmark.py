@@ -77,8 +77,8 @@ class PngPairs(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path = self.images[index]
-        image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)
-        mask = torch.from_numpy(read_mask(path.with_name(path.name.replace("image_", "mask_"))))
+        image = torch.tensor(read_rgb(path)).permute(2, 0, 1)
+        mask = torch.tensor(read_mask(path.with_name(path.name.replace("image_", "mask_"))))
         return {"image": image, "mask": mask}
 
 
@@ -99,7 +99,9 @@ def _write_pngs(folder: Path, count: int, size: int) -> TensorPairs:
 
 
 @torch.inference_mode()
-def _inference_rate(model, device, size, batch, precision, channels_last, iterations, warmup) -> tuple[float, torch.Tensor]:
+def _inference_rate(
+    model, device, size, batch, precision, channels_last, iterations, warmup
+) -> tuple[float, torch.Tensor]:
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -149,13 +151,24 @@ def fast_precision(device: torch.device) -> str:
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 
-def benchmark(encoders: list[str] | None = None, image_size: int = 512, device: str = "auto",
-              infer_batch: int | None = None, train_batch: int = 3, iterations: int = 10, train_steps: int = 10,
-              warmup: int = 2, compile_model: bool = False, log=print) -> list[Measurement]:
+def benchmark(
+    encoders: list[str] | None = None,
+    image_size: int = 512,
+    device: str = "auto",
+    infer_batch: int | None = None,
+    train_batch: int = 3,
+    iterations: int = 10,
+    train_steps: int = 10,
+    warmup: int = 2,
+    compile_model: bool = False,
+    log=print,
+) -> list[Measurement]:
     """Measure every architecture of ``encoders`` (default: all of Table I)."""
     if image_size < 64 or image_size % 32:
-        raise ConfigError(f"--image-size {image_size}: expected a multiple of 32, at least 64 (the deepest "
-                          "encoder stage must keep more than one pixel for BatchNorm to train at batch 1)")
+        raise ConfigError(
+            f"--image-size {image_size}: expected a multiple of 32, at least 64 (the deepest "
+            "encoder stage must keep more than one pixel for BatchNorm to train at batch 1)"
+        )
     torch_device = torch.device("cuda" if device in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
     precision = fast_precision(torch_device)
     infer_batch = infer_batch or (16 if torch_device.type == "cuda" else 4)
@@ -164,18 +177,21 @@ def benchmark(encoders: list[str] | None = None, image_size: int = 512, device: 
     with tempfile.TemporaryDirectory(prefix="nucleiseg-bench-") as scratch:
         cached = _write_pngs(Path(scratch), max(8, train_batch * 2), image_size)
         naive_loader = DataLoader(PngPairs(Path(scratch)), batch_size=1, shuffle=True, num_workers=0)
-        fast_loader = DataLoader(cached, batch_size=train_batch, shuffle=True, num_workers=0, pin_memory=pin,
-                                 drop_last=True)
+        fast_loader = DataLoader(
+            cached, batch_size=train_batch, shuffle=True, num_workers=0, pin_memory=pin, drop_last=True
+        )
         for encoder in encoders or list(ENCODERS):
             torch.manual_seed(0)
             model = create_model(encoder).to(torch_device).eval()
-            naive_rate, naive_out = _inference_rate(model, torch_device, image_size, 1, "32-true", False,
-                                                    iterations, warmup)
+            naive_rate, naive_out = _inference_rate(
+                model, torch_device, image_size, 1, "32-true", False, iterations, warmup
+            )
             fast_model = model.to(memory_format=torch.channels_last)
             if compile_model:
                 fast_model.compile()
-            fast_rate, fast_out = _inference_rate(fast_model, torch_device, image_size, infer_batch, precision, True,
-                                                  iterations, warmup)
+            fast_rate, fast_out = _inference_rate(
+                fast_model, torch_device, image_size, infer_batch, precision, True, iterations, warmup
+            )
             model = create_model(encoder).to(torch_device)
             train_naive = _training_rate(model, torch_device, naive_loader, "32-true", False, train_steps, warmup)
             model = create_model(encoder).to(torch_device).to(memory_format=torch.channels_last)
@@ -184,17 +200,29 @@ def benchmark(encoders: list[str] | None = None, image_size: int = 512, device: 
             train_fast = _training_rate(model, torch_device, fast_loader, precision, True, train_steps, warmup)
             label = configuration_label(encoder, False)
             for pretrained in (False, True) if ENCODERS[encoder].has_imagenet_weights else (False,):
-                measurements.append(Measurement(
-                    configuration=configuration_label(encoder, pretrained), architecture=label,
-                    device=device_name("gpu" if torch_device.type == "cuda" else "cpu"), image_size=image_size,
-                    infer_naive=naive_rate, infer_fast=fast_rate, infer_batch=infer_batch, infer_precision=precision,
-                    train_naive=train_naive, train_fast=train_fast, train_batch=train_batch,
-                    train_precision=precision,
-                    fast_vs_naive_max_prob_diff=float((fast_out - naive_out).abs().max())))
+                measurements.append(
+                    Measurement(
+                        configuration=configuration_label(encoder, pretrained),
+                        architecture=label,
+                        device=device_name("gpu" if torch_device.type == "cuda" else "cpu"),
+                        image_size=image_size,
+                        infer_naive=naive_rate,
+                        infer_fast=fast_rate,
+                        infer_batch=infer_batch,
+                        infer_precision=precision,
+                        train_naive=train_naive,
+                        train_fast=train_fast,
+                        train_batch=train_batch,
+                        train_precision=precision,
+                        fast_vs_naive_max_prob_diff=float((fast_out - naive_out).abs().max()),
+                    )
+                )
             last = measurements[-1]
-            log(f"{encoder}: inference {last.infer_naive:.1f} -> {last.infer_fast:.1f} img/s "
+            log(
+                f"{encoder}: inference {last.infer_naive:.1f} -> {last.infer_fast:.1f} img/s "
                 f"(x{last.infer_ratio:.2f}), training {last.train_naive:.1f} -> {last.train_fast:.1f} img/s "
-                f"(x{last.train_ratio:.2f})")
+                f"(x{last.train_ratio:.2f})"
+            )
     return measurements
 
 
@@ -202,7 +230,9 @@ def projected_study_hours(measurements: list[Measurement]) -> float:
     """Wall time of the paper's study from the fast rates: 20 epochs x 165 images + 25 test images, x 10 seeds."""
     seconds = 0.0
     for m in measurements:
-        seconds += PAPER_SEEDS * (PAPER_EPOCHS * PAPER_IMAGES_PER_EPOCH / m.train_fast + PAPER_TEST_IMAGES / m.infer_fast)
+        seconds += PAPER_SEEDS * (
+            PAPER_EPOCHS * PAPER_IMAGES_PER_EPOCH / m.train_fast + PAPER_TEST_IMAGES / m.infer_fast
+        )
     return seconds / 3600
 
 
@@ -217,15 +247,24 @@ def as_table(measurements: list[Measurement]) -> list[dict]:
 
 def markdown(measurements: list[Measurement], when: str) -> str:
     first = measurements[0]
-    lines = [f"Benchmark on {first.device}, {when}; {first.image_size}x{first.image_size} images. Naive: eager fp32, "
-             f"batch 1, training data decoded from PNG every step. Fast: batch {first.infer_batch} (inference) / "
-             f"{first.train_batch} (training), channels-last, {first.infer_precision}, in-memory data.", "",
-             "| configuration | inference naive img/s | inference fast img/s | x | training naive img/s | "
-             "training fast img/s | x | max prob. diff fast vs naive |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Benchmark on {first.device}, {when}; {first.image_size}x{first.image_size} images. Naive: eager fp32, "
+        f"batch 1, training data decoded from PNG every step. Fast: batch {first.infer_batch} (inference) / "
+        f"{first.train_batch} (training), channels-last, {first.infer_precision}, in-memory data.",
+        "",
+        "| configuration | inference naive img/s | inference fast img/s | x | training naive img/s | "
+        "training fast img/s | x | max prob. diff fast vs naive |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in measurements:
-        lines.append(f"| {m.configuration} | {m.infer_naive:.2f} | {m.infer_fast:.2f} | {m.infer_ratio:.2f} | "
-                     f"{m.train_naive:.2f} | {m.train_fast:.2f} | {m.train_ratio:.2f} | "
-                     f"{m.fast_vs_naive_max_prob_diff:.3g} |")
-    lines += ["", f"Projected wall time of the 140-run study at these fast rates: "
-              f"{projected_study_hours(measurements):.1f} h (one device, runs in sequence)."]
+        lines.append(
+            f"| {m.configuration} | {m.infer_naive:.2f} | {m.infer_fast:.2f} | {m.infer_ratio:.2f} | "
+            f"{m.train_naive:.2f} | {m.train_fast:.2f} | {m.train_ratio:.2f} | "
+            f"{m.fast_vs_naive_max_prob_diff:.3g} |"
+        )
+    lines += [
+        "",
+        f"Projected wall time of the 140-run study at these fast rates: "
+        f"{projected_study_hours(measurements):.1f} h (one device, runs in sequence).",
+    ]
     return "\n".join(lines)

@@ -15,8 +15,10 @@ def _data_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
-        print(f"{summary['dataset']} at {summary['root']}: {summary['n_images']} images, {summary['n_masks']} masks, "
-              f"{summary['n_patients']} patients, sizes {summary['sizes']}, {summary['n_nuclei']} nuclei")
+        print(
+            f"{summary['dataset']} at {summary['root']}: {summary['n_images']} images, {summary['n_masks']} masks, "
+            f"{summary['n_patients']} patients, sizes {summary['sizes']}, {summary['n_nuclei']} nuclei"
+        )
     return 0
 
 
@@ -39,8 +41,11 @@ def _data_prepare(args: argparse.Namespace) -> int:
     cfg = compose(args.overrides)
     folder = prepare_dataset(cfg.data, overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr))
     manifest = load_manifest(folder)
-    print(json.dumps({"folder": str(folder), "counts": manifest["counts"],
-                      "content_hash": manifest["content_hash"]}, indent=1))
+    print(
+        json.dumps(
+            {"folder": str(folder), "counts": manifest["counts"], "content_hash": manifest["content_hash"]}, indent=1
+        )
+    )
     return 0
 
 
@@ -52,8 +57,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nucleiseg.evaluate import evaluate
 
     cfg = compose(args.overrides)
-    results = evaluate(args.checkpoint, cfg, split=args.split, images=args.images, masks=args.masks,
-                       log_to_mlflow=not args.no_mlflow, study=args.study)
+    results = evaluate(
+        args.checkpoint,
+        cfg,
+        split=args.split,
+        images=args.images,
+        masks=args.masks,
+        log_to_mlflow=not args.no_mlflow,
+        study=args.study,
+    )
     table = Table(title=f"evaluation of {args.checkpoint}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -69,8 +81,14 @@ def _report(args: argparse.Namespace) -> int:
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or compose([]).logger.tracking_uri
     figure = [c.strip() for c in args.figure_configs.split(";")] if args.figure_configs else None
-    out = write_report(uri, args.study, args.out, overwrite=args.overwrite, figure_configurations=figure,
-                       figure_image=args.figure_image)
+    out = write_report(
+        uri,
+        args.study,
+        args.out,
+        overwrite=args.overwrite,
+        figure_configurations=figure,
+        figure_image=args.figure_image,
+    )
     print(f"report written to {out} (report.md, table2_losses.csv, table3_metrics.csv, figures)")
     return 0
 
@@ -91,8 +109,15 @@ def _predict(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"trainer.accelerator={args.device}")
     cfg = compose(overrides)
-    summary = predict(args.inputs, args.out, cfg, checkpoint=args.checkpoint, run_id=args.run_id,
-                      overwrite=args.overwrite, show_progress=not args.quiet)
+    summary = predict(
+        args.inputs,
+        args.out,
+        cfg,
+        checkpoint=args.checkpoint,
+        run_id=args.run_id,
+        overwrite=args.overwrite,
+        show_progress=not args.quiet,
+    )
     print_summary(summary, Path(args.out))
     return 0 if summary.ok else 1
 
@@ -116,21 +141,39 @@ def _benchmark(args: argparse.Namespace) -> int:
     for name in ("benchmark.md", "benchmark.csv"):
         if out is not None and (out / name).exists() and not args.overwrite:
             raise FileExistsError(f"{out / name} exists; pass --overwrite to replace it")
-    measurements = benchmark(encoders, args.image_size, args.device, args.infer_batch, args.train_batch,
-                             args.iterations, args.train_steps, args.warmup, args.compile,
-                             log=lambda line: print(line, file=sys.stderr))
+    measurements = benchmark(
+        encoders,
+        args.image_size,
+        args.device,
+        args.infer_batch,
+        args.train_batch,
+        args.iterations,
+        args.train_steps,
+        args.warmup,
+        args.compile,
+        log=lambda line: print(line, file=sys.stderr),
+    )
     table = Table(title=f"nucleiseg benchmark: {measurements[0].device}, {args.image_size}x{args.image_size}")
     for column in ("configuration", "infer naive", "infer fast", "x", "train naive", "train fast", "x"):
         table.add_column(column, justify="left" if column == "configuration" else "right")
     for m in measurements:
-        table.add_row(m.configuration, f"{m.infer_naive:.2f}", f"{m.infer_fast:.2f}", f"{m.infer_ratio:.2f}",
-                      f"{m.train_naive:.2f}", f"{m.train_fast:.2f}", f"{m.train_ratio:.2f}")
+        table.add_row(
+            m.configuration,
+            f"{m.infer_naive:.2f}",
+            f"{m.infer_fast:.2f}",
+            f"{m.infer_ratio:.2f}",
+            f"{m.train_naive:.2f}",
+            f"{m.train_fast:.2f}",
+            f"{m.train_ratio:.2f}",
+        )
     console = Console()
     console.print(table)
     first = measurements[0]
-    console.print(f"images/s; fast = batch {first.infer_batch}/{first.train_batch} (inference/training), channels-last, "
-                  f"{first.infer_precision}; naive = eager fp32, batch 1, PNG decoding every step. Projected "
-                  f"140-run study: {projected_study_hours(measurements):.1f} h")
+    console.print(
+        f"images/s; fast = batch {first.infer_batch}/{first.train_batch} (inference/training), channels-last, "
+        f"{first.infer_precision}; naive = eager fp32, batch 1, PNG decoding every step. Projected "
+        f"140-run study: {projected_study_hours(measurements):.1f} h"
+    )
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -157,12 +200,24 @@ def _log_benchmark(measurements, text: str) -> None:
     mlflow.set_experiment("benchmark")
     first = measurements[0]
     with mlflow.start_run(run_name=f"benchmark-{first.image_size}px"):
-        mlflow.set_tags({"device": first.device, "precision": first.infer_precision,
-                         "infer_batch": str(first.infer_batch), "train_batch": str(first.train_batch)})
+        mlflow.set_tags(
+            {
+                "device": first.device,
+                "precision": first.infer_precision,
+                "infer_batch": str(first.infer_batch),
+                "train_batch": str(first.train_batch),
+            }
+        )
         for m in measurements:
             key = m.configuration.replace(" ", "_").replace("(", "").replace(")", "")
-            mlflow.log_metrics({f"{key}/infer_fast": m.infer_fast, f"{key}/infer_naive": m.infer_naive,
-                                f"{key}/train_fast": m.train_fast, f"{key}/train_naive": m.train_naive})
+            mlflow.log_metrics(
+                {
+                    f"{key}/infer_fast": m.infer_fast,
+                    f"{key}/infer_naive": m.infer_naive,
+                    f"{key}/train_fast": m.train_fast,
+                    f"{key}/train_naive": m.train_naive,
+                }
+            )
         mlflow.log_text(text, "benchmark.md")
 
 
@@ -212,9 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--study", default="paper", help="MLflow experiment (the study name used in training)")
     report.add_argument("--out", required=True, help="folder to write (must be new or empty)")
     report.add_argument("--tracking-uri", default=None, help="MLflow store (default: the config's / env's)")
-    report.add_argument("--figure-configs", default=None,
-                        help="configurations for the prediction figure, ';'-separated, e.g. "
-                             "'DenseNet-121 (ImageNet);Modified U-Net (BatchNorm)'")
+    report.add_argument(
+        "--figure-configs",
+        default=None,
+        help="configurations for the prediction figure, ';'-separated, e.g. "
+        "'DenseNet-121 (ImageNet);Modified U-Net (BatchNorm)'",
+    )
     report.add_argument("--figure-image", type=int, default=0, help="index of the test image for that figure")
     report.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     report.set_defaults(handler=_report)

@@ -14,8 +14,10 @@ def config_dir() -> Path:
     """``conf/`` of the checkout this package runs from (or ``NUCLEISEG_CONF``)."""
     folder = Path(os.environ.get("NUCLEISEG_CONF", Path(__file__).resolve().parents[1] / "conf"))
     if not (folder / "config.yaml").is_file():
-        raise ConfigError(f"{folder}: no config.yaml; install nucleiseg from a source checkout "
-                          "(pip install -e .) or set NUCLEISEG_CONF to its conf/ folder")
+        raise ConfigError(
+            f"{folder}: no config.yaml; install nucleiseg from a source checkout "
+            "(pip install -e .) or set NUCLEISEG_CONF to its conf/ folder"
+        )
     return folder
 
 

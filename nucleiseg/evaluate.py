@@ -53,16 +53,21 @@ def _split_items(folder: Path, manifest: dict, split: str) -> Iterator[tuple[str
     pairs = load_split(folder, split)
     for record in manifest["splits"][split]:
         item = pairs[record["index"]]
-        yield (f"{record['source_id']}:{record['augmentation']}", item["image"].permute(1, 2, 0).numpy(),
-               item["mask"].numpy())
+        yield (
+            f"{record['source_id']}:{record['augmentation']}",
+            item["image"].permute(1, 2, 0).numpy(),
+            item["mask"].numpy(),
+        )
 
 
 def _folder_items(images: Path, masks: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     for image_path, mask_path in folder_pairs(images, masks):
         image, mask = read_rgb(image_path), read_mask(mask_path)
         if image.shape[:2] != mask.shape:
-            raise ConfigError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image {image_path} is "
-                              f"{image.shape[1]}x{image.shape[0]}")
+            raise ConfigError(
+                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image {image_path} is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
         yield image_path.stem, image, mask
 
 
@@ -91,8 +96,15 @@ def score(segmenter: Segmenter, items, threshold: float, postprocess: Mapping, p
     return results
 
 
-def evaluate(checkpoint: str | Path, cfg: DictConfig, split: str = "test", images: str | Path | None = None,
-             masks: str | Path | None = None, log_to_mlflow: bool = True, study: str = "evaluate") -> dict[str, Any]:
+def evaluate(
+    checkpoint: str | Path,
+    cfg: DictConfig,
+    split: str = "test",
+    images: str | Path | None = None,
+    masks: str | Path | None = None,
+    log_to_mlflow: bool = True,
+    study: str = "evaluate",
+) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on a prepared split, or on ``images``/``masks`` folders when given."""
     if (images is None) != (masks is None):
         raise ConfigError("--images and --masks go together")
@@ -110,17 +122,27 @@ def evaluate(checkpoint: str | Path, cfg: DictConfig, split: str = "test", image
         manifest = load_manifest(folder)
         items, normalise = _split_items(folder, manifest, split), None
         if manifest.get("stain") and manifest["stain"] != model_stain:
-            raise ConfigError(f"{folder}: the split was stain-normalised differently from this checkpoint's training "
-                              "data; prepare it with data.stain.method=none or the same reference")
+            raise ConfigError(
+                f"{folder}: the split was stain-normalised differently from this checkpoint's training "
+                "data; prepare it with data.stain.method=none or the same reference"
+            )
         if not manifest.get("stain"):
             normalise = model_stain  # raw split, model trained on normalised images: normalise like training
-    segmenter = Segmenter(model, device, precision, tile_size=cfg.predict.tile_size,
-                          overlap=cfg.predict.overlap, tta=cfg.predict.tta, normaliser=from_state(normalise))
+    segmenter = Segmenter(
+        model,
+        device,
+        precision,
+        tile_size=cfg.predict.tile_size,
+        overlap=cfg.predict.overlap,
+        tta=cfg.predict.tta,
+        normaliser=from_state(normalise),
+    )
     threshold = float(hparams.get("threshold", cfg.threshold))
     prefix = "folder" if images is not None else split
     results = score(segmenter, items, threshold, cfg.postprocess, prefix)
-    speed = measure_inference(model, cfg.speed.image_size, cfg.speed.batch_size, precision, device,
-                              cfg.speed.warmup, cfg.speed.iterations)
+    speed = measure_inference(
+        model, cfg.speed.image_size, cfg.speed.batch_size, precision, device, cfg.speed.warmup, cfg.speed.iterations
+    )
     results[f"{prefix}/images_per_second"] = speed["images_per_second"]
     if log_to_mlflow:
         _log(cfg, study, checkpoint, hparams, results, speed, images or split)
@@ -137,8 +159,14 @@ def _log(cfg: DictConfig, study: str, checkpoint, hparams, results, speed, sourc
         mlflow.create_experiment(study, artifact_location=resolve_artifact_location(cfg.logger.artifact_location))
     mlflow.set_experiment(study)
     with mlflow.start_run(run_name=f"evaluate-{Path(checkpoint).parent.parent.name}"):
-        mlflow.set_tags({"checkpoint": str(Path(checkpoint).resolve()), "encoder": hparams["encoder"],
-                         "pretrained": str(hparams.get("pretrained", False)).lower(), "evaluated_on": str(source),
-                         "device": device_name(cfg.trainer.accelerator),
-                         **{f"speed.{k}": str(v) for k, v in speed.items() if k != "images_per_second"}})
+        mlflow.set_tags(
+            {
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "encoder": hparams["encoder"],
+                "pretrained": str(hparams.get("pretrained", False)).lower(),
+                "evaluated_on": str(source),
+                "device": device_name(cfg.trainer.accelerator),
+                **{f"speed.{k}": str(v) for k, v in speed.items() if k != "images_per_second"},
+            }
+        )
         mlflow.log_metrics(results)

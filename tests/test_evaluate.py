@@ -9,7 +9,6 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from nucleiseg.cli import main as cli
-from nucleiseg.config import compose
 from nucleiseg.evaluate import evaluate
 from nucleiseg.inference.checkpoint import CheckpointError, load_checkpoint
 from nucleiseg.tracking.report import write_report
@@ -64,6 +63,7 @@ def test_checkpoints_load_without_running_pickled_code(trained, tmp_path):
     class Payload:
         def __reduce__(self):
             return (print, ("this must never run",))
+
     evil = tmp_path / "evil.ckpt"
     evil.write_bytes(pickle.dumps({"state_dict": {}, "hyper_parameters": {"encoder": "unet"}, "x": Payload()}))
     with pytest.raises(CheckpointError, match="cannot load safely"):
@@ -81,13 +81,32 @@ def test_checkpoint_of_another_architecture_is_named(trained, tmp_path):
 
 
 def test_report_with_prediction_figure(trained, tmp_path, tracking_uri, capsys):
-    out = write_report(tracking_uri, "evaluated", tmp_path / "report",
-                       figure_configurations=["Modified U-Net (BatchNorm)"], figure_image=1)
+    out = write_report(
+        tracking_uri,
+        "evaluated",
+        tmp_path / "report",
+        figure_configurations=["Modified U-Net (BatchNorm)"],
+        figure_image=1,
+    )
     assert (out / "fig9_predictions.png").stat().st_size > 1000 and (out / "fig9_predictions.svg").is_file()
     instances = (out / "table4_instances.csv").read_text()
     assert "aji_watershed" in instances and "Modified U-Net (BatchNorm)" in instances
     assert "fig9_predictions.png" in (out / "report.md").read_text()
-    assert cli(["report", "--study", "evaluated", "--out", str(tmp_path / "again"), "--tracking-uri", tracking_uri,
-                "--figure-configs", "ResNet-50"]) == 2
+    assert (
+        cli(
+            [
+                "report",
+                "--study",
+                "evaluated",
+                "--out",
+                str(tmp_path / "again"),
+                "--tracking-uri",
+                tracking_uri,
+                "--figure-configs",
+                "ResNet-50",
+            ]
+        )
+        == 2
+    )
     assert "no finished run of 'ResNet-50'" in capsys.readouterr().err
     assert not (tmp_path / "again").exists()

@@ -31,9 +31,15 @@ def test_notebook_executes(path: Path, study_store, monkeypatch):
     monkeypatch.setenv("NUCLEISEG_TRACKING_URI", study_store)
     monkeypatch.setenv("NUCLEISEG_STUDY", "nbstudy")
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    text = "\n".join(output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
-                     for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
+    text = "\n".join(
+        output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
     assert "6 runs in study 'nbstudy'" in text
     if path.name == "results.ipynb":
         assert "best configuration: Modified U-Net (BatchNorm) (median Jaccard 0.650" in text

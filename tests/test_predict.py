@@ -51,8 +51,9 @@ def test_predict_writes_every_output(trained_run, inputs, tmp_path):
 
 
 def test_geojson_is_valid_for_qupath(trained_run, inputs, tmp_path):
-    predict([inputs / "wide.png"], tmp_path / "out", _cfg(trained_run), checkpoint=str(trained_run[3]),
-            show_progress=False)
+    predict(
+        [inputs / "wide.png"], tmp_path / "out", _cfg(trained_run), checkpoint=str(trained_run[3]), show_progress=False
+    )
     collection = json.loads((tmp_path / "out" / "wide" / "nuclei.geojson").read_text())
     instances = tifffile.imread(tmp_path / "out" / "wide" / "instances.tif")
     assert collection["type"] == "FeatureCollection"
@@ -84,6 +85,7 @@ def test_interruption_then_resume_leaves_one_complete_set(trained_run, inputs, t
         if calls["n"] == 2:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C while the second image was being written
         return original(frame, path, parquet)
+
     monkeypatch.setattr(predict_module, "write_features", crash_on_second_image)
     with pytest.raises(KeyboardInterrupt):
         predict([inputs], out, cfg, checkpoint=str(trained_run[3]), show_progress=False)
@@ -97,14 +99,28 @@ def test_interruption_then_resume_leaves_one_complete_set(trained_run, inputs, t
     assert (out / "small" / "done.json").read_text() == first_done  # untouched
     for image in ("small", "wide"):
         names = sorted(p.name for p in (out / image).iterdir())
-        assert names == sorted([*OUTPUTS, "done.json", *(["features.parquet"] if (out / image / "features.parquet").exists() else [])])
+        assert names == sorted(
+            [*OUTPUTS, "done.json", *(["features.parquet"] if (out / image / "features.parquet").exists() else [])]
+        )
 
 
 def test_unreadable_input_is_reported_and_skipped(trained_run, inputs, tmp_path, capsys):
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
-    code = cli(["predict", str(inputs), str(tmp_path / "nowhere.png"), "--out", str(tmp_path / "out"),
-                "--checkpoint", str(trained_run[3]), "--tile-size", "64", "--quiet",
-                *[f"--set={o}" for o in trained_run[1]]])
+    code = cli(
+        [
+            "predict",
+            str(inputs),
+            str(tmp_path / "nowhere.png"),
+            "--out",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(trained_run[3]),
+            "--tile-size",
+            "64",
+            "--quiet",
+            *[f"--set={o}" for o in trained_run[1]],
+        ]
+    )
     assert code == 1
     printed = capsys.readouterr().out
     assert "broken.png" in printed and "nowhere.png" in printed and "failed" in printed
@@ -118,8 +134,9 @@ def test_existing_outputs_are_not_overwritten_without_asking(trained_run, inputs
     summary = predict([inputs / "wide.png"], out, cfg, checkpoint=str(trained_run[3]), show_progress=False)
     assert summary.not_written == ["wide.png"] and not summary.ok
     assert (out / "wide" / "mask.png").read_bytes() == b"the user's own file"
-    summary = predict([inputs / "wide.png"], out, cfg, checkpoint=str(trained_run[3]), overwrite=True,
-                      show_progress=False)
+    summary = predict(
+        [inputs / "wide.png"], out, cfg, checkpoint=str(trained_run[3]), overwrite=True, show_progress=False
+    )
     assert summary.ok and (out / "wide" / "mask.png").read_bytes() != b"the user's own file"
 
 
@@ -127,10 +144,12 @@ def test_checkpoint_from_an_mlflow_run_id(trained_run, inputs, tmp_path, trackin
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("evaluated").experiment_id],
-                              filter_string="tags.checkpoint != ''")
-    summary = predict([inputs / "small.tif"], tmp_path / "out", _cfg(trained_run), run_id=runs[0].info.run_id,
-                      show_progress=False)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("evaluated").experiment_id], filter_string="tags.checkpoint != ''"
+    )
+    summary = predict(
+        [inputs / "small.tif"], tmp_path / "out", _cfg(trained_run), run_id=runs[0].info.run_id, show_progress=False
+    )
     assert summary.ok and summary.done[0][0] == "small.tif"
     with pytest.raises(ValueError, match="exactly one"):
         predict([inputs], tmp_path / "o", _cfg(trained_run), show_progress=False)

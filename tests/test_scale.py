@@ -13,15 +13,27 @@ from tests.conftest import REPO
 
 
 def _train(*args, timeout=600):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_ddp_on_cpu_with_two_processes(tmp_path, tracking_uri):
-    result = _train("experiment=quickstart", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                    "study=ddp", f"paths.root_dir={tmp_path}", f"logger.tracking_uri={tracking_uri}",
-                    "trainer.max_epochs=1", "data.sources.synthetic.tile_size=48", "data.protocol.image_size=32",
-                    "logger.overlays=0", "speed.image_size=32", "progress_bar=none")
+    result = _train(
+        "experiment=quickstart",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "study=ddp",
+        f"paths.root_dir={tmp_path}",
+        f"logger.tracking_uri={tracking_uri}",
+        "trainer.max_epochs=1",
+        "data.sources.synthetic.tile_size=48",
+        "data.protocol.image_size=32",
+        "logger.overlays=0",
+        "speed.image_size=32",
+        "progress_bar=none",
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "gloo" in result.stderr.lower() or "distributed" in result.stderr.lower()
     client = MlflowClient(tracking_uri)
@@ -33,18 +45,45 @@ def test_ddp_on_cpu_with_two_processes(tmp_path, tracking_uri):
 
 
 def test_local_gpu_launcher_runs_a_sweep_in_parallel_workers(tmp_path):
-    result = subprocess.run([sys.executable, "train.py", "-m", "experiment=paper", "hydra/launcher=local_gpus",
-                             "dry_run=true", "seed=0", f"paths.root_dir={tmp_path}"], cwd=REPO, capture_output=True,
-                            text=True, timeout=600, env={**__import__("os").environ, "NUCLEISEG_GPUS": "2"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "experiment=paper",
+            "hydra/launcher=local_gpus",
+            "dry_run=true",
+            "seed=0",
+            f"paths.root_dir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "NUCLEISEG_GPUS": "2"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     assert "14 planned" in result.stdout
 
 
 def test_slurm_launcher_config_composes():
-    result = subprocess.run([sys.executable, "train.py", "experiment=paper", "hydra/launcher=slurm",
-                             "--cfg", "hydra", "--package", "hydra.launcher"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "experiment=paper",
+            "hydra/launcher=slurm",
+            "--cfg",
+            "hydra",
+            "--package",
+            "hydra.launcher",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SlurmLauncher" in result.stdout and "gpus_per_node: 1" in result.stdout
 
@@ -59,8 +98,24 @@ def test_onnx_export_matches_pytorch(trained_run, tmp_path, capsys):
 
 
 def test_benchmark_prints_and_writes_a_table(tmp_path, capsys):
-    code = cli(["benchmark", "--configs", "unet_bn,densenet121", "--image-size", "64", "--iterations", "1",
-                "--train-steps", "1", "--warmup", "1", "--out", str(tmp_path), "--no-mlflow"])
+    code = cli(
+        [
+            "benchmark",
+            "--configs",
+            "unet_bn,densenet121",
+            "--image-size",
+            "64",
+            "--iterations",
+            "1",
+            "--train-steps",
+            "1",
+            "--warmup",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--no-mlflow",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "nucleiseg benchmark" in printed and "Projected" in printed
@@ -71,7 +126,24 @@ def test_benchmark_prints_and_writes_a_table(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "benchmark.csv")
     assert (table.infer_fast > 0).all() and (table.train_naive > 0).all() and np.isfinite(table.infer_ratio).all()
     assert "| DenseNet-121 (ImageNet) |" in (tmp_path / "benchmark.md").read_text()
-    assert cli(["benchmark", "--configs", "unet_bn", "--image-size", "64", "--iterations", "1", "--train-steps",
-                "1", "--out", str(tmp_path), "--no-mlflow"]) == 2  # existing table kept without --overwrite
+    assert (
+        cli(
+            [
+                "benchmark",
+                "--configs",
+                "unet_bn",
+                "--image-size",
+                "64",
+                "--iterations",
+                "1",
+                "--train-steps",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--no-mlflow",
+            ]
+        )
+        == 2
+    )  # existing table kept without --overwrite
     assert cli(["benchmark", "--image-size", "32", "--no-mlflow"]) == 2
     assert cli(["benchmark", "--configs", "vgg16", "--no-mlflow"]) == 2

@@ -10,40 +10,56 @@ from tests.conftest import REPO
 
 
 def _train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", "-m", *overrides], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "train.py", "-m", *overrides], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _small(tmp_path, tracking_uri):
-    return [f"paths.root_dir={tmp_path}", f"logger.tracking_uri={tracking_uri}", "trainer.accelerator=cpu",
-            "trainer.max_epochs=1", "data.sources.synthetic.tile_size=48", "data.protocol.image_size=32",
-            "logger.overlays=0", "speed.image_size=32"]
+    return [
+        f"paths.root_dir={tmp_path}",
+        f"logger.tracking_uri={tracking_uri}",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "data.sources.synthetic.tile_size=48",
+        "data.protocol.image_size=32",
+        "logger.overlays=0",
+        "speed.image_size=32",
+    ]
 
 
 def test_two_configs_by_two_seeds_give_four_finished_mlflow_runs(tmp_path, tracking_uri):
-    result = _train("experiment=quickstart", "study=sweep4", "encoder=unet_bn,unet", "seed=0,1",
-                    *_small(tmp_path, tracking_uri))
+    result = _train(
+        "experiment=quickstart", "study=sweep4", "encoder=unet_bn,unet", "seed=0,1", *_small(tmp_path, tracking_uri)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("sweep4").experiment_id])
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     assert {(r.data.tags["encoder"], r.data.tags["seed"]) for r in runs} == {
-        ("unet_bn", "0"), ("unet_bn", "1"), ("unet", "0"), ("unet", "1")}
+        ("unet_bn", "0"),
+        ("unet_bn", "1"),
+        ("unet", "0"),
+        ("unet", "1"),
+    }
     assert all("test/jaccard" in r.data.metrics and "val/loss" in r.data.metrics for r in runs)
     assert all(r.data.params["encoder"] == r.data.tags["encoder"] for r in runs)
     assert "sweep summary" in result.stdout and "4 finished, 0 failed" in result.stdout
     summary = result.stdout.split("sweep summary")[1]
     assert len(re.findall(r"unet_bn-scratch-seed[01]-cfg[0-9a-f]{8} +. finished", summary)) == 2
 
-    again = _train("experiment=quickstart", "study=sweep4", "encoder=unet_bn,unet", "seed=0,1",
-                   *_small(tmp_path, tracking_uri))
+    again = _train(
+        "experiment=quickstart", "study=sweep4", "encoder=unet_bn,unet", "seed=0,1", *_small(tmp_path, tracking_uri)
+    )
     assert again.returncode == 0 and "0 finished, 4 skipped, 0 failed" in again.stdout
     assert len(client.search_runs([client.get_experiment_by_name("sweep4").experiment_id])) == 4
 
 
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path, tracking_uri):
     # unet_bn with ImageNet weights is invalid: that job fails, the other one still trains
-    result = _train("experiment=quickstart", "study=sweepfail", "pretrained=true,false", *_small(tmp_path, tracking_uri))
+    result = _train(
+        "experiment=quickstart", "study=sweepfail", "pretrained=true,false", *_small(tmp_path, tracking_uri)
+    )
     assert result.returncode == 1
     assert "1 job(s) failed: unet_bn-imagenet-seed0" in result.stdout
     client = MlflowClient(tracking_uri)
@@ -62,11 +78,16 @@ def test_the_paper_study_is_140_valid_runs(tmp_path):
 
 
 def test_the_users_own_command_plans_four_runs(tmp_path):
-    result = _train("encoder=resnet50,densenet121", "pretrained=true,false", "dry_run=true",
-                    f"paths.root_dir={tmp_path}")
+    result = _train(
+        "encoder=resnet50,densenet121", "pretrained=true,false", "dry_run=true", f"paths.root_dir={tmp_path}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(re.findall(r"would train (\S+)", result.stdout)) == [
-        "densenet121-imagenet-seed0", "densenet121-scratch-seed0", "resnet50-imagenet-seed0", "resnet50-scratch-seed0"]
+        "densenet121-imagenet-seed0",
+        "densenet121-scratch-seed0",
+        "resnet50-imagenet-seed0",
+        "resnet50-scratch-seed0",
+    ]
 
 
 def test_a_typo_in_an_override_fails_before_any_work(tmp_path):

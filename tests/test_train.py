@@ -64,7 +64,8 @@ def test_same_seed_gives_the_same_loss_curve(train_overrides, tracking_uri):
 
 
 def test_finished_runs_are_skipped_and_killed_runs_resume_into_the_same_mlflow_run(
-        train_overrides, tracking_uri, monkeypatch):
+    train_overrides, tracking_uri, monkeypatch
+):
     cfg = compose(train_overrides + ["study=resume", "trainer.max_epochs=3"])
     original = lit_module.SegmentationModule.on_train_epoch_end
 
@@ -72,6 +73,7 @@ def test_finished_runs_are_skipped_and_killed_runs_resume_into_the_same_mlflow_r
         original(self)
         if self.current_epoch == 1:
             raise KeyboardInterrupt  # as if the job were killed after epoch 2's checkpoint... before it
+
     monkeypatch.setattr(lit_module.SegmentationModule, "on_train_epoch_end", killed_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         main(cfg)
@@ -88,13 +90,15 @@ def test_finished_runs_are_skipped_and_killed_runs_resume_into_the_same_mlflow_r
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
+
     monkeypatch.setattr(lit_module.SegmentationModule, "training_step", must_not_train)
     assert run(cfg) == metrics
     assert len(_runs(tracking_uri, "resume")) == 1
 
 
 def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoint(
-        train_overrides, tracking_uri, monkeypatch):
+    train_overrides, tracking_uri, monkeypatch
+):
     cfg = compose(train_overrides + ["study=nanloss", "trainer.max_epochs=3"])
     original = lit_module.BCEDiceLoss.forward
 
@@ -104,6 +108,7 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoi
             out["loss"] = out["loss"] * float("nan")
         self._calls = getattr(self, "_calls", 0) + 1
         return out
+
     monkeypatch.setattr(lit_module.BCEDiceLoss, "forward", nan_in_second_epoch)
     with pytest.raises(SystemExit) as exit_info:
         main(cfg)
@@ -114,8 +119,9 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoi
     checkpoint = _run_dir(cfg) / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
     state = torch.load(checkpoint, weights_only=False)
-    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["state_dict"].values()
-                                       if v.is_floating_point())
+    assert state["epoch"] == 0 and all(
+        torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def test_cuda_out_of_memory_suggests_a_smaller_batch(train_overrides, monkeypatch):
@@ -123,6 +129,7 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch(train_overrides, monkeypatc
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
     monkeypatch.setattr(lightning.Trainer, "fit", out_of_memory)
     with pytest.raises(NucleisegError, match="batch_size.*bf16-mixed"):
         run(compose(train_overrides + ["study=oom"]))
@@ -158,8 +165,10 @@ def test_stain_normalisation_travels_from_prepare_to_the_checkpoint(train_overri
 
     reference, _ = synthetic_tile(SyntheticSpec(96, 96, n_nuclei=20), 99)
     Image.fromarray(reference).save(tmp_path / "reference.png")
-    cfg = compose(train_overrides + ["study=stained", "data.stain.method=reinhard",
-                                     f"data.stain.reference={tmp_path / 'reference.png'}"])
+    cfg = compose(
+        train_overrides
+        + ["study=stained", "data.stain.method=reinhard", f"data.stain.reference={tmp_path / 'reference.png'}"]
+    )
     run(cfg)
     manifest = load_manifest(prepared_path(cfg.data))
     assert manifest["stain"]["method"] == "reinhard" and len(manifest["stain"]["params"]["target_means"]) == 3
@@ -168,8 +177,10 @@ def test_stain_normalisation_travels_from_prepare_to_the_checkpoint(train_overri
     assert hparams["stain"] == manifest["stain"]
     plain = compose(train_overrides + ["study=stained"])
     assert prepared_path(plain.data) != prepared_path(cfg.data)  # different data, different folder
-    assert not np.array_equal(np.load(prepared_path(cfg.data) / "test" / "images.npy")[0],
-                              np.load(prepare_plain(plain) / "test" / "images.npy")[0])
+    assert not np.array_equal(
+        np.load(prepared_path(cfg.data) / "test" / "images.npy")[0],
+        np.load(prepare_plain(plain) / "test" / "images.npy")[0],
+    )
 
 
 def prepare_plain(cfg):

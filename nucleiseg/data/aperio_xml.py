@@ -25,8 +25,9 @@ def read_regions(path: str | Path) -> list[tuple[str, np.ndarray]]:
     try:
         tree = SafeElementTree.parse(path, forbid_dtd=True)
     except DefusedXmlException as error:
-        raise AnnotationError(f"{path}: refused unsafe XML ({type(error).__name__}); annotation files must not "
-                              "declare a DTD or entities") from None
+        raise AnnotationError(
+            f"{path}: refused unsafe XML ({type(error).__name__}); annotation files must not declare a DTD or entities"
+        ) from None
     except SafeElementTree.ParseError as error:
         raise AnnotationError(f"{path}: not well-formed XML ({error})") from None
     regions = []

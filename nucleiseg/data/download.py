@@ -71,9 +71,11 @@ CHUNK = 1 << 20
 
 
 def _manual_instructions(archive: Archive, target_dir: Path) -> str:
-    return (f"download {archive.filename!r} by hand from {archive.homepage} and either place the zip in "
-            f"{target_dir} and re-run this command (it is verified and unpacked), or unpack it so that: "
-            f"{archive.layout.replace('DIR', str(target_dir.parent))}")
+    return (
+        f"download {archive.filename!r} by hand from {archive.homepage} and either place the zip in "
+        f"{target_dir} and re-run this command (it is verified and unpacked), or unpack it so that: "
+        f"{archive.layout.replace('DIR', str(target_dir.parent))}"
+    )
 
 
 def _reachable(url: str, timeout: float) -> bool:
@@ -129,22 +131,27 @@ def download(
     final = target_dir / archive.filename
     if not final.exists():
         if not _reachable(archive.url, timeout):
-            raise DownloadError(f"cannot reach {urlparse(archive.url).hostname} (offline?); "
-                                + _manual_instructions(archive, target_dir))
+            raise DownloadError(
+                f"cannot reach {urlparse(archive.url).hostname} (offline?); "
+                + _manual_instructions(archive, target_dir)
+            )
         part = final.with_name(final.name + ".part")
         try:
             _fetch(archive.url, part, timeout, progress)
         except (urllib.error.URLError, OSError, TimeoutError) as error:
-            raise DownloadError(f"download of {archive.url} stopped ({error}); run the command again to resume "
-                                f"from {part}, or " + _manual_instructions(archive, target_dir)) from None
+            raise DownloadError(
+                f"download of {archive.url} stopped ({error}); run the command again to resume "
+                f"from {part}, or " + _manual_instructions(archive, target_dir)
+            ) from None
         os.replace(part, final)
     found = file_checksum(final, archive.algorithm)
     if found != archive.checksum:
         bad = final.with_name(final.name + ".corrupt")
         os.replace(final, bad)
-        raise DownloadError(f"{final}: {archive.algorithm} is {found}, expected {archive.checksum}; the file was "
-                            f"moved to {bad}. Run again to download it afresh, or "
-                            + _manual_instructions(archive, target_dir))
+        raise DownloadError(
+            f"{final}: {archive.algorithm} is {found}, expected {archive.checksum}; the file was "
+            f"moved to {bad}. Run again to download it afresh, or " + _manual_instructions(archive, target_dir)
+        )
     marker = target_dir / ".unpacked"
     if not marker.exists():
         with zipfile.ZipFile(final) as bundle:

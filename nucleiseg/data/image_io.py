@@ -109,7 +109,7 @@ def mask_to_instances(array: np.ndarray, path: str | Path = "<mask>") -> np.ndar
     if array.ndim != 2:
         raise ImageReadError(f"{path}: mask of shape {array.shape}; expected HxW")
     values = np.unique(array)
-    if values.size <= 2 and set(values.tolist()) <= {0, 1, 255, True, False} or array.dtype == bool:
+    if values.size <= 2 and set(values.tolist()) <= {0, 1, 255} or array.dtype == bool:
         return connected_components(array > 0, connectivity=2).astype(np.int32)
     if array.min() < 0:
         raise ImageReadError(f"{path}: mask has negative values; expected 0 for background and positive labels")

@@ -27,13 +27,15 @@ def inspect_dataset(dataset: str, root: str | Path, mask_dir: str | Path | None 
             image, mask = source.load()
             size = f"{image.shape[1]}x{image.shape[0]}"
             sizes[size] += 1
-            entries.append({
-                "name": source.name,
-                "patient": source.patient,
-                "size": size,
-                "n_nuclei": int(np.unique(mask[mask > 0]).size),
-                "annotation": Path(source.annotation_path).name,
-            })
+            entries.append(
+                {
+                    "name": source.name,
+                    "patient": source.patient,
+                    "size": size,
+                    "n_nuclei": int(np.unique(mask[mask > 0]).size),
+                    "annotation": Path(source.annotation_path).name,
+                }
+            )
     return {
         "dataset": dataset,
         "root": str(root),

@@ -78,12 +78,28 @@ def find_monuseg(root: str | Path, mask_dir: str | Path | None = None) -> list[S
     for image_path in images:
         annotation = xml_dir / f"{image_path.stem}.xml"
         if not annotation.is_file() and mask_dir is not None:
-            annotation = next((mask_dir / f"{image_path.stem}{s}" for s in MASK_SUFFIXES
-                               if (mask_dir / f"{image_path.stem}{s}").is_file()), annotation)
+            annotation = next(
+                (
+                    mask_dir / f"{image_path.stem}{s}"
+                    for s in MASK_SUFFIXES
+                    if (mask_dir / f"{image_path.stem}{s}").is_file()
+                ),
+                annotation,
+            )
         if not annotation.is_file():
             looked = f"{xml_dir}" + (f" or {mask_dir}" if mask_dir else " (no mask_dir given)")
-            raise DatasetLayoutError(f"{image_path}: no annotation {image_path.stem}.xml or mask in {looked}; "
-                                     f"{EXPECTED_LAYOUT}")
-        sources.append(SourceImage("monuseg", image_path.stem, _patient(image_path.stem), image_path, annotation,
-                                   read_rgb, _load_annotation))
+            raise DatasetLayoutError(
+                f"{image_path}: no annotation {image_path.stem}.xml or mask in {looked}; {EXPECTED_LAYOUT}"
+            )
+        sources.append(
+            SourceImage(
+                "monuseg",
+                image_path.stem,
+                _patient(image_path.stem),
+                image_path,
+                annotation,
+                read_rgb,
+                _load_annotation,
+            )
+        )
     return sources

@@ -27,8 +27,8 @@ import numpy as np
 from nucleiseg.data.archive import dataset_folder
 from nucleiseg.data.monuseg import find_monuseg
 from nucleiseg.data.source import SourceImage
-from nucleiseg.data.stain import StainNormaliser, fit_from_config
 from nucleiseg.data.split import SPLIT_MODES, carve_validation, split_by_patient, split_paper
+from nucleiseg.data.stain import StainNormaliser, fit_from_config
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_sources
 from nucleiseg.data.tnbc import find_tnbc
 from nucleiseg.data.transforms import augment_pair, resize_pair
@@ -109,8 +109,9 @@ def _augmentations(split: str, protocol: Mapping) -> list[str]:
     return (["identity"] + names) if protocol["include_originals"] or not names else names
 
 
-def _write_split(folder: Path, split: str, sources: list[SourceImage], protocol: Mapping,
-                 normaliser: StainNormaliser | None = None) -> list[dict]:
+def _write_split(
+    folder: Path, split: str, sources: list[SourceImage], protocol: Mapping, normaliser: StainNormaliser | None = None
+) -> list[dict]:
     size = protocol["image_size"]
     augmentations = _augmentations(split, protocol)
     n = len(sources) * len(augmentations)
@@ -125,11 +126,16 @@ def _write_split(folder: Path, split: str, sources: list[SourceImage], protocol:
         image, mask = resize_pair(image, mask, size)
         for augmentation in augmentations:
             images[index], masks[index] = augment_pair(image, mask, augmentation)
-            records.append({
-                "index": index, "source_id": source.source_id, "dataset": source.dataset,
-                "patient": source.patient, "augmentation": augmentation,
-                "n_nuclei": int(len(np.unique(masks[index])) - 1),
-            })
+            records.append(
+                {
+                    "index": index,
+                    "source_id": source.source_id,
+                    "dataset": source.dataset,
+                    "patient": source.patient,
+                    "augmentation": augmentation,
+                    "n_nuclei": int(len(np.unique(masks[index])) - 1),
+                }
+            )
             index += 1
     images.flush()
     masks.flush()
@@ -147,8 +153,12 @@ def _content_hash(folder: Path, records: dict[str, list[dict]]) -> str:
 
 def prepared_path(data_cfg: Mapping) -> Path:
     """Folder the processed dataset of ``data_cfg`` lives in: ``prepared_root/name-confighash``."""
-    key = {"sources": data_cfg["sources"], "protocol": data_cfg["protocol"], "format": FORMAT_VERSION,
-           "stain": data_cfg.get("stain")}
+    key = {
+        "sources": data_cfg["sources"],
+        "protocol": data_cfg["protocol"],
+        "format": FORMAT_VERSION,
+        "stain": data_cfg.get("stain"),
+    }
     return Path(data_cfg["prepared_root"]).expanduser() / f"{data_cfg['name']}-{config_hash(key)[:10]}"
 
 
@@ -181,8 +191,11 @@ def prepare_dataset(data_cfg: Mapping, overwrite: bool = False, log=print) -> Pa
             "format_version": FORMAT_VERSION,
             "name": data_cfg["name"],
             "seed": protocol["seed"],
-            "config": {"sources": _plain(data_cfg["sources"]), "protocol": protocol,
-                       "stain": _plain(data_cfg.get("stain"))},
+            "config": {
+                "sources": _plain(data_cfg["sources"]),
+                "protocol": protocol,
+                "stain": _plain(data_cfg.get("stain")),
+            },
             "stain": normaliser.state() if normaliser is not None else None,
             "counts": {s: len(records[s]) for s in SPLITS},
             "source_images": {s: sorted({r["source_id"] for r in records[s]}) for s in SPLITS},

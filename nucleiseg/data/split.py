@@ -49,9 +49,7 @@ def split_paper(sources: list[SourceImage], n_test: int, seed: int) -> tuple[lis
     return [s for s in sources if s.source_id not in test_ids], [s for s in sources if s.source_id in test_ids]
 
 
-def split_by_patient(
-    sources: list[SourceImage], n_test: int, seed: int
-) -> tuple[list[SourceImage], list[SourceImage]]:
+def split_by_patient(sources: list[SourceImage], n_test: int, seed: int) -> tuple[list[SourceImage], list[SourceImage]]:
     """Whole patients go to test: the seeded subset of patients whose image count is closest to ``n_test``."""
     groups = _by_patient(sources)
     if len(groups) < 2:

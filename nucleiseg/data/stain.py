@@ -63,8 +63,10 @@ class StainNormaliser:
             else:
                 normalised = self._normaliser.normalize(image)
         except (np.linalg.LinAlgError, ValueError, IndexError) as error:
-            raise ImageReadError(f"{name}: Macenko/Reinhard stain normalisation failed ({error}); the image may "
-                                 "hold too little stained tissue") from None
+            raise ImageReadError(
+                f"{name}: Macenko/Reinhard stain normalisation failed ({error}); the image may "
+                "hold too little stained tissue"
+            ) from None
         return np.clip(normalised, 0, 255).astype(np.uint8)
 
 

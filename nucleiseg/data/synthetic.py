@@ -99,6 +99,7 @@ def synthetic_sources(
             def load_mask(_path: Path, _shape: tuple[int, int], s: int = tile_seed) -> np.ndarray:
                 return _cached_tile(spec, s)[1]
 
-            sources.append(SourceImage(dataset, name, f"{dataset}-p{patient_index:02d}", path, path,
-                                       load_image, load_mask))
+            sources.append(
+                SourceImage(dataset, name, f"{dataset}-p{patient_index:02d}", path, path, load_image, load_mask)
+            )
     return sources

@@ -44,7 +44,9 @@ def find_tnbc(root: str | Path) -> list[SourceImage]:
         slide = SLIDE_PATTERN.match(slide_dir.name).group(1)
         gt_dir = found / f"GT_{slide}"
         if not gt_dir.is_dir():
-            raise DatasetLayoutError(f"{slide_dir}: slide folder without its mask folder {gt_dir.name}; {EXPECTED_LAYOUT}")
+            raise DatasetLayoutError(
+                f"{slide_dir}: slide folder without its mask folder {gt_dir.name}; {EXPECTED_LAYOUT}"
+            )
         images = sorted(p for p in slide_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise DatasetLayoutError(f"{slide_dir}: slide folder holds no image; {EXPECTED_LAYOUT}")

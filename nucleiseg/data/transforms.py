@@ -49,7 +49,9 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
 def augment_pair(image: np.ndarray, mask: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Apply one named augmentation (see ``KNOWN_AUGMENTATIONS``) to an image/mask pair."""
     if name not in KNOWN_AUGMENTATIONS:
-        raise ConfigError(f"data.protocol.augment: unknown augmentation {name!r}; expected one of {KNOWN_AUGMENTATIONS}")
+        raise ConfigError(
+            f"data.protocol.augment: unknown augmentation {name!r}; expected one of {KNOWN_AUGMENTATIONS}"
+        )
     if name == "identity":
         return image, mask
     image_t, mask_t = _image_tensor(image), _mask_tensor(mask)

@@ -27,8 +27,10 @@ def load_checkpoint(path: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - unpickling refusals and corrupt files alike
-        raise CheckpointError(f"{path}: cannot load safely as a checkpoint ({str(error).splitlines()[0][:200]}); "
-                              "expected a .ckpt written by nucleiseg training") from None
+        raise CheckpointError(
+            f"{path}: cannot load safely as a checkpoint ({str(error).splitlines()[0][:200]}); "
+            "expected a .ckpt written by nucleiseg training"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(f"{path}: not a nucleiseg training checkpoint (no state_dict/hyper_parameters)")
     hparams = dict(checkpoint["hyper_parameters"])
@@ -39,6 +41,7 @@ def load_checkpoint(path: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit encoder={hparams['encoder']} "
-                              f"({str(error).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit encoder={hparams['encoder']} ({str(error).splitlines()[0][:200]})"
+        ) from None
     return model.eval(), hparams

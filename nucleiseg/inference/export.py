@@ -84,10 +84,17 @@ def geojson_nuclei(instances: np.ndarray, features: pd.DataFrame | None = None) 
         }
         if by_id is not None and label in by_id.index:
             row = by_id.loc[label]
-            properties["measurements"] = {k: float(row[k]) for k in row.index
-                                          if k not in ("image",) and np.isscalar(row[k])}
-        collection.append({"type": "Feature", "id": f"nucleus-{label}",
-                           "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties})
+            properties["measurements"] = {
+                k: float(row[k]) for k in row.index if k not in ("image",) and np.isscalar(row[k])
+            }
+        collection.append(
+            {
+                "type": "Feature",
+                "id": f"nucleus-{label}",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": properties,
+            }
+        )
     return {"type": "FeatureCollection", "features": collection}
 
 

@@ -18,8 +18,9 @@ from nucleiseg.inference.checkpoint import load_checkpoint
 from nucleiseg.writing import write_bytes_atomic
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, image_size: int = 256, opset: int = 17,
-                check: bool = True) -> dict[str, float | str]:
+def export_onnx(
+    checkpoint: str | Path, out: str | Path, image_size: int = 256, opset: int = 17, check: bool = True
+) -> dict[str, float | str]:
     """Write ``out`` (.onnx) from ``checkpoint``; with ``check``, compare onnxruntime and PyTorch on CPU."""
     out = Path(out)
     if out.exists():
@@ -28,9 +29,16 @@ def export_onnx(checkpoint: str | Path, out: str | Path, image_size: int = 256, 
     example = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     # the TorchScript-based exporter: no onnxscript needed, and dynamic axes for any batch and tile size
-    torch.onnx.export(model, example, buffer, input_names=["image"], output_names=["logits"], opset_version=opset,
-                      dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                    "logits": {0: "batch", 2: "height", 3: "width"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        example,
+        buffer,
+        input_names=["image"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
+        dynamo=False,
+    )
     write_bytes_atomic(out, buffer.getvalue())
     result: dict[str, float | str] = {"onnx": str(out), "encoder": hparams["encoder"]}
     if check:
@@ -50,5 +58,7 @@ def compare_with_pytorch(onnx_path: Path, model: torch.nn.Module, image_size: in
     with torch.no_grad():
         torch_logits = model.eval()(images).numpy()
     sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
-    return {"max_prob_diff": float(np.abs(sigmoid(onnx_logits) - sigmoid(torch_logits)).max()),
-            "max_logit_diff": float(np.abs(onnx_logits - torch_logits).max())}
+    return {
+        "max_prob_diff": float(np.abs(sigmoid(onnx_logits) - sigmoid(torch_logits)).max()),
+        "max_logit_diff": float(np.abs(onnx_logits - torch_logits).max()),
+    }

@@ -21,9 +21,16 @@ def _synchronise(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def measure_inference(model: nn.Module, image_size: int = 512, batch_size: int = 3, precision: str = "32-true",
-                      device: str | torch.device = "cpu", warmup: int = 2, iterations: int = 5,
-                      channels_last: bool = False) -> dict[str, float | int | str]:
+def measure_inference(
+    model: nn.Module,
+    image_size: int = 512,
+    batch_size: int = 3,
+    precision: str = "32-true",
+    device: str | torch.device = "cpu",
+    warmup: int = 2,
+    iterations: int = 5,
+    channels_last: bool = False,
+) -> dict[str, float | int | str]:
     """Images per second over ``iterations`` timed forward passes of a random batch, after ``warmup`` passes."""
     device = torch.device(device)
     model = model.to(device).eval()

@@ -48,9 +48,18 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
 class Segmenter:
     """Predict nucleus probabilities with ``model`` (``float32 Bx3xHxW`` in [0,1] -> logits ``Bx1xHxW``)."""
 
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", precision: str = "32-true",
-                 tile_size: int = 512, overlap: float = 0.25, tta: bool = False, batch_size: int = 4,
-                 channels_last: bool = False, normaliser: StainNormaliser | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        precision: str = "32-true",
+        tile_size: int = 512,
+        overlap: float = 0.25,
+        tta: bool = False,
+        batch_size: int = 4,
+        channels_last: bool = False,
+        normaliser: StainNormaliser | None = None,
+    ) -> None:
         """``normaliser``: stain normalisation applied to whole images in :meth:`probability` (the model's own,
         from its checkpoint); :meth:`probability_batch` takes already-prepared tensors."""
         if tile_size % DIVISOR:
@@ -110,12 +119,12 @@ class Segmenter:
         weight = np.zeros((full_h, full_w), dtype=np.float32)
         corners = [(y, x) for y in _starts(full_h, tile, stride) for x in _starts(full_w, tile, stride)]
         for first in range(0, len(corners), self.batch_size):
-            chunk = corners[first:first + self.batch_size]
-            batch = torch.cat([padded[..., y:y + tile, x:x + tile] for y, x in chunk])
+            chunk = corners[first : first + self.batch_size]
+            batch = torch.cat([padded[..., y : y + tile, x : x + tile] for y, x in chunk])
             probabilities = self.probability_batch(batch).cpu().numpy()
             for (y, x), prob in zip(chunk, probabilities, strict=True):
-                total[y:y + tile, x:x + tile] += prob * window
-                weight[y:y + tile, x:x + tile] += window
+                total[y : y + tile, x : x + tile] += prob * window
+                weight[y : y + tile, x : x + tile] += window
             if progress is not None:
                 progress(len(chunk))
         return (total / weight)[:height, :width]
@@ -126,4 +135,5 @@ class Segmenter:
             return 1
         stride = max(DIVISOR, int(self.tile_size * (1 - self.overlap)) // DIVISOR * DIVISOR)
         return len(_starts(max(height, self.tile_size), self.tile_size, stride)) * len(
-            _starts(max(width, self.tile_size), self.tile_size, stride))
+            _starts(max(width, self.tile_size), self.tile_size, stride)
+        )

@@ -33,9 +33,14 @@ class InstanceCounts:
     aji_union: float = 0.0
 
     def __add__(self, other: InstanceCounts) -> InstanceCounts:
-        return InstanceCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn,
-                              self.sum_iou + other.sum_iou, self.aji_intersection + other.aji_intersection,
-                              self.aji_union + other.aji_union)
+        return InstanceCounts(
+            self.tp + other.tp,
+            self.fp + other.fp,
+            self.fn + other.fn,
+            self.sum_iou + other.sum_iou,
+            self.aji_intersection + other.aji_intersection,
+            self.aji_union + other.aji_union,
+        )
 
     @property
     def empty(self) -> bool:
@@ -43,13 +48,22 @@ class InstanceCounts:
 
     def scores(self) -> dict[str, float]:
         if self.empty:
-            return {"aji": 1.0, "dq": 1.0, "sq": 1.0, "pq": 1.0, "object_precision": 1.0,
-                    "object_recall": 1.0, "object_f1": 1.0}
+            return {
+                "aji": 1.0,
+                "dq": 1.0,
+                "sq": 1.0,
+                "pq": 1.0,
+                "object_precision": 1.0,
+                "object_recall": 1.0,
+                "object_f1": 1.0,
+            }
         dq = self.tp / (self.tp + 0.5 * self.fp + 0.5 * self.fn)
         sq = self.sum_iou / self.tp if self.tp else 0.0
         return {
             "aji": self.aji_intersection / self.aji_union if self.aji_union else 0.0,
-            "dq": dq, "sq": sq, "pq": dq * sq,
+            "dq": dq,
+            "sq": sq,
+            "pq": dq * sq,
             "object_precision": self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0,
             "object_recall": self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0,
             "object_f1": 2 * self.tp / (2 * self.tp + self.fp + self.fn),

@@ -60,8 +60,17 @@ class PerImageOverlap(Metric):
         # which fails on a batch of one image (it squeezes the sample dimension away before stacking)
         predicted = preds.reshape(preds.shape[0], -1) >= self.threshold
         truth = target.reshape(target.shape[0], -1) > 0
-        self.stats.append(torch.stack([(predicted & truth).sum(1), (predicted & ~truth).sum(1),
-                                       (~predicted & ~truth).sum(1), (~predicted & truth).sum(1)], dim=1))
+        self.stats.append(
+            torch.stack(
+                [
+                    (predicted & truth).sum(1),
+                    (predicted & ~truth).sum(1),
+                    (~predicted & ~truth).sum(1),
+                    (~predicted & truth).sum(1),
+                ],
+                dim=1,
+            )
+        )
 
     def per_image(self) -> dict[str, torch.Tensor]:
         stats = dim_zero_cat(self.stats).double()
@@ -76,6 +85,7 @@ class PerImageOverlap(Metric):
         out = {}
         for name, series in values.items():
             out[f"{name}_image_mean"] = series.mean().float()
-            out[f"{name}_image_std"] = (series.std(unbiased=False) if series.numel() > 1
-                                        else torch.zeros((), dtype=series.dtype)).float()
+            out[f"{name}_image_std"] = (
+                series.std(unbiased=False) if series.numel() > 1 else torch.zeros((), dtype=series.dtype)
+            ).float()
         return out

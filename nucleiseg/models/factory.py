@@ -60,8 +60,10 @@ def check_configuration(encoder: str, pretrained: bool) -> EncoderSpec:
         raise ConfigError(f"pretrained={pretrained!r}: expected true or false")
     spec = ENCODERS[encoder]
     if pretrained and not spec.has_imagenet_weights:
-        raise ConfigError(f"encoder={encoder} with pretrained=true: the plain U-Nets have no ImageNet weights "
-                          "(paper Table I); use pretrained=false or an smp encoder")
+        raise ConfigError(
+            f"encoder={encoder} with pretrained=true: the plain U-Nets have no ImageNet weights "
+            "(paper Table I); use pretrained=false or an smp encoder"
+        )
     return spec
 
 
@@ -90,8 +92,9 @@ class SegmentationNet(nn.Module):
         return self.network(self.normalise(x))
 
 
-def create_model(encoder: str, pretrained: bool = False, weights_dir: str | Path | None = None,
-                 allow_download: bool = True) -> SegmentationNet:
+def create_model(
+    encoder: str, pretrained: bool = False, weights_dir: str | Path | None = None, allow_download: bool = True
+) -> SegmentationNet:
     """Build one of the 14 configurations of the paper (see ``ENCODERS``)."""
     spec = check_configuration(encoder, pretrained)
     if spec.smp_name is None:

@@ -74,18 +74,33 @@ class SegmentationModule(L.LightningModule):
                 f"step {self.global_step}; the last good checkpoint is kept. Try a lower lr or precision=32-true"
             )
         batch_size = batch["image"].shape[0]
-        self.log("train/loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size,
-                 sync_dist=True)
+        self.log(
+            "train/loss",
+            losses["loss"],
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
         self.log("train/bce", losses["bce"], on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
-        self.log("train/dice_loss", losses["dice_loss"], on_step=False, on_epoch=True, batch_size=batch_size,
-                 sync_dist=True)
+        self.log(
+            "train/dice_loss", losses["dice_loss"], on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True
+        )
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         losses, logits, target = self._shared_step(batch)
         self.val_metrics.update(torch.sigmoid(logits.float()), target.int())
-        self.log("val/loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=batch["image"].shape[0], sync_dist=True)
+        self.log(
+            "val/loss",
+            losses["loss"],
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["image"].shape[0],
+            sync_dist=True,
+        )
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -93,8 +108,14 @@ class SegmentationModule(L.LightningModule):
         probabilities = torch.sigmoid(logits.float())
         self.test_metrics.update(probabilities, target.int())
         self.test_per_image.update(probabilities, target.int())
-        self.log("test/loss", losses["loss"], on_step=False, on_epoch=True, batch_size=batch["image"].shape[0],
-                 sync_dist=True)
+        self.log(
+            "test/loss",
+            losses["loss"],
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch["image"].shape[0],
+            sync_dist=True,
+        )
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:

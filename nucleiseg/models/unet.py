@@ -32,8 +32,9 @@ class UNet(nn.Module):
     Channels 64-128-256-512-1024, 2x2 max-pool down, 2x2 transposed convolution up, skip concatenation.
     """
 
-    def __init__(self, in_channels: int = 3, classes: int = 1, batch_norm: bool = False,
-                 widths: tuple[int, ...] = WIDTHS) -> None:
+    def __init__(
+        self, in_channels: int = 3, classes: int = 1, batch_norm: bool = False, widths: tuple[int, ...] = WIDTHS
+    ) -> None:
         super().__init__()
         self.down = nn.ModuleList()
         channels = in_channels
@@ -52,9 +53,10 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % self.divisor or x.shape[-1] % self.divisor:
+            padded_w, padded_h = (-(-side // self.divisor) * self.divisor for side in (x.shape[-1], x.shape[-2]))
             raise ConfigError(
                 f"U-Net input is {x.shape[-1]}x{x.shape[-2]}; side lengths must be divisible by {self.divisor} "
-                f"(pad to {-(-x.shape[-1] // self.divisor) * self.divisor}x{-(-x.shape[-2] // self.divisor) * self.divisor})"
+                f"(pad to {padded_w}x{padded_h})"
             )
         skips = []
         for index, block in enumerate(self.down):

@@ -42,8 +42,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any decoding failure is reported with the file name
-        raise WeightsNotFoundError(f"{path}: cannot read weights ({error}); expected a .pth state dict or "
-                                   ".safetensors file") from None
+        raise WeightsNotFoundError(
+            f"{path}: cannot read weights ({error}); expected a .pth state dict or .safetensors file"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -102,8 +103,9 @@ def _download(encoder: str) -> dict[str, torch.Tensor]:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
 
 
-def imagenet_state_dict(encoder: str, weights_dir: str | Path | None = None,
-                        allow_download: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+def imagenet_state_dict(
+    encoder: str, weights_dir: str | Path | None = None, allow_download: bool = True
+) -> tuple[dict[str, torch.Tensor], str]:
     """Return ``(state_dict, where it came from)`` for the ImageNet weights of smp ``encoder``."""
     repo_id, _, url = _settings(encoder)
     if weights_dir is not None:

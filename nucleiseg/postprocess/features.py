@@ -17,38 +17,66 @@ from skimage.measure import regionprops_table
 
 from nucleiseg.writing import write_bytes_atomic
 
-COLUMNS = ["image", "instance_id", "centroid_x", "centroid_y", "area_px", "perimeter_px", "equivalent_diameter_px",
-           "eccentricity", "solidity", "orientation_rad", "haematoxylin_mean", "eosin_mean"]
+COLUMNS = [
+    "image",
+    "instance_id",
+    "centroid_x",
+    "centroid_y",
+    "area_px",
+    "perimeter_px",
+    "equivalent_diameter_px",
+    "eccentricity",
+    "solidity",
+    "orientation_rad",
+    "haematoxylin_mean",
+    "eosin_mean",
+]
 
 
-def nucleus_features(image: np.ndarray, instances: np.ndarray, image_name: str,
-                     microns_per_pixel: float | None = None) -> pd.DataFrame:
+def nucleus_features(
+    image: np.ndarray, instances: np.ndarray, image_name: str, microns_per_pixel: float | None = None
+) -> pd.DataFrame:
     """``image uint8 HxWx3`` and its ``instances int32 HxW`` -> a DataFrame with :data:`COLUMNS`.
 
     ``centroid_x``/``centroid_y`` are pixel coordinates (column, row) in the full image; ``orientation_rad`` is the
     angle between the row axis and the major axis (scikit-image's convention), in (-pi/2, pi/2].
     """
     if instances.max() == 0:
-        return pd.DataFrame(columns=COLUMNS + (["area_um2", "perimeter_um", "equivalent_diameter_um"]
-                                               if microns_per_pixel else []))
+        return pd.DataFrame(
+            columns=COLUMNS + (["area_um2", "perimeter_um", "equivalent_diameter_um"] if microns_per_pixel else [])
+        )
     stains = rgb2hed(image)[..., :2].astype(np.float32)
-    table = regionprops_table(instances, intensity_image=stains, properties=(
-        "label", "centroid", "area", "perimeter", "equivalent_diameter_area", "eccentricity", "solidity",
-        "orientation", "intensity_mean"))
-    frame = pd.DataFrame({
-        "image": image_name,
-        "instance_id": table["label"],
-        "centroid_x": table["centroid-1"],
-        "centroid_y": table["centroid-0"],
-        "area_px": table["area"],
-        "perimeter_px": table["perimeter"],
-        "equivalent_diameter_px": table["equivalent_diameter_area"],
-        "eccentricity": table["eccentricity"],
-        "solidity": table["solidity"],
-        "orientation_rad": table["orientation"],
-        "haematoxylin_mean": table["intensity_mean-0"],
-        "eosin_mean": table["intensity_mean-1"],
-    })
+    table = regionprops_table(
+        instances,
+        intensity_image=stains,
+        properties=(
+            "label",
+            "centroid",
+            "area",
+            "perimeter",
+            "equivalent_diameter_area",
+            "eccentricity",
+            "solidity",
+            "orientation",
+            "intensity_mean",
+        ),
+    )
+    frame = pd.DataFrame(
+        {
+            "image": image_name,
+            "instance_id": table["label"],
+            "centroid_x": table["centroid-1"],
+            "centroid_y": table["centroid-0"],
+            "area_px": table["area"],
+            "perimeter_px": table["perimeter"],
+            "equivalent_diameter_px": table["equivalent_diameter_area"],
+            "eccentricity": table["eccentricity"],
+            "solidity": table["solidity"],
+            "orientation_rad": table["orientation"],
+            "haematoxylin_mean": table["intensity_mean-0"],
+            "eosin_mean": table["intensity_mean-1"],
+        }
+    )
     if microns_per_pixel:
         frame["area_um2"] = frame.area_px * microns_per_pixel**2
         frame["perimeter_um"] = frame.perimeter_px * microns_per_pixel

@@ -22,9 +22,15 @@ from nucleiseg.errors import ConfigError
 METHODS = ("components", "watershed")
 
 
-def separate_instances(probability: np.ndarray, threshold: float = 0.5, method: str = "watershed",
-                       min_distance: int = 4, smoothing: float = 1.0, min_area: int = 10,
-                       fill_holes: int = 30) -> np.ndarray:
+def separate_instances(
+    probability: np.ndarray,
+    threshold: float = 0.5,
+    method: str = "watershed",
+    min_distance: int = 4,
+    smoothing: float = 1.0,
+    min_area: int = 10,
+    fill_holes: int = 30,
+) -> np.ndarray:
     """``float HxW`` probabilities (or a boolean mask) -> ``int32 HxW`` instance labels, 0 = background.
 
     Objects smaller than ``min_area`` pixels are dropped and holes up to ``fill_holes`` pixels filled before
@@ -57,7 +63,16 @@ def separate_instances(probability: np.ndarray, threshold: float = 0.5, method: 
     return relabel_sequential(labels)[0].astype(np.int32)
 
 
-def separate_with_config(probability: np.ndarray, threshold: float, cfg: Mapping, method: str | None = None) -> np.ndarray:
+def separate_with_config(
+    probability: np.ndarray, threshold: float, cfg: Mapping, method: str | None = None
+) -> np.ndarray:
     """:func:`separate_instances` with the parameters of the ``postprocess`` config group."""
-    return separate_instances(probability, threshold, method or cfg["method"], cfg["min_distance"],
-                              cfg["smoothing"], cfg["min_area"], cfg["fill_holes"])
+    return separate_instances(
+        probability,
+        threshold,
+        method or cfg["method"],
+        cfg["min_distance"],
+        cfg["smoothing"],
+        cfg["min_area"],
+        cfg["fill_holes"],
+    )

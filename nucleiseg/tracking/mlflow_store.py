@@ -16,7 +16,7 @@ def resolve_tracking_uri(uri: str) -> str:
     """Make a relative ``sqlite:///`` path absolute, so every job of a sweep writes to the same file."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).expanduser().resolve())
+        return prefix + str(Path(uri[len(prefix) :]).expanduser().resolve())
     return uri
 
 
@@ -42,10 +42,17 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
 def git_commit(folder: str | Path = ".") -> str:
     """Commit hash of the code being run (with ``-dirty`` when there are uncommitted changes), or ``unknown``."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -25,8 +25,9 @@ def comparison_panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarra
     """Side by side: image | ground truth | prediction | error overlay, ``uint8 Hx4Wx3``."""
     as_rgb = lambda mask: np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1)  # noqa: E731
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
-    return np.concatenate([image, gap, as_rgb(truth), gap, as_rgb(prediction), gap,
-                           error_overlay(image, truth, prediction)], axis=1)
+    return np.concatenate(
+        [image, gap, as_rgb(truth), gap, as_rgb(prediction), gap, error_overlay(image, truth, prediction)], axis=1
+    )
 
 
 def png_bytes(array: np.ndarray) -> bytes:

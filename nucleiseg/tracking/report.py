@@ -20,8 +20,9 @@ from nucleiseg.models.factory import ENCODERS, configuration_label
 from nucleiseg.tracking.mlflow_store import resolve_tracking_uri
 
 TABLE3_METRICS = ("jaccard", "f1", "recall", "precision", "accuracy", "images_per_second")
-INSTANCE_METRICS = tuple(f"{name}_{method}" for method in ("components", "watershed")
-                         for name in ("aji", "pq", "object_f1"))
+INSTANCE_METRICS = tuple(
+    f"{name}_{method}" for method in ("components", "watershed") for name in ("aji", "pq", "object_f1")
+)
 PUBLISHED = Path(__file__).resolve().parents[2] / "experiments" / "paper" / "published.csv"
 
 
@@ -50,27 +51,40 @@ def load_runs(tracking_uri: str, study: str) -> tuple[pd.DataFrame, Any]:
     rows = []
     for run in client.search_runs([experiment.experiment_id], max_results=50000):
         tags, metrics = run.data.tags, run.data.metrics
-        rows.append({
-            "run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
-            "configuration": tags.get("configuration", "?"), "seed": tags.get("seed"),
-            "checkpoint": tags.get("checkpoint"), "data_folder": tags.get("data_folder"),
-            "failure_reason": tags.get("failure_reason", ""),
-            "train_loss": metrics.get("train/loss"), "val_loss": metrics.get("val/loss"),
-            **{name: metrics.get(f"test/{name}") for name in TABLE3_METRICS + INSTANCE_METRICS},
-        })
+        rows.append(
+            {
+                "run_id": run.info.run_id,
+                "run_name": run.info.run_name,
+                "status": run.info.status,
+                "configuration": tags.get("configuration", "?"),
+                "seed": tags.get("seed"),
+                "checkpoint": tags.get("checkpoint"),
+                "data_folder": tags.get("data_folder"),
+                "failure_reason": tags.get("failure_reason", ""),
+                "train_loss": metrics.get("train/loss"),
+                "val_loss": metrics.get("val/loss"),
+                **{name: metrics.get(f"test/{name}") for name in TABLE3_METRICS + INSTANCE_METRICS},
+            }
+        )
     return pd.DataFrame(rows), client
 
 
 def _order(frame: pd.DataFrame) -> pd.DataFrame:
     order = {label: index for index, label in enumerate(table_one_order())}
-    return frame.sort_values("configuration", key=lambda s: s.map(lambda c: order.get(c, len(order)))).reset_index(drop=True)
+    return frame.sort_values("configuration", key=lambda s: s.map(lambda c: order.get(c, len(order)))).reset_index(
+        drop=True
+    )
 
 
 def _counts(runs: pd.DataFrame) -> pd.DataFrame:
     status = runs.groupby("configuration")["status"]
-    return pd.DataFrame({"n": status.apply(lambda s: int((s == "FINISHED").sum())),
-                         "n_failed": status.apply(lambda s: int((s == "FAILED").sum())),
-                         "n_other": status.apply(lambda s: int((~s.isin(["FINISHED", "FAILED"])).sum()))})
+    return pd.DataFrame(
+        {
+            "n": status.apply(lambda s: int((s == "FINISHED").sum())),
+            "n_failed": status.apply(lambda s: int((s == "FAILED").sum())),
+            "n_other": status.apply(lambda s: int((~s.isin(["FINISHED", "FAILED"])).sum())),
+        }
+    )
 
 
 def table_two(runs: pd.DataFrame) -> pd.DataFrame:
@@ -154,8 +168,9 @@ def plot_curves(curves: pd.DataFrame, title: str, ylabel: str, stem: Path) -> li
     return paths
 
 
-def prediction_figure(runs: pd.DataFrame, configurations: list[str], image_index: int, stem: Path,
-                      threshold: float = 0.5) -> list[Path]:
+def prediction_figure(
+    runs: pd.DataFrame, configurations: list[str], image_index: int, stem: Path, threshold: float = 0.5
+) -> list[Path]:
     """Image, ground truth, prediction and error overlay of one test image for each configuration (Figs 9-11)."""
     import matplotlib
 
@@ -170,7 +185,8 @@ def prediction_figure(runs: pd.DataFrame, configurations: list[str], image_index
     chosen = []
     for configuration in configurations:
         candidates = runs[(runs.configuration == configuration) & (runs.status == "FINISHED")].dropna(
-            subset=["checkpoint", "data_folder"])
+            subset=["checkpoint", "data_folder"]
+        )
         candidates = candidates[candidates.checkpoint.map(lambda p: Path(p).is_file())]
         if candidates.empty:
             raise ReportError(f"no finished run of {configuration!r} with its checkpoint on this machine")
@@ -184,8 +200,12 @@ def prediction_figure(runs: pd.DataFrame, configurations: list[str], image_index
         image, truth = item["image"].permute(1, 2, 0).numpy(), item["mask"].numpy() > 0
         model, hparams = load_checkpoint(run.checkpoint)
         prediction = Segmenter(model).probability(image) >= float(hparams.get("threshold", threshold))
-        panels = [(image, "image"), (truth, "ground truth"), (prediction, f"{run.configuration}"),
-                  (error_overlay(image, truth, prediction), "errors: FP red, FN blue")]
+        panels = [
+            (image, "image"),
+            (truth, "ground truth"),
+            (prediction, f"{run.configuration}"),
+            (error_overlay(image, truth, prediction), "errors: FP red, FN blue"),
+        ]
         for axis, (picture, title) in zip(row, panels, strict=True):
             axis.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
             axis.set_title(title, fontsize=8)
@@ -198,9 +218,15 @@ def prediction_figure(runs: pd.DataFrame, configurations: list[str], image_index
     return paths
 
 
-def write_report(tracking_uri: str, study: str, out: str | Path, overwrite: bool = False,
-                 figure_configurations: list[str] | None = None, figure_image: int = 0,
-                 published_path: Path = PUBLISHED) -> Path:
+def write_report(
+    tracking_uri: str,
+    study: str,
+    out: str | Path,
+    overwrite: bool = False,
+    figure_configurations: list[str] | None = None,
+    figure_image: int = 0,
+    published_path: Path = PUBLISHED,
+) -> Path:
     """Write tables and figures of ``study`` into ``out`` (a new folder unless ``overwrite``); return it."""
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -220,24 +246,53 @@ def write_report(tracking_uri: str, study: str, out: str | Path, overwrite: bool
         instances.to_csv(scratch / "table4_instances.csv", index=False)
         table3.to_csv(scratch / "table3_metrics.csv", index=False)
         runs.drop(columns=["checkpoint", "data_folder"]).to_csv(scratch / "runs.csv", index=False)
-        plot_curves(loss_curves(client, runs, "train/loss"), f"{study}: training loss (median over seeds)",
-                    "BCE + Dice loss", scratch / "fig7_train_loss")
-        plot_curves(loss_curves(client, runs, "val/loss"), f"{study}: validation loss (median over seeds)",
-                    "BCE + Dice loss", scratch / "fig8_val_loss")
-        sections = [f"# Report of study `{study}`", "",
-                    f"{int((runs.status == 'FINISHED').sum())} finished, {int((runs.status == 'FAILED').sum())} "
-                    f"failed, {int((~runs.status.isin(['FINISHED', 'FAILED'])).sum())} other runs.", "",
-                    "## Table II: final losses (median over seeds)", "", _markdown(table2), "",
-                    "## Table III: test metrics on the held-out split (median, IQR, n; `_paper` = published, "
-                    "`_diff` = ours - published)", "", _markdown(table3), "",
-                    "## Individual nuclei (beyond the paper): median AJI, PQ and object F1 at IoU 0.5, connected "
-                    "components vs watershed", "", _markdown(instances), "",
-                    "## Figures", "", "![training loss](fig7_train_loss.png)", "",
-                    "![validation loss](fig8_val_loss.png)", ""]
+        plot_curves(
+            loss_curves(client, runs, "train/loss"),
+            f"{study}: training loss (median over seeds)",
+            "BCE + Dice loss",
+            scratch / "fig7_train_loss",
+        )
+        plot_curves(
+            loss_curves(client, runs, "val/loss"),
+            f"{study}: validation loss (median over seeds)",
+            "BCE + Dice loss",
+            scratch / "fig8_val_loss",
+        )
+        sections = [
+            f"# Report of study `{study}`",
+            "",
+            f"{int((runs.status == 'FINISHED').sum())} finished, {int((runs.status == 'FAILED').sum())} "
+            f"failed, {int((~runs.status.isin(['FINISHED', 'FAILED'])).sum())} other runs.",
+            "",
+            "## Table II: final losses (median over seeds)",
+            "",
+            _markdown(table2),
+            "",
+            "## Table III: test metrics on the held-out split (median, IQR, n; `_paper` = published, "
+            "`_diff` = ours - published)",
+            "",
+            _markdown(table3),
+            "",
+            "## Individual nuclei (beyond the paper): median AJI, PQ and object F1 at IoU 0.5, connected "
+            "components vs watershed",
+            "",
+            _markdown(instances),
+            "",
+            "## Figures",
+            "",
+            "![training loss](fig7_train_loss.png)",
+            "",
+            "![validation loss](fig8_val_loss.png)",
+            "",
+        ]
         failed = runs[runs.status == "FAILED"]
         if not failed.empty:
-            sections += ["## Failed runs", "", _markdown(failed[["run_name", "configuration", "seed",
-                                                                  "failure_reason"]]), ""]
+            sections += [
+                "## Failed runs",
+                "",
+                _markdown(failed[["run_name", "configuration", "seed", "failure_reason"]]),
+                "",
+            ]
         if figure_configurations:
             prediction_figure(runs, figure_configurations, figure_image, scratch / "fig9_predictions")
             sections += ["![predictions](fig9_predictions.png)", ""]

@@ -11,8 +11,9 @@ from rich.table import Table
 SHOWN = ("test/jaccard", "test/f1", "test/recall", "test/precision", "test/accuracy", "test/loss")
 
 
-def print_run_summary(name: str, cfg: Any, metrics: dict, final: dict, run_dir: Path, run_id: str,
-                      console: Console | None = None) -> None:
+def print_run_summary(
+    name: str, cfg: Any, metrics: dict, final: dict, run_dir: Path, run_id: str, console: Console | None = None
+) -> None:
     console = console or Console()
     table = Table(title=f"run {name} (study {cfg.study})", show_header=True)
     table.add_column("metric")
@@ -36,8 +37,13 @@ def print_sweep_summary(rows: list[dict[str, Any]], console: Console | None = No
         table.add_column(column, justify="left" if column in ("run", "status") else "right")
     for row in rows:
         if row["status"] == "finished":
-            table.add_row(row["run"], row["status"], f"{row.get('test/jaccard', float('nan')):.4f}",
-                          f"{row.get('test/f1', float('nan')):.4f}", f"{row.get('train_seconds', 0):.0f}")
+            table.add_row(
+                row["run"],
+                row["status"],
+                f"{row.get('test/jaccard', float('nan')):.4f}",
+                f"{row.get('test/f1', float('nan')):.4f}",
+                f"{row.get('train_seconds', 0):.0f}",
+            )
         else:
             table.add_row(row["run"], f"[red]{row['status']}[/red]", "", "", "")
             table.add_row("", str(row.get("reason", ""))[:120], "", "", "")

@@ -6,8 +6,14 @@ from nucleiseg.data.online_augment import OnlineAugment, RandomHEDJitter
 
 
 def test_datamodule_serves_cached_batches(tmp_path):
-    cfg = compose(["data=synthetic", f"paths.root_dir={tmp_path}", "data.protocol.image_size=32",
-                   "data.sources.synthetic.tile_size=48"])
+    cfg = compose(
+        [
+            "data=synthetic",
+            f"paths.root_dir={tmp_path}",
+            "data.protocol.image_size=32",
+            "data.sources.synthetic.tile_size=48",
+        ]
+    )
     module = NucleiDataModule(cfg.data)
     module.prepare_data()
     module.setup("fit")

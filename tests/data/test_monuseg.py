@@ -48,10 +48,12 @@ def test_zero_regions_is_an_error(tmp_path):
 
 
 def test_xml_bomb_is_refused(tmp_path):
-    bomb = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
-            '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
-            '<Annotations><Annotation><Regions><Region Id="1"><Vertices>'
-            '<Vertex X="&lol2;" Y="1"/></Vertices></Region></Regions></Annotation></Annotations>')
+    bomb = (
+        '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+        '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
+        '<Annotations><Annotation><Regions><Region Id="1"><Vertices>'
+        '<Vertex X="&lol2;" Y="1"/></Vertices></Region></Regions></Annotation></Annotations>'
+    )
     path = tmp_path / "bomb.xml"
     path.write_text(bomb)
     with pytest.raises(AnnotationError, match="bomb.xml: refused unsafe XML"):

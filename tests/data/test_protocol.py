@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-from PIL import Image
 
 from nucleiseg.config import compose
 from nucleiseg.data.prepare import load_manifest, plan_splits, prepare_dataset, prepared_path
@@ -80,9 +79,16 @@ def test_paper_augmentations_match_their_definitions():
 
 
 def _data_cfg(tmp_path, tnbc, monuseg, **protocol):
-    cfg = compose([f"paths.root_dir={tmp_path}", f"data.sources.tnbc.root={tnbc}",
-                   f"data.sources.monuseg.root={monuseg}", "data.protocol.image_size=32",
-                   "data.protocol.n_test=3"] + [f"data.protocol.{k}={v}" for k, v in protocol.items()])
+    cfg = compose(
+        [
+            f"paths.root_dir={tmp_path}",
+            f"data.sources.tnbc.root={tnbc}",
+            f"data.sources.monuseg.root={monuseg}",
+            "data.protocol.image_size=32",
+            "data.protocol.n_test=3",
+        ]
+        + [f"data.protocol.{k}={v}" for k, v in protocol.items()]
+    )
     return cfg.data
 
 
@@ -153,9 +159,14 @@ def test_invalid_protocol_options_are_named(tmp_path, raw):
 @requires_shared_data("tnbc")
 def test_real_paper_protocol_gives_165_training_pairs(tmp_path):
     root = SHARED_DATA
-    cfg = compose([f"paths.root_dir={tmp_path}", f"data.sources.tnbc.root={root / 'tnbc'}",
-                   f"data.sources.monuseg.root={root / 'monuseg'}",
-                   f"data.sources.monuseg.mask_dir={root / 'monuseg' / 'binary_masks_mirror'}"]).data
+    cfg = compose(
+        [
+            f"paths.root_dir={tmp_path}",
+            f"data.sources.tnbc.root={root / 'tnbc'}",
+            f"data.sources.monuseg.root={root / 'monuseg'}",
+            f"data.sources.monuseg.mask_dir={root / 'monuseg' / 'binary_masks_mirror'}",
+        ]
+    ).data
     manifest = load_manifest(prepare_dataset(cfg))
     counts = manifest["counts"]
     assert counts["train"] + counts["val"] == 165 and counts["test"] == 25

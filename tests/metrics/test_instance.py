@@ -97,6 +97,7 @@ def test_pq_agrees_with_torchmetrics():
     def panoptic(labels):  # (category, instance) pairs: nucleus = 1, background = 0 ("stuff")
         category = (labels > 0).astype(np.int64)
         return torch.from_numpy(np.stack([category, labels.astype(np.int64)], axis=-1))[None]
+
     reference = PanopticQuality(things={1}, stuffs={0})
     reference.update(panoptic(pred), panoptic(truth))
     # torchmetrics averages over categories: things (nuclei) and stuff (background); take the nucleus class

@@ -60,6 +60,6 @@ def test_per_image_overlap_with_single_image_batches_matches_torchmetrics():
     preds, target = torch.rand(3, 8, 8), (torch.rand(3, 8, 8) > 0.6).int()
     metric = PerImageOverlap(0.5)
     for k in range(3):
-        metric.update(preds[k:k + 1], target[k:k + 1])
+        metric.update(preds[k : k + 1], target[k : k + 1])
     expected = [binary_jaccard_index(preds[k], target[k]).item() for k in range(3)]
     assert metric.per_image()["jaccard"].tolist() == pytest.approx(expected)

@@ -5,7 +5,9 @@ from nucleiseg.errors import ConfigError
 from nucleiseg.models.factory import ENCODERS, check_configuration, create_model
 from nucleiseg.models.unet import UNet
 
-TABLE_I = [(name, False) for name in ENCODERS] + [(name, True) for name, s in ENCODERS.items() if s.has_imagenet_weights]
+TABLE_I = [(name, False) for name in ENCODERS] + [
+    (name, True) for name, s in ENCODERS.items() if s.has_imagenet_weights
+]
 
 
 def test_table_one_has_fourteen_configurations():

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
@@ -13,8 +14,13 @@ def _batch(n=3, size=32):
 
 def test_small_model_overfits_a_synthetic_batch():
     torch.manual_seed(0)
-    module = SegmentationModule("unet_bn", pretrained=False, smooth=1.0, threshold=0.5,
-                                optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
+    module = SegmentationModule(
+        "unet_bn",
+        pretrained=False,
+        smooth=1.0,
+        threshold=0.5,
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
+    )
     optimizer = module.configure_optimizers()
     batch = _batch()
     losses = []
@@ -30,9 +36,5 @@ def test_small_model_overfits_a_synthetic_batch():
 def test_module_without_optimizer_cannot_train_but_can_predict():
     module = SegmentationModule("unet", pretrained=False, smooth=1.0, threshold=0.5).eval()
     assert module(_batch(1)["image"]).shape == (1, 1, 32, 32)
-    try:
+    with pytest.raises(ValueError, match="without an optimizer"):
         module.configure_optimizers()
-    except ValueError as error:
-        assert "without an optimizer" in str(error)
-    else:
-        raise AssertionError("configure_optimizers should refuse without an optimizer")

@@ -36,7 +36,9 @@ def test_smp_hub_safetensors_for_densenet_is_loaded(tmp_path):
     source = create_model("densenet121").network.encoder.state_dict()
     weights_dir = tmp_path / "weights"
     (weights_dir / "densenet121.imagenet").mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in source.items()}, str(weights_dir / "densenet121.imagenet" / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in source.items()}, str(weights_dir / "densenet121.imagenet" / "model.safetensors")
+    )
     model = create_model("densenet121", pretrained=True, weights_dir=weights_dir)
     loaded = model.network.encoder.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in source.items())

@@ -11,15 +11,22 @@ def make_study(uri: str, study: str) -> MlflowClient:
     experiment = client.create_experiment(study)
 
     def add(configuration, seed, jaccard, losses, status="FINISHED"):
-        run = client.create_run(experiment, run_name=f"{configuration}-{seed}",
-                                tags={"configuration": configuration, "seed": str(seed)})
+        run = client.create_run(
+            experiment, run_name=f"{configuration}-{seed}", tags={"configuration": configuration, "seed": str(seed)}
+        )
         rid = run.info.run_id
         for epoch, (train, val) in enumerate(losses):
             client.log_metric(rid, "train/loss", train, step=epoch)
             client.log_metric(rid, "val/loss", val, step=epoch)
         if status == "FINISHED":
-            for name, value in {"jaccard": jaccard, "f1": jaccard + 0.1, "recall": 0.8, "precision": 0.7,
-                                "accuracy": 0.9, "images_per_second": 100.0 + seed}.items():
+            for name, value in {
+                "jaccard": jaccard,
+                "f1": jaccard + 0.1,
+                "recall": 0.8,
+                "precision": 0.7,
+                "accuracy": 0.9,
+                "images_per_second": 100.0 + seed,
+            }.items():
                 client.log_metric(rid, f"test/{name}", value)
         else:
             client.set_tag(rid, "failure_reason", "NonFiniteLossError: non-finite training loss")
