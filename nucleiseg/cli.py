@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -77,9 +76,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from nucleiseg.config import compose
+    from nucleiseg.tracking.mlflow_store import tracking_uri
     from nucleiseg.tracking.report import write_report
 
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or compose([]).logger.tracking_uri
+    uri = args.tracking_uri or tracking_uri(compose([]).logger)
     figure = [c.strip() for c in args.figure_configs.split(";")] if args.figure_configs else None
     out = write_report(
         uri,
@@ -191,13 +191,9 @@ def _log_benchmark(measurements, text: str) -> None:
     import mlflow
 
     from nucleiseg.config import compose
-    from nucleiseg.tracking.mlflow_store import resolve_artifact_location, resolve_tracking_uri
+    from nucleiseg.tracking.mlflow_store import use_experiment
 
-    cfg = compose([])
-    mlflow.set_tracking_uri(resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or cfg.logger.tracking_uri))
-    if mlflow.get_experiment_by_name("benchmark") is None:
-        mlflow.create_experiment("benchmark", artifact_location=resolve_artifact_location(cfg.logger.artifact_location))
-    mlflow.set_experiment("benchmark")
+    use_experiment(compose([]).logger, "benchmark")
     first = measurements[0]
     with mlflow.start_run(run_name=f"benchmark-{first.image_size}px"):
         mlflow.set_tags(

@@ -7,7 +7,6 @@ uses, so an evaluated model and a deployed one cannot disagree about preprocessi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -152,12 +151,9 @@ def evaluate(
 def _log(cfg: DictConfig, study: str, checkpoint, hparams, results, speed, source) -> None:
     import mlflow
 
-    from nucleiseg.tracking.mlflow_store import resolve_artifact_location, resolve_tracking_uri
+    from nucleiseg.tracking.mlflow_store import use_experiment
 
-    mlflow.set_tracking_uri(resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or cfg.logger.tracking_uri))
-    if mlflow.get_experiment_by_name(study) is None:
-        mlflow.create_experiment(study, artifact_location=resolve_artifact_location(cfg.logger.artifact_location))
-    mlflow.set_experiment(study)
+    use_experiment(cfg.logger, study)
     with mlflow.start_run(run_name=f"evaluate-{Path(checkpoint).parent.parent.name}"):
         mlflow.set_tags(
             {

@@ -34,6 +34,7 @@ from nucleiseg.inference.export import (
 from nucleiseg.inference.tiling import Segmenter
 from nucleiseg.postprocess.features import nucleus_features, write_features
 from nucleiseg.postprocess.instances import separate_with_config
+from nucleiseg.tracking.mlflow_store import tracking_uri
 from nucleiseg.writing import write_bytes_atomic, write_json_atomic
 
 INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -74,7 +75,7 @@ def expand_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str,
     return list(dict.fromkeys(files)), missing
 
 
-def resolve_checkpoint(checkpoint: str | None, run_id: str | None, tracking_uri: str) -> Path:
+def resolve_checkpoint(checkpoint: str | None, run_id: str | None, store_uri: str) -> Path:
     """A checkpoint path, given directly or through the ``checkpoint`` tag of an MLflow training run."""
     if bool(checkpoint) == bool(run_id):
         raise ConfigError("give exactly one of --checkpoint PATH or --run-id MLFLOW_RUN_ID")
@@ -83,12 +84,10 @@ def resolve_checkpoint(checkpoint: str | None, run_id: str | None, tracking_uri:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from nucleiseg.tracking.mlflow_store import resolve_tracking_uri
-
     try:
-        tags = MlflowClient(resolve_tracking_uri(tracking_uri)).get_run(run_id).data.tags
+        tags = MlflowClient(store_uri).get_run(run_id).data.tags
     except MlflowException as error:
-        raise ConfigError(f"--run-id {run_id}: no such MLflow run at {tracking_uri} ({error.message[:120]})") from None
+        raise ConfigError(f"--run-id {run_id}: no such MLflow run at {store_uri} ({error.message[:120]})") from None
     if "checkpoint" not in tags:
         raise ConfigError(f"--run-id {run_id}: the run has no 'checkpoint' tag (did it finish?)")
     return Path(tags["checkpoint"])
@@ -153,10 +152,7 @@ def predict(
     show_progress: bool = True,
 ) -> PredictSummary:
     """Predict every input image into ``out``; never raises for one bad image (it is listed in the summary)."""
-    import os
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.logger.tracking_uri
-    model, hparams = load_checkpoint(resolve_checkpoint(checkpoint, run_id, uri))
+    model, hparams = load_checkpoint(resolve_checkpoint(checkpoint, run_id, tracking_uri(cfg.logger)))
     files, missing = expand_inputs(inputs)
     summary = PredictSummary(failed=list(missing))
     if not files and not missing:

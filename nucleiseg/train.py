@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -33,12 +32,7 @@ from nucleiseg.errors import ConfigError, NucleisegError
 from nucleiseg.inference.speed import measure_inference
 from nucleiseg.models.factory import check_configuration, configuration_label
 from nucleiseg.models.lit_module import SegmentationModule
-from nucleiseg.tracking.mlflow_store import (
-    flatten,
-    git_commit,
-    resolve_artifact_location,
-    resolve_tracking_uri,
-)
+from nucleiseg.tracking.mlflow_store import flatten, git_commit, resolve_artifact_location, tracking_uri
 from nucleiseg.tracking.overlays import comparison_panel, png_bytes
 from nucleiseg.tracking.summary import print_run_summary
 from nucleiseg.writing import write_json_atomic
@@ -162,11 +156,10 @@ def _callbacks(cfg: DictConfig, run_dir: Path, has_val: bool) -> tuple[list, Mod
 
 
 def _logger(cfg: DictConfig, name: str, run_id: str | None, tags: dict[str, str]) -> MLFlowLogger:
-    uri = resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or cfg.logger.tracking_uri)
     return MLFlowLogger(
         experiment_name=cfg.study,
         run_name=name,
-        tracking_uri=uri,
+        tracking_uri=tracking_uri(cfg.logger),
         tags=tags,
         artifact_location=resolve_artifact_location(cfg.logger.artifact_location),
         run_id=run_id,
@@ -389,8 +382,7 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
             from mlflow.tracking import MlflowClient
 
             run_id = json.loads(run_file.read_text())["run_id"]
-            uri = resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or cfg.logger.tracking_uri)
-            client = MlflowClient(tracking_uri=uri)
+            client = MlflowClient(tracking_uri=tracking_uri(cfg.logger))
             client.set_tag(run_id, "failure_reason", reason)
             client.set_terminated(run_id, status="FAILED")
         if run_dir.is_dir():

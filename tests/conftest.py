@@ -89,21 +89,24 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-@pytest.fixture
-def train_overrides(tmp_path: Path, tracking_uri: str) -> list[str]:
-    """Overrides for a fast CPU run on synthetic data, all outputs under ``tmp_path``."""
+def fast_run_overrides(root: Path, tracking_uri: str) -> list[str]:
+    """Overrides for a fast CPU run on synthetic data (32 px, 1 epoch), all outputs under ``root``."""
     return [
-        "experiment=quickstart",
-        f"paths.root_dir={tmp_path}",
+        f"paths.root_dir={root}",
         f"logger.tracking_uri={tracking_uri}",
         "trainer.accelerator=cpu",
         "trainer.max_epochs=1",
         "data.sources.synthetic.tile_size=48",
         "data.protocol.image_size=32",
-        "logger.overlays=1",
-        "progress_bar=none",
         "speed.image_size=32",
+        "progress_bar=none",
     ]
+
+
+@pytest.fixture
+def train_overrides(tmp_path: Path, tracking_uri: str) -> list[str]:
+    """:func:`fast_run_overrides` for an in-process run of the quick-start experiment, one overlay logged."""
+    return ["experiment=quickstart", *fast_run_overrides(tmp_path, tracking_uri), "logger.overlays=1"]
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from nucleiseg.cli import main as cli
-from tests.conftest import REPO
+from tests.conftest import REPO, fast_run_overrides
 
 
 def _train(*args, timeout=600):
@@ -22,17 +22,10 @@ def test_ddp_on_cpu_with_two_processes(tmp_path, tracking_uri):
     result = _train(
         "experiment=quickstart",
         "trainer=ddp",
-        "trainer.accelerator=cpu",
         "trainer.devices=2",
         "study=ddp",
-        f"paths.root_dir={tmp_path}",
-        f"logger.tracking_uri={tracking_uri}",
-        "trainer.max_epochs=1",
-        "data.sources.synthetic.tile_size=48",
-        "data.protocol.image_size=32",
+        *fast_run_overrides(tmp_path, tracking_uri),
         "logger.overlays=0",
-        "speed.image_size=32",
-        "progress_bar=none",
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "gloo" in result.stderr.lower() or "distributed" in result.stderr.lower()

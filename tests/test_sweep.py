@@ -6,7 +6,7 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO
+from tests.conftest import REPO, fast_run_overrides
 
 
 def _train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -16,16 +16,7 @@ def _train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def _small(tmp_path, tracking_uri):
-    return [
-        f"paths.root_dir={tmp_path}",
-        f"logger.tracking_uri={tracking_uri}",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "data.sources.synthetic.tile_size=48",
-        "data.protocol.image_size=32",
-        "logger.overlays=0",
-        "speed.image_size=32",
-    ]
+    return [*fast_run_overrides(tmp_path, tracking_uri), "logger.overlays=0"]
 
 
 def test_two_configs_by_two_seeds_give_four_finished_mlflow_runs(tmp_path, tracking_uri):

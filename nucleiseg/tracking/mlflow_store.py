@@ -6,6 +6,7 @@ root; no server. ``MLFLOW_TRACKING_URI`` (or ``logger.tracking_uri``) points run
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,22 @@ def resolve_artifact_location(location: str | None) -> str | None:
     if location is None or "://" in location or location.startswith("mlflow-artifacts:"):
         return location
     return Path(location).expanduser().resolve().as_uri()
+
+
+def tracking_uri(logger_cfg: Mapping) -> str:
+    """The store runs go to: ``MLFLOW_TRACKING_URI`` when set, else ``logger.tracking_uri`` (made absolute)."""
+    return resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or logger_cfg["tracking_uri"])
+
+
+def use_experiment(logger_cfg: Mapping, name: str) -> None:
+    """Point the ``mlflow`` fluent API at experiment ``name`` of the configured store, creating it with the
+    configured artifact location when it does not exist yet."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(logger_cfg))
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=resolve_artifact_location(logger_cfg["artifact_location"]))
+    mlflow.set_experiment(name)
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:

@@ -160,10 +160,17 @@ def plot_curves(curves: pd.DataFrame, title: str, ylabel: str, stem: Path) -> li
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, ncol=2)
+    return _save(figure, stem, dpi=150)
+
+
+def _save(figure, stem: Path, dpi: int) -> list[Path]:
+    """Save ``figure`` as ``stem.png`` and ``stem.svg``, then free it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for path in paths:
-        figure.savefig(path, dpi=150)
+        figure.savefig(path, dpi=dpi)
     plt.close(figure)
     return paths
 
@@ -210,12 +217,7 @@ def prediction_figure(
             axis.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
             axis.set_title(title, fontsize=8)
             axis.axis("off")
-    figure.tight_layout()
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for path in paths:
-        figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return paths
+    return _save(figure, stem, dpi=120)
 
 
 def write_report(
