@@ -169,6 +169,8 @@ def predict(
         normaliser=from_state(hparams.get("stain")),
         channels_last=resolve_flag(cfg.model.channels_last, accelerator, "model.channels_last"),
     )
+    if cfg.predict.compile:
+        segmenter.model.compile()
     threshold = float(hparams.get("threshold", cfg.threshold))
     out = Path(out).expanduser()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

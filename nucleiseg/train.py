@@ -272,6 +272,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         channels_last=resolve_flag(cfg.model.channels_last, accelerator, "model.channels_last"),
         stain=manifest.get("stain"),
     )
+    if cfg.model.compile:
+        # in place (nn.Module.compile), so state_dict keys and checkpoints are the same as without it
+        module.model.compile()
     resume_from = run_dir / "checkpoints" / "last.ckpt"
     resuming = bool(cfg.resume) and previous is not None and resume_from.is_file()
     logger = _logger(cfg, name, previous["run_id"] if resuming else None, _tags(cfg, manifest, accelerator))

@@ -187,3 +187,15 @@ def prepare_plain(cfg):
     from nucleiseg.data.prepare import prepare_dataset
 
     return prepare_dataset(cfg.data)
+
+
+@pytest.mark.slow
+def test_compiled_training_writes_the_same_checkpoint_keys(train_overrides):
+    """torch.compile (inductor) needs a C++ toolchain and a minute of compilation on CPU: kept out of CI."""
+    from nucleiseg.inference.checkpoint import load_checkpoint
+
+    cfg = compose(train_overrides + ["study=compiled", "model.compile=true", "encoder=unet"])
+    metrics = run(cfg)
+    assert 0 <= metrics["test/jaccard"] <= 1
+    model, hparams = load_checkpoint(_run_dir(cfg) / "checkpoints" / "last.ckpt")  # keys without _orig_mod
+    assert hparams["encoder"] == "unet"

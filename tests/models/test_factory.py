@@ -14,10 +14,32 @@ def test_table_one_has_fourteen_configurations():
     assert len(TABLE_I) == 14
 
 
-@pytest.mark.parametrize("encoder", list(ENCODERS))
-def test_every_architecture_does_forward_and_backward(encoder):
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    """ImageNet-format weight files made here (seeded random values): the pretrained path runs offline."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("weights")
+    for name, spec in ENCODERS.items():
+        if spec.has_imagenet_weights:
+            torch.manual_seed(7)
+            state = create_model(name).network.encoder.state_dict()
+            save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"{name}.imagenet.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("encoder", "pretrained"), TABLE_I, ids=[f"{e}-{'imagenet' if p else 'scratch'}" for e, p in TABLE_I]
+)
+def test_every_configuration_does_forward_and_backward(encoder, pretrained, weights_dir):
     torch.manual_seed(0)
-    model = create_model(encoder, pretrained=False)
+    model = create_model(encoder, pretrained=pretrained, weights_dir=weights_dir if pretrained else None)
+    if pretrained:  # the weights came from the file, not from the random initialisation
+        from safetensors.torch import load_file
+
+        saved = load_file(str(weights_dir / f"{encoder}.imagenet.safetensors"))
+        first = next(iter(saved))
+        assert torch.equal(model.network.encoder.state_dict()[first], saved[first])
     image = torch.rand(2, 3, 32, 32)
     logits = model(image)
     assert logits.shape == (2, 1, 32, 32)
