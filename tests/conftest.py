@@ -115,6 +115,15 @@ def _no_tracking_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+def tool(name: str) -> str | None:
+    """A command installed with the dev extra: next to this interpreter (a venv not on PATH) or on PATH."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else shutil.which(name)
+
+
 def requires_shared_data(*parts: str):
     path = SHARED_DATA.joinpath(*parts)
     return pytest.mark.skipif(not path.exists(), reason=f"real dataset copy {path} is absent (dev machines only)")

