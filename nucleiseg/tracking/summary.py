@@ -8,7 +8,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-SHOWN = ("test/jaccard", "test/f1", "test/recall", "test/precision", "test/accuracy", "test/loss")
+SHOWN = (
+    "test/jaccard",
+    "test/f1",
+    "test/recall",
+    "test/precision",
+    "test/accuracy",
+    "test/loss",
+    "test/aji_components",
+    "test/aji_watershed",
+    "test/pq_watershed",
+    "test/object_f1_watershed",
+    "test/images_per_second",
+)
 
 
 def print_run_summary(
