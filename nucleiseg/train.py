@@ -32,6 +32,7 @@ from nucleiseg.errors import ConfigError, NucleisegError
 from nucleiseg.inference.speed import measure_inference
 from nucleiseg.models.factory import check_configuration, configuration_label
 from nucleiseg.models.lit_module import SegmentationModule
+from nucleiseg.models.weights import check_imagenet_weights
 from nucleiseg.tracking.mlflow_store import flatten, git_commit, resolve_artifact_location, tracking_uri
 from nucleiseg.tracking.overlays import comparison_panel, png_bytes
 from nucleiseg.tracking.summary import print_run_summary
@@ -101,7 +102,9 @@ def identity_hash(cfg: DictConfig) -> str:
 
 def validate(cfg: DictConfig) -> None:
     """Fail before any work on an invalid configuration (bad names, bad combinations, bad values)."""
-    check_configuration(cfg.encoder, cfg.pretrained)
+    spec = check_configuration(cfg.encoder, cfg.pretrained)
+    if cfg.pretrained and not cfg.dry_run:
+        check_imagenet_weights(spec.smp_name, cfg.model.weights_dir)
     resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     resolve_flag(cfg.model.channels_last, cfg.trainer.accelerator, "model.channels_last")
     resolve_flag(cfg.data.loader.pin_memory, cfg.trainer.accelerator, "data.loader.pin_memory")

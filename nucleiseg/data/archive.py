@@ -12,11 +12,17 @@ from nucleiseg.errors import DatasetLayoutError
 
 
 @contextmanager
-def dataset_folder(root: str | Path) -> Iterator[Path]:
+def dataset_folder(root: str | Path, dataset: str | None = None) -> Iterator[Path]:
     """Yield a folder for ``root``: the folder itself, or a zip safely extracted to a temporary folder."""
     root = Path(root).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"{root}: dataset root not found")
+        hint = (
+            f"; download it with `nucleiseg data download {dataset} --to {root.parent}` or point "
+            f"data.sources.{dataset}.root at your copy"
+            if dataset
+            else ""
+        )
+        raise FileNotFoundError(f"{root}: dataset root not found{hint}")
     if root.is_dir():
         yield root
         return

@@ -67,9 +67,11 @@ def collect_sources(sources_cfg: Mapping, stack: ExitStack) -> dict[str, list[So
         if cfg is None:
             continue
         if key == "tnbc":
-            collected["tnbc"] = find_tnbc(stack.enter_context(dataset_folder(cfg["root"])))
+            collected["tnbc"] = find_tnbc(stack.enter_context(dataset_folder(cfg["root"], "tnbc")))
         elif key == "monuseg":
-            collected["monuseg"] = find_monuseg(stack.enter_context(dataset_folder(cfg["root"])), cfg.get("mask_dir"))
+            collected["monuseg"] = find_monuseg(
+                stack.enter_context(dataset_folder(cfg["root"], "monuseg")), cfg.get("mask_dir")
+            )
         elif key == "synthetic":
             spec = SyntheticSpec(height=cfg["tile_size"], width=cfg["tile_size"], n_nuclei=cfg["n_nuclei"])
             collected["tnbc"] = synthetic_sources("tnbc", list(cfg["tnbc_images_per_slide"]), spec, cfg["seed"])

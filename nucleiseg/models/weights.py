@@ -103,27 +103,42 @@ def _download(encoder: str) -> dict[str, torch.Tensor]:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
 
 
-def imagenet_state_dict(
-    encoder: str, weights_dir: str | Path | None = None, allow_download: bool = True
-) -> tuple[dict[str, torch.Tensor], str]:
-    """Return ``(state_dict, where it came from)`` for the ImageNet weights of smp ``encoder``."""
-    repo_id, _, url = _settings(encoder)
+def _local_weights(encoder: str, weights_dir: str | Path | None) -> Path | None:
+    """The first local file holding ``encoder``'s ImageNet weights: ``weights_dir``, then the caches."""
     if weights_dir is not None:
         weights_dir = Path(weights_dir).expanduser()
         if not weights_dir.is_dir():
             raise WeightsNotFoundError(f"model.weights_dir={weights_dir}: folder not found")
         for path in candidate_files(encoder, weights_dir):
             if path.is_file():
-                return _read_state_dict(path), str(path)
-    cached = _cached(encoder)
-    if cached is not None:
-        return _read_state_dict(cached), str(cached)
-    if allow_download and _host_reachable(HUB_HOST):
-        return _download(encoder), f"https://{HUB_HOST}/{repo_id}"
+                return path
+    return _cached(encoder)
+
+
+def _missing(encoder: str, weights_dir: str | Path | None) -> WeightsNotFoundError:
+    repo_id, _, url = _settings(encoder)
     where = weights_dir or "a folder of your choice (then set model.weights_dir=FOLDER)"
-    raise WeightsNotFoundError(
+    return WeightsNotFoundError(
         f"ImageNet weights for encoder '{encoder}' not found and {HUB_HOST} is not reachable. Fetch either "
         f"https://{HUB_HOST}/{repo_id}/resolve/main/model.safetensors (save as {where}/{encoder}.imagenet.safetensors)"
         + (f" or the torchvision file {url} (keep its name) " if url else " ")
         + f"into {where}, or run with pretrained=false."
     )
+
+
+def check_imagenet_weights(encoder: str, weights_dir: str | Path | None = None) -> None:
+    """Fail now (seconds) when the weights are neither on disk nor downloadable, before any other work."""
+    if _local_weights(encoder, weights_dir) is None and not _host_reachable(HUB_HOST):
+        raise _missing(encoder, weights_dir)
+
+
+def imagenet_state_dict(
+    encoder: str, weights_dir: str | Path | None = None, allow_download: bool = True
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Return ``(state_dict, where it came from)`` for the ImageNet weights of smp ``encoder``."""
+    local = _local_weights(encoder, weights_dir)
+    if local is not None:
+        return _read_state_dict(local), str(local)
+    if allow_download and _host_reachable(HUB_HOST):
+        return _download(encoder), f"https://{HUB_HOST}/{_settings(encoder)[0]}"
+    raise _missing(encoder, weights_dir)
