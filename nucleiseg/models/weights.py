@@ -117,12 +117,13 @@ def _local_weights(encoder: str, weights_dir: str | Path | None) -> Path | None:
 
 def _missing(encoder: str, weights_dir: str | Path | None) -> WeightsNotFoundError:
     repo_id, _, url = _settings(encoder)
-    where = weights_dir or "a folder of your choice (then set model.weights_dir=FOLDER)"
+    folder = str(weights_dir) if weights_dir else "WEIGHTS_DIR"
+    alternative = f", or the original file {url} under its own name" if url else ""
+    then = "" if weights_dir else f", then run with model.weights_dir={folder} (or set NUCLEISEG_WEIGHTS={folder})"
     return WeightsNotFoundError(
-        f"ImageNet weights for encoder '{encoder}' not found and {HUB_HOST} is not reachable. Fetch either "
-        f"https://{HUB_HOST}/{repo_id}/resolve/main/model.safetensors (save as {where}/{encoder}.imagenet.safetensors)"
-        + (f" or the torchvision file {url} (keep its name) " if url else " ")
-        + f"into {where}, or run with pretrained=false."
+        f"ImageNet weights for encoder '{encoder}' are not on this machine and {HUB_HOST} is not reachable. "
+        f"Download https://{HUB_HOST}/{repo_id}/resolve/main/model.safetensors and save it as "
+        f"{folder}/{encoder}.imagenet.safetensors{alternative}{then}; or run with pretrained=false."
     )
 
 
