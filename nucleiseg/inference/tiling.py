@@ -106,7 +106,7 @@ class Segmenter:
         if self.normaliser is not None:
             image = self.normaliser(image)
         height, width = image.shape[:2]
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None]  # copies only read-only input
         tile = self.tile_size
         if height <= tile and width <= tile:
             padded = self._pad(tensor, -(-height // DIVISOR) * DIVISOR, -(-width // DIVISOR) * DIVISOR)
