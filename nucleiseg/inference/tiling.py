@@ -106,7 +106,8 @@ class Segmenter:
         if self.normaliser is not None:
             image = self.normaliser(image)
         height, width = image.shape[:2]
-        tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None]  # copies only read-only input
+        # np.require copies only inputs torch cannot share (read-only or non-contiguous)
+        tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None]
         tile = self.tile_size
         if height <= tile and width <= tile:
             padded = self._pad(tensor, -(-height // DIVISOR) * DIVISOR, -(-width // DIVISOR) * DIVISOR)
