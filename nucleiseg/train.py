@@ -26,78 +26,20 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.data.datamodule import NucleiDataModule, to_model_input
-from nucleiseg.data.prepare import config_hash, load_manifest, prepare_dataset, prepared_path
+from nucleiseg.data.prepare import load_manifest, prepare_dataset, prepared_path
 from nucleiseg.devices import cuda_available, device_name, resolve_flag, resolve_precision
 from nucleiseg.errors import ConfigError, NucleisegError
 from nucleiseg.inference.speed import measure_inference
 from nucleiseg.models.factory import check_configuration, configuration_label
 from nucleiseg.models.lit_module import SegmentationModule
 from nucleiseg.models.weights import check_imagenet_weights
+from nucleiseg.run_identity import identity_hash, run_folder, run_name
 from nucleiseg.tracking.mlflow_store import flatten, git_commit, resolve_artifact_location, tracking_uri
 from nucleiseg.tracking.overlays import comparison_panel, png_bytes
 from nucleiseg.tracking.summary import print_run_summary
 from nucleiseg.writing import write_json_atomic
 
 log = logging.getLogger(__name__)
-
-# Keys that do not change what a run computes: excluded from its identity (name and config hash).
-VOLATILE_KEYS = ("resume", "skip_finished", "paths", "progress_bar", "logger", "hydra", "dry_run", "gpu_per_job")
-
-
-# Overrides that name the run already, or change where/how it runs but not what it computes, stay out of the
-# run name; every other override is part of it (so a sweep over optimizer.lr gets one folder per value).
-NAME_EXCLUDED_KEYS = {
-    "encoder",
-    "pretrained",
-    "seed",
-    "paper_config",
-    "experiment",
-    "study",
-    "resume",
-    "skip_finished",
-    "progress_bar",
-    "test_checkpoint",
-    "dry_run",
-    "gpu_per_job",
-    "trainer.accelerator",
-    "trainer.devices",
-    "data.loader.num_workers",
-    "data.loader.pin_memory",
-    "data.loader.persistent_workers",
-}
-NAME_EXCLUDED_PREFIXES = ("paths.", "logger.", "hydra.", "hydra/")
-MAX_NAME_SUFFIX = 48
-
-
-def _naming_overrides() -> str:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # composed outside a Hydra app (tests, notebooks): no command line
-        return ""
-    kept = sorted(
-        o
-        for o in overrides
-        if (key := o.split("=", 1)[0].lstrip("+~")) not in NAME_EXCLUDED_KEYS
-        and not key.startswith(NAME_EXCLUDED_PREFIXES)
-    )
-    return ",".join(kept)
-
-
-def run_name(cfg: DictConfig) -> str:
-    """``densenet121-imagenet-seed3``, plus other overrides (``-optimizer.lr=0.001``; hashed when long)."""
-    name = f"{cfg.encoder}-{'imagenet' if cfg.pretrained else 'scratch'}-seed{cfg.seed}"
-    extra = _naming_overrides()
-    if len(extra) > MAX_NAME_SUFFIX:
-        extra = "cfg" + config_hash({"overrides": extra})[:8]
-    return f"{name}-{extra.replace('/', '_')}" if extra else name
-
-
-def identity_hash(cfg: DictConfig) -> str:
-    """Hash of everything that changes what a run computes (so a run folder is never reused for another)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    return config_hash({k: v for k, v in plain.items() if k not in VOLATILE_KEYS})
 
 
 def validate(cfg: DictConfig) -> None:
@@ -230,8 +172,7 @@ def _instance_metrics(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate and test one configuration; return its test metrics (also written to ``done.json``)."""
     validate(cfg)
-    name = run_name(cfg)
-    run_dir = Path(cfg.paths.output_root).expanduser().resolve() / cfg.study / name
+    name, run_dir = run_name(cfg), run_folder(cfg)
     identity = identity_hash(cfg)
     if cfg.dry_run:
         print(f"dry run: would train {name} [{configuration_label(cfg.encoder, cfg.pretrained)}] in {run_dir}")
@@ -381,7 +322,7 @@ def _finish(
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
     """Mark the MLflow run of ``cfg`` FAILED with the reason, and write ``failed.json`` in its folder."""
     try:
-        run_dir = Path(cfg.paths.output_root).expanduser().resolve() / cfg.study / run_name(cfg)
+        run_dir = run_folder(cfg)
         reason = f"{type(error).__name__}: {error}"[:4000]
         run_file = run_dir / "run.json"
         if run_file.is_file():
@@ -417,7 +358,7 @@ def main(cfg: DictConfig) -> Any:
         before = time.time()
         metrics = run(cfg)
         status = "planned" if cfg.dry_run else "finished"
-        done = Path(cfg.paths.output_root).expanduser().resolve() / cfg.study / run_name(cfg) / "done.json"
+        done = run_folder(cfg) / "done.json"
         if done.is_file() and done.stat().st_mtime < before:
             status = "skipped"
         return {"status": status, "run": run_name(cfg), **metrics}

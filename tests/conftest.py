@@ -138,7 +138,8 @@ def trained_run(tmp_path_factory, tracking_uri):
     import json
 
     from nucleiseg.config import compose
-    from nucleiseg.train import run, run_name
+    from nucleiseg.run_identity import run_folder
+    from nucleiseg.train import run
 
     root = tmp_path_factory.mktemp("trained")
     overrides = [
@@ -157,5 +158,5 @@ def trained_run(tmp_path_factory, tracking_uri):
     ]
     cfg = compose(overrides)
     metrics = run(cfg)
-    done = json.loads((Path(cfg.paths.output_root) / "evaluated" / run_name(cfg) / "done.json").read_text())
+    done = json.loads((run_folder(cfg) / "done.json").read_text())
     return cfg, overrides, metrics, Path(done["test_checkpoint"])

@@ -1,7 +1,6 @@
 """Training runs on synthetic data: MLflow contents, determinism, resume, failure handling."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,11 +9,8 @@ from mlflow.tracking import MlflowClient
 import nucleiseg.models.lit_module as lit_module
 from nucleiseg.config import compose
 from nucleiseg.errors import ConfigError, NucleisegError
-from nucleiseg.train import main, run, run_name
-
-
-def _run_dir(cfg) -> Path:
-    return Path(cfg.paths.output_root) / cfg.study / run_name(cfg)
+from nucleiseg.run_identity import run_folder
+from nucleiseg.train import main, run
 
 
 def _client(uri) -> MlflowClient:
@@ -32,7 +28,7 @@ def test_a_run_trains_tests_and_records_everything(train_overrides, tracking_uri
     assert metrics["test/images_per_second"] > 0 and 0 <= metrics["test/jaccard_image_mean"] <= 1
     for key in ("test/jaccard", "test/f1", "test/recall", "test/precision", "test/accuracy", "test/loss"):
         assert 0.0 <= metrics[key] <= (1.0 if key != "test/loss" else 10.0)
-    folder = _run_dir(cfg)
+    folder = run_folder(cfg)
     assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "checkpoints" / "best.ckpt").is_file()
     done = json.loads((folder / "done.json").read_text())
     [record] = _runs(tracking_uri, "record")
@@ -79,7 +75,7 @@ def test_finished_runs_are_skipped_and_killed_runs_resume_into_the_same_mlflow_r
         main(cfg)
     [killed] = _runs(tracking_uri, "resume")
     assert killed.info.status in ("FAILED", "KILLED")
-    assert torch.load(_run_dir(cfg) / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(run_folder(cfg) / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
 
     monkeypatch.setattr(lit_module.SegmentationModule, "on_train_epoch_end", original)
     metrics = run(cfg)
@@ -116,7 +112,7 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoi
     [record] = _runs(tracking_uri, "nanloss")
     assert record.info.status == "FAILED"
     assert "non-finite training loss" in record.data.tags["failure_reason"]
-    checkpoint = _run_dir(cfg) / "checkpoints" / "last.ckpt"
+    checkpoint = run_folder(cfg) / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
     state = torch.load(checkpoint, weights_only=False)
     assert state["epoch"] == 0 and all(
@@ -172,7 +168,7 @@ def test_stain_normalisation_travels_from_prepare_to_the_checkpoint(train_overri
     run(cfg)
     manifest = load_manifest(prepared_path(cfg.data))
     assert manifest["stain"]["method"] == "reinhard" and len(manifest["stain"]["params"]["target_means"]) == 3
-    checkpoint = _run_dir(cfg) / "checkpoints" / "last.ckpt"
+    checkpoint = run_folder(cfg) / "checkpoints" / "last.ckpt"
     _, hparams = load_checkpoint(checkpoint)
     assert hparams["stain"] == manifest["stain"]
     plain = compose(train_overrides + ["study=stained"])
@@ -197,7 +193,7 @@ def test_compiled_training_writes_the_same_checkpoint_keys(train_overrides):
     cfg = compose(train_overrides + ["study=compiled", "model.compile=true", "encoder=unet"])
     metrics = run(cfg)
     assert 0 <= metrics["test/jaccard"] <= 1
-    model, hparams = load_checkpoint(_run_dir(cfg) / "checkpoints" / "last.ckpt")  # keys without _orig_mod
+    model, hparams = load_checkpoint(run_folder(cfg) / "checkpoints" / "last.ckpt")  # keys without _orig_mod
     assert hparams["encoder"] == "unet"
 
 

@@ -1,0 +1,77 @@
+"""Identity of a training run: its name, its folder and the hash of what it computes.
+
+The name is derived from the configuration, so re-launching the same command finds the same folder
+(``outputs/<study>/<run name>/``): that is what lets a sweep resume unfinished runs and skip finished ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from nucleiseg.data.prepare import config_hash
+
+# Keys that do not change what a run computes: excluded from its identity (name and config hash).
+VOLATILE_KEYS = ("resume", "skip_finished", "paths", "progress_bar", "logger", "hydra", "dry_run", "gpu_per_job")
+
+
+# Overrides that name the run already, or change where/how it runs but not what it computes, stay out of the
+# run name; every other override is part of it (so a sweep over optimizer.lr gets one folder per value).
+NAME_EXCLUDED_KEYS = {
+    "encoder",
+    "pretrained",
+    "seed",
+    "paper_config",
+    "experiment",
+    "study",
+    "resume",
+    "skip_finished",
+    "progress_bar",
+    "test_checkpoint",
+    "dry_run",
+    "gpu_per_job",
+    "trainer.accelerator",
+    "trainer.devices",
+    "data.loader.num_workers",
+    "data.loader.pin_memory",
+    "data.loader.persistent_workers",
+}
+NAME_EXCLUDED_PREFIXES = ("paths.", "logger.", "hydra.", "hydra/")
+MAX_NAME_SUFFIX = 48
+
+
+def _naming_overrides() -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed outside a Hydra app (tests, notebooks): no command line
+        return ""
+    kept = sorted(
+        o
+        for o in overrides
+        if (key := o.split("=", 1)[0].lstrip("+~")) not in NAME_EXCLUDED_KEYS
+        and not key.startswith(NAME_EXCLUDED_PREFIXES)
+    )
+    return ",".join(kept)
+
+
+def run_name(cfg: DictConfig) -> str:
+    """``densenet121-imagenet-seed3``, plus other overrides (``-optimizer.lr=0.001``; hashed when long)."""
+    name = f"{cfg.encoder}-{'imagenet' if cfg.pretrained else 'scratch'}-seed{cfg.seed}"
+    extra = _naming_overrides()
+    if len(extra) > MAX_NAME_SUFFIX:
+        extra = "cfg" + config_hash({"overrides": extra})[:8]
+    return f"{name}-{extra.replace('/', '_')}" if extra else name
+
+
+def identity_hash(cfg: DictConfig) -> str:
+    """Hash of everything that changes what a run computes (so a run folder is never reused for another)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return config_hash({k: v for k, v in plain.items() if k not in VOLATILE_KEYS})
+
+
+def run_folder(cfg: DictConfig) -> Path:
+    """``outputs/<study>/<run name>/``: checkpoints, ``run.json``, ``done.json`` (or ``failed.json``)."""
+    return Path(cfg.paths.output_root).expanduser().resolve() / cfg.study / run_name(cfg)
