@@ -106,6 +106,8 @@ def _predict(args: argparse.Namespace) -> int:
         overrides.append(f"predict.tile_size={args.tile_size}")
     if args.mpp:
         overrides.append(f"predict.microns_per_pixel={args.mpp}")
+    if args.scale:
+        overrides.append(f"predict.scale={args.scale}")
     if args.device:
         overrides.append(f"trainer.accelerator={args.device}")
     cfg = compose(overrides)
@@ -283,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
     predict.add_argument("--tile-size", type=int, default=None, help="sliding-window tile (multiple of 32)")
     predict.add_argument("--mpp", type=float, default=None, help="microns per pixel, for features in micrometres")
+    predict.add_argument("--scale", type=float, default=None, help="resample inputs by this factor for the model")
     predict.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None)
     predict.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config override (repeatable)")
     predict.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -135,6 +135,7 @@ def evaluate(
         overlap=cfg.predict.overlap,
         tta=cfg.predict.tta,
         normaliser=from_state(normalise),
+        scale=cfg.predict.scale if images is not None else 1.0,  # prepared splits are at training scale already
     )
     threshold = float(hparams.get("threshold", cfg.threshold))
     prefix = "folder" if images is not None else split

@@ -168,6 +168,7 @@ def predict(
         batch_size=cfg.predict.batch_size,
         normaliser=from_state(hparams.get("stain")),
         channels_last=resolve_flag(cfg.model.channels_last, accelerator, "model.channels_last"),
+        scale=cfg.predict.scale,
     )
     if cfg.predict.compile:
         segmenter.model.compile()

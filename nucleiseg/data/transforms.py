@@ -46,6 +46,13 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     return _image_array(resized_image), _mask_array(resized_mask)
 
 
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``uint8 HxWx3`` to ``height x width``: area interpolation when shrinking, bilinear when enlarging."""
+    shrinking = height * width < image.shape[0] * image.shape[1]
+    resized = KT.resize(_image_tensor(image), (height, width), interpolation="area" if shrinking else "bilinear")
+    return _image_array(resized)
+
+
 def augment_pair(image: np.ndarray, mask: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Apply one named augmentation (see ``KNOWN_AUGMENTATIONS``) to an image/mask pair."""
     if name not in KNOWN_AUGMENTATIONS:

@@ -17,6 +17,7 @@ from torch import nn
 
 from nucleiseg.data.datamodule import to_model_input
 from nucleiseg.data.stain import StainNormaliser
+from nucleiseg.data.transforms import resize_image
 from nucleiseg.errors import ConfigError
 
 DIVISOR = 32  # smp encoders down-sample 5 times; the plain U-Nets need 16
@@ -59,9 +60,14 @@ class Segmenter:
         batch_size: int = 4,
         channels_last: bool = False,
         normaliser: StainNormaliser | None = None,
+        scale: float = 1.0,
     ) -> None:
         """``normaliser``: stain normalisation applied to whole images in :meth:`probability` (the model's own,
-        from its checkpoint); :meth:`probability_batch` takes already-prepared tensors."""
+        from its checkpoint); :meth:`probability_batch` takes already-prepared tensors. ``scale`` resamples
+        whole images before the model (e.g. 0.5 for a model trained on images of half the resolution) and the
+        probability map back to the input's size."""
+        if not scale > 0:
+            raise ConfigError(f"predict.scale={scale}: expected a positive factor")
         if tile_size % DIVISOR:
             raise ConfigError(f"tile_size={tile_size}: expected a multiple of {DIVISOR}")
         if not 0 <= overlap < 1:
@@ -74,6 +80,7 @@ class Segmenter:
         self.precision, self.tile_size, self.overlap = precision, tile_size, overlap
         self.tta, self.batch_size = tta, batch_size
         self.normaliser = normaliser
+        self.scale = float(scale)
 
     @torch.no_grad()
     def probability_batch(self, images: torch.Tensor) -> torch.Tensor:
@@ -100,11 +107,22 @@ class Segmenter:
         return F.pad(tensor.float(), (0, pad_w, 0, pad_h), mode=mode).to(tensor.dtype)
 
     def probability(self, image: np.ndarray, progress=None) -> np.ndarray:
-        """``uint8 HxWx3`` of any size -> probability map ``float32 HxW``."""
+        """``uint8 HxWx3`` of any size -> probability map ``float32 HxW`` (the input's size)."""
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ConfigError(f"expected an HxWx3 RGB image, got shape {image.shape}")
         if self.normaliser is not None:
             image = self.normaliser(image)
+        if self.scale == 1.0:
+            return self._probability_at_model_scale(image, progress)
+        height, width = image.shape[:2]
+        scaled = resize_image(image, *self._scaled(height, width))
+        probability = torch.from_numpy(self._probability_at_model_scale(scaled, progress))[None, None]
+        return F.interpolate(probability, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+    def _scaled(self, height: int, width: int) -> tuple[int, int]:
+        return max(1, round(height * self.scale)), max(1, round(width * self.scale))
+
+    def _probability_at_model_scale(self, image: np.ndarray, progress=None) -> np.ndarray:
         height, width = image.shape[:2]
         # np.require copies only inputs torch cannot share (read-only or non-contiguous)
         tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None]
@@ -132,6 +150,7 @@ class Segmenter:
 
     def n_tiles(self, height: int, width: int) -> int:
         """Number of tiles :meth:`probability` runs for an image of this size."""
+        height, width = self._scaled(height, width)
         if height <= self.tile_size and width <= self.tile_size:
             return 1
         stride = max(DIVISOR, int(self.tile_size * (1 - self.overlap)) // DIVISOR * DIVISOR)

@@ -72,3 +72,28 @@ def test_padding_keeps_pixel_scale():
     image = np.full((40, 50, 3), 255, np.uint8)  # needs padding to 64 x 64
     probability = Segmenter(Probe()).probability(image)
     assert np.allclose(probability, 1 / (1 + np.exp(-1.0)), atol=1e-6)  # input 1.0, not 255
+
+
+def test_scale_resamples_for_the_model_and_back(narrow_model):
+    class Probe(torch.nn.Module):  # records the size the model sees; logit = input mean
+        seen: list = []
+
+        def forward(self, x):
+            Probe.seen.append(tuple(x.shape[-2:]))
+            return x.mean(dim=1, keepdim=True)
+
+    image = np.full((100, 80, 3), 255, np.uint8)
+    probability = Segmenter(Probe(), scale=0.5).probability(image)
+    assert probability.shape == (100, 80) and Probe.seen[-1] == (64, 64)  # 50 x 40, padded to 32-multiples
+    assert np.allclose(probability, 1 / (1 + np.exp(-1.0)), atol=1e-5)
+    assert Segmenter(narrow_model, tile_size=256, scale=0.5).n_tiles(1024, 1024) == Segmenter(
+        narrow_model, tile_size=256
+    ).n_tiles(512, 512)
+    # a twice-enlarged image predicted at scale 0.5 matches the original at scale 1, up to resampling
+    original, _ = synthetic_tile(SyntheticSpec(96, 96, n_nuclei=10), 7)
+    enlarged = np.repeat(np.repeat(original, 2, axis=0), 2, axis=1)
+    direct = Segmenter(narrow_model).probability(original)
+    through_scale = Segmenter(narrow_model, scale=0.5).probability(enlarged)[::2, ::2]
+    assert np.abs(direct - through_scale).mean() < 0.02
+    with pytest.raises(ConfigError, match="predict.scale=0"):
+        Segmenter(narrow_model, scale=0)
