@@ -30,9 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from nucleiseg.data.datamodule import TensorPairs, to_model_input
 from nucleiseg.data.image_io import read_mask, read_rgb
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
-from nucleiseg.devices import cpu_has_native_bf16, device_name
+from nucleiseg.devices import autocast, cpu_has_native_bf16, device_name, synchronise
 from nucleiseg.errors import ConfigError
-from nucleiseg.inference.tiling import _autocast
 from nucleiseg.losses import BCEDiceLoss
 from nucleiseg.models.factory import ENCODERS, configuration_label, create_model
 from nucleiseg.models.lit_module import foreground
@@ -82,11 +81,6 @@ class PngPairs(Dataset):
         return {"image": image, "mask": mask}
 
 
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _write_pngs(folder: Path, count: int, size: int) -> TensorPairs:
     images, masks = [], []
     for k in range(count):
@@ -105,14 +99,14 @@ def _inference_rate(
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    with _autocast(device, precision):
+    with autocast(device, precision):
         for _ in range(warmup):
             output = model(images)
-        _synchronise(device)
+        synchronise(device)
         started = time.perf_counter()
         for _ in range(iterations):
             output = model(images)
-        _synchronise(device)
+        synchronise(device)
     return batch * iterations / (time.perf_counter() - started), torch.sigmoid(output[:1].float()).cpu()
 
 
@@ -125,12 +119,12 @@ def _training_rate(model, device, loader, precision, channels_last, steps, warmu
     while done < steps + warmup:
         for batch in loader:
             if done == warmup:
-                _synchronise(device)
+                synchronise(device)
                 started, images_seen = time.perf_counter(), 0
             image = to_model_input(batch["image"].to(device, non_blocking=True))
             if channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 logits = model(image)
             loss = criterion(logits.float(), foreground(batch["mask"].to(device)))["loss"]
             optimiser.zero_grad(set_to_none=True)
@@ -141,7 +135,7 @@ def _training_rate(model, device, loader, precision, channels_last, steps, warmu
             images_seen += image.shape[0]
             if done == steps + warmup:
                 break
-    _synchronise(device)
+    synchronise(device)
     return images_seen / (time.perf_counter() - started)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 
 from nucleiseg.errors import ConfigError
@@ -54,3 +56,17 @@ def device_name(accelerator: str) -> str:
     import platform
 
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """The autocast context of a resolved Lightning precision (``bf16-mixed``/``16-mixed``), else a no-op."""
+    if precision in ("bf16-mixed", "16-mixed") and device.type in ("cuda", "cpu"):
+        dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+    return nullcontext()
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for queued GPU work, so a host clock read after it measures the work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

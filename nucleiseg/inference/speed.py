@@ -11,13 +11,7 @@ import time
 import torch
 from torch import nn
 
-from nucleiseg.devices import device_name
-from nucleiseg.inference.tiling import _autocast
-
-
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from nucleiseg.devices import autocast, device_name, synchronise
 
 
 @torch.no_grad()
@@ -38,14 +32,14 @@ def measure_inference(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    with _autocast(device, precision):
+    with autocast(device, precision):
         for _ in range(warmup):
             model(images)
-        _synchronise(device)
+        synchronise(device)
         started = time.perf_counter()
         for _ in range(iterations):
             model(images)
-        _synchronise(device)
+        synchronise(device)
     seconds = time.perf_counter() - started
     return {
         "images_per_second": batch_size * iterations / seconds,

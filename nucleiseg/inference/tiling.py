@@ -8,8 +8,6 @@ memory is bounded by the tile batch, not the image.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,16 +16,10 @@ from torch import nn
 from nucleiseg.data.datamodule import to_model_input
 from nucleiseg.data.stain import StainNormaliser
 from nucleiseg.data.transforms import resize_image
+from nucleiseg.devices import autocast
 from nucleiseg.errors import ConfigError
 
 DIVISOR = 32  # smp encoders down-sample 5 times; the plain U-Nets need 16
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision in ("bf16-mixed", "16-mixed") and device.type in ("cuda", "cpu"):
-        dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
-        return torch.autocast(device.type, dtype=dtype)
-    return nullcontext()
 
 
 def blend_window(size: int, margin: int) -> np.ndarray:
@@ -90,7 +82,7 @@ class Segmenter:
             x = x.contiguous(memory_format=torch.channels_last)
         flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
         total = None
-        with _autocast(self.device, self.precision):
+        with autocast(self.device, self.precision):
             for dims in flips:
                 view = x.flip(dims) if dims else x
                 logits = self.model(view).float()
