@@ -112,7 +112,7 @@ def _logger(cfg: DictConfig, name: str, run_id: str | None, tags: dict[str, str]
     )
 
 
-def _tags(cfg: DictConfig, manifest: dict, accelerator: str) -> dict[str, str]:
+def _tags(cfg: DictConfig, manifest: dict, data_folder: Path, accelerator: str) -> dict[str, str]:
     return {
         "study": cfg.study,
         "encoder": cfg.encoder,
@@ -122,7 +122,7 @@ def _tags(cfg: DictConfig, manifest: dict, accelerator: str) -> dict[str, str]:
         "git_commit": git_commit(Path(__file__).parent),
         "data_manifest_hash": manifest["content_hash"],
         "data_name": manifest["name"],
-        "data_folder": str(prepared_path(cfg.data).resolve()),
+        "data_folder": str(data_folder.resolve()),
         "device": device_name(accelerator),
     }
 
@@ -200,9 +200,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # under DDP every rank runs this function; only rank 0 prepares data and writes the run's files. The other
     # ranks are started by Lightning inside trainer.fit, after rank 0 has done both.
     is_rank_zero = rank_zero_only.rank == 0
-    if is_rank_zero:
-        prepare_dataset(cfg.data, log=log.info)
-    manifest = load_manifest(prepared_path(cfg.data))
+    data_folder = prepare_dataset(cfg.data, log=log.info) if is_rank_zero else prepared_path(cfg.data)
+    manifest = load_manifest(data_folder)
     datamodule = NucleiDataModule(
         cfg.data, pin_memory=resolve_flag(cfg.data.loader.pin_memory, accelerator, "data.loader.pin_memory")
     )
@@ -221,7 +220,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         module.model.compile()
     resume_from = run_dir / "checkpoints" / "last.ckpt"
     resuming = bool(cfg.resume) and previous is not None and resume_from.is_file()
-    logger = _logger(cfg, name, previous["run_id"] if resuming else None, _tags(cfg, manifest, accelerator))
+    logger = _logger(
+        cfg, name, previous["run_id"] if resuming else None, _tags(cfg, manifest, data_folder, accelerator)
+    )
     if is_rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_file, {"run_id": logger.run_id, "identity": identity, "name": name})
