@@ -1,24 +1,33 @@
-"""Instance-level metrics: Aggregated Jaccard Index, Panoptic Quality and object detection P/R/F1.
+"""Instance-level metrics as the field defines them: AJI, AJI+, Panoptic Quality (DQ x SQ) and object P/R/F1.
 
-Our own code: torchmetrics' PanopticQuality covers PQ only (and is checked against this in the tests), and
-no maintained package provides AJI. Everything is computed from one overlap table between ground-truth and
-predicted instances, so all metrics agree on what overlaps what.
+Our own code: torchmetrics' PanopticQuality covers PQ only (the tests check ours against it), and no maintained
+package provides AJI or AJI+. The definitions follow HoVer-Net (Graham et al., Medical Image Analysis 2019;
+``vqdang/hover_net: metrics/stats_utils.py``), all computed from one overlap table between ground-truth and
+predicted instances:
 
-- AJI (Kumar et al., IEEE TMI 2017): each true nucleus is paired with the prediction of highest IoU;
-  AJI = sum |G and S| / (sum |G or S| + area of predictions never paired).
-- Matching for PQ and F1: one-to-one (Hungarian on IoU) among pairs with IoU >= ``iou_threshold`` (0.5):
-  TP pairs, FP unmatched predictions, FN unmatched truths. DQ = TP / (TP + FP/2 + FN/2), SQ = mean IoU of TP,
-  PQ = DQ x SQ; precision, recall and F1 from TP/FP/FN.
-- An image with no nucleus in truth and none predicted scores 1 on AJI, PQ and F1 (nothing to find, nothing
-  invented).
+- AJI (Kumar et al., IEEE TMI 2017): each true nucleus is paired with the prediction of highest IoU (a prediction
+  may be paired with several true nuclei and then counts in the union each time); AJI = sum |G and S| /
+  (sum |G or S| + area of true nuclei with no overlap + area of predictions never paired).
+- AJI+ (HoVer-Net): the same with a one-to-one pairing that maximises the summed IoU (Hungarian), so a prediction
+  spanning two nuclei is not rewarded twice.
+- PQ: true and predicted nuclei match when IoU > ``iou_threshold`` (strictly; at 0.5 the match is unique);
+  below 0.5 a Hungarian assignment keeps it one-to-one. DQ = TP / (TP + FP/2 + FN/2), SQ = mean IoU of the
+  matches, PQ = DQ x SQ; object precision, recall and F1 from TP/FP/FN. (HoVer-Net adds 1e-6 to SQ's
+  denominator; the exact value is kept here.)
+- Over a split, AJI, AJI+, PQ, DQ and SQ are the mean of the per-image values (HoVer-Net's ``compute_stats``,
+  the MoNuSeg challenge); object P/R/F1 pool TP/FP/FN over the split.
+- Empty images: no true nucleus and none predicted scores 1 on everything (nothing to find, nothing invented);
+  nuclei on one side only score 0 (HoVer-Net's code raises or returns NaN there).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+PER_IMAGE = ("aji", "aji_plus", "dq", "sq", "pq")
 
 
 @dataclass
@@ -31,16 +40,11 @@ class InstanceCounts:
     sum_iou: float = 0.0
     aji_intersection: float = 0.0
     aji_union: float = 0.0
+    aji_plus_intersection: float = 0.0
+    aji_plus_union: float = 0.0
 
     def __add__(self, other: InstanceCounts) -> InstanceCounts:
-        return InstanceCounts(
-            self.tp + other.tp,
-            self.fp + other.fp,
-            self.fn + other.fn,
-            self.sum_iou + other.sum_iou,
-            self.aji_intersection + other.aji_intersection,
-            self.aji_union + other.aji_union,
-        )
+        return InstanceCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
     @property
     def empty(self) -> bool:
@@ -48,19 +52,13 @@ class InstanceCounts:
 
     def scores(self) -> dict[str, float]:
         if self.empty:
-            return {
-                "aji": 1.0,
-                "dq": 1.0,
-                "sq": 1.0,
-                "pq": 1.0,
-                "object_precision": 1.0,
-                "object_recall": 1.0,
-                "object_f1": 1.0,
-            }
+            names = (*PER_IMAGE, "object_precision", "object_recall", "object_f1")
+            return dict.fromkeys(names, 1.0)
         dq = self.tp / (self.tp + 0.5 * self.fp + 0.5 * self.fn)
         sq = self.sum_iou / self.tp if self.tp else 0.0
         return {
             "aji": self.aji_intersection / self.aji_union if self.aji_union else 0.0,
+            "aji_plus": self.aji_plus_intersection / self.aji_plus_union if self.aji_plus_union else 0.0,
             "dq": dq,
             "sq": sq,
             "pq": dq * sq,
@@ -79,6 +77,15 @@ def overlap_table(truth: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray
     return joint[1:, 1:], joint[1:, :].sum(axis=1), joint[:, 1:].sum(axis=0)
 
 
+def _aji_sums(pairs: tuple[np.ndarray, np.ndarray], intersection, union, truth_area, pred_area) -> tuple[float, float]:
+    """Intersection and union sums of AJI given ``(true indices, pred indices)`` of the kept pairs."""
+    rows, cols = pairs
+    inter = float(intersection[rows, cols].sum())
+    total = float(union[rows, cols].sum())
+    total += float(np.delete(truth_area, np.unique(rows)).sum()) + float(np.delete(pred_area, np.unique(cols)).sum())
+    return inter, total
+
+
 def instance_counts(truth: np.ndarray, prediction: np.ndarray, iou_threshold: float = 0.5) -> InstanceCounts:
     """Counts for one image: ``truth`` and ``prediction`` are ``int HxW`` instance labels (0 = background)."""
     if truth.shape != prediction.shape:
@@ -90,31 +97,39 @@ def instance_counts(truth: np.ndarray, prediction: np.ndarray, iou_threshold: fl
     union = truth_area[:, None] + pred_area[None, :] - intersection
     iou = np.divide(intersection, union, out=np.zeros(intersection.shape), where=union > 0)
     counts = InstanceCounts()
-    if iou.size:
+    # PQ matching: IoU > threshold; one-to-one by construction at >= 0.5, by Hungarian assignment below it
+    if iou.size and iou_threshold >= 0.5:
+        rows, cols = np.nonzero(iou > iou_threshold)
+    elif iou.size:
         rows, cols = linear_sum_assignment(-iou)
-        keep = iou[rows, cols] >= iou_threshold
-        counts.tp = int(keep.sum())
-        counts.sum_iou = float(iou[rows, cols][keep].sum())
-    counts.fp = len(pred_area) - counts.tp
-    counts.fn = len(truth_area) - counts.tp
-    # AJI
-    used = np.zeros(len(pred_area), dtype=bool)
-    for g in range(len(truth_area)):
-        if len(pred_area) and intersection[g].any():
-            best = int(np.argmax(iou[g]))
-            counts.aji_intersection += intersection[g, best]
-            counts.aji_union += union[g, best]
-            used[best] = True
-        else:
-            counts.aji_union += truth_area[g]
-    counts.aji_union += float(pred_area[~used].sum())
+        keep = iou[rows, cols] > iou_threshold
+        rows, cols = rows[keep], cols[keep]
+    else:
+        rows = cols = np.zeros(0, dtype=np.int64)
+    counts.tp, counts.sum_iou = len(rows), float(iou[rows, cols].sum())
+    counts.fp, counts.fn = len(pred_area) - counts.tp, len(truth_area) - counts.tp
+    # AJI: every true nucleus with any overlap takes its best prediction, re-use allowed
+    if iou.size:
+        best = np.argmax(iou, axis=1)
+        overlapping = np.nonzero(iou[np.arange(len(truth_area)), best] > 0)[0]
+        aji_pairs = (overlapping, best[overlapping])
+        rows, cols = linear_sum_assignment(-iou)
+        keep = iou[rows, cols] > 0
+        plus_pairs = (rows[keep], cols[keep])
+    else:
+        aji_pairs = plus_pairs = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    # a prediction paired with several true nuclei counts once per pairing in the union, once among the unpaired
+    counts.aji_intersection, counts.aji_union = _aji_sums(aji_pairs, intersection, union, truth_area, pred_area)
+    counts.aji_plus_intersection, counts.aji_plus_union = _aji_sums(
+        plus_pairs, intersection, union, truth_area, pred_area
+    )
     return counts
 
 
 @dataclass
 class InstanceMetrics:
-    """Accumulates images; AJI and PQ are averaged over images (as in MoNuSeg and HoVer-Net), object
-    precision/recall/F1 come from TP/FP/FN summed over the split."""
+    """Accumulates images; AJI, AJI+, PQ, DQ and SQ are averaged over images (as in HoVer-Net and MoNuSeg),
+    object precision/recall/F1 come from TP/FP/FN summed over the split."""
 
     iou_threshold: float = 0.5
     per_image: list[InstanceCounts] = field(default_factory=list)
@@ -130,10 +145,7 @@ class InstanceMetrics:
         per_image = [c.scores() for c in self.per_image]
         total = sum(self.per_image, InstanceCounts()).scores()
         return {
-            "aji": float(np.mean([s["aji"] for s in per_image])),
-            "pq": float(np.mean([s["pq"] for s in per_image])),
-            "dq": float(np.mean([s["dq"] for s in per_image])),
-            "sq": float(np.mean([s["sq"] for s in per_image])),
+            **{name: float(np.mean([s[name] for s in per_image])) for name in PER_IMAGE},
             "object_precision": total["object_precision"],
             "object_recall": total["object_recall"],
             "object_f1": total["object_f1"],

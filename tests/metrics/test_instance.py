@@ -39,9 +39,47 @@ def test_two_nuclei_merged_into_one_with_tied_ious():
     truth[2:8, 2:10], truth[2:8, 10:18] = 1, 2  # 48 px each
     pred = (truth > 0).astype(np.int32)  # one 96-px blob
     counts = instance_counts(truth, pred)
-    # both IoUs are exactly 48/96 = 0.5 (>= threshold), but matching is one-to-one: 1 TP, 1 FN
-    assert (counts.tp, counts.fp, counts.fn) == (1, 0, 1)
+    # both IoUs are exactly 48/96 = 0.5: HoVer-Net matches only IoU > 0.5, so no TP, 1 FP, 2 FN
+    assert (counts.tp, counts.fp, counts.fn) == (0, 1, 2)
+    # AJI: both truths pair with the blob, which counts in the union twice: (48 + 48) / (96 + 96)
     assert counts.scores()["aji"] == pytest.approx((48 + 48) / (96 + 96))
+    # AJI+: one-to-one, so nucleus 2 is unpaired: 48 / (96 + 48)
+    assert counts.scores()["aji_plus"] == pytest.approx(48 / 144)
+
+
+def test_over_segmentation_with_a_leak_separates_aji_from_aji_plus():
+    """HoVer-Net's get_fast_aji vs get_fast_aji_plus on one row of pixels, computed by hand:
+
+    truth: 0 1 1 1 1 1 1 1 1 1 1 2 2 2 2 0   (g1 = 10 px, g2 = 4 px)
+    pred : 0 2 2 2 1 1 1 1 1 1 1 1 1 1 3 0   (p1 = 10 px: 7 in g1, 3 in g2; p2 = 3 px in g1; p3 = 1 px in g2)
+    IoU: g1-p1 7/13, g1-p2 3/10, g2-p1 3/11, g2-p3 1/4.
+    AJI: both truths take p1 -> (7 + 3) / (13 + 11 + p2 3 + p3 1) = 10/28.
+    AJI+: Hungarian on IoU picks g1-p1, g2-p3 -> (7 + 1) / (13 + 4 + p2 3) = 8/20.
+    PQ: only g1-p1 exceeds 0.5 -> TP 1, FP 2, FN 1; DQ 0.4, SQ 7/13.
+    """
+    truth = np.array([[0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 0]], np.int32)
+    pred = np.array([[0, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 0]], np.int32)
+    scores = instance_counts(truth, pred).scores()
+    assert scores["aji"] == pytest.approx(10 / 28)
+    assert scores["aji_plus"] == pytest.approx(8 / 20)
+    assert scores["dq"] == pytest.approx(0.4) and scores["sq"] == pytest.approx(7 / 13)
+    assert scores["pq"] == pytest.approx(0.4 * 7 / 13)
+
+
+def test_a_clean_split_scores_aji_and_aji_plus_alike():
+    truth = np.array([[0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]], np.int32)  # 10 px
+    pred = np.array([[0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 0]], np.int32)  # 6 + 4 px
+    scores = instance_counts(truth, pred).scores()
+    assert scores["aji"] == scores["aji_plus"] == pytest.approx(6 / 14)
+
+
+def test_an_iou_of_exactly_the_threshold_does_not_match():
+    truth = np.zeros((1, 8), np.int32)
+    truth[0, :4] = 1
+    pred = np.zeros((1, 8), np.int32)
+    pred[0, 2:6] = 1  # IoU 2/6
+    assert instance_counts(truth, pred, iou_threshold=1 / 3).tp == 0
+    assert instance_counts(truth, pred, iou_threshold=0.3).tp == 1  # below 0.5: Hungarian, then IoU > 0.3
 
 
 def test_two_nuclei_merged_into_one_exact_counts():
@@ -72,7 +110,7 @@ def test_empty_images():
     invented = instance_counts(empty, disc((8, 8), (4, 4), 2))
     assert invented.scores()["aji"] == 0.0 and invented.scores()["pq"] == 0.0 and invented.fp == 1
     missed = instance_counts(disc((8, 8), (4, 4), 2), empty)
-    assert missed.scores()["aji"] == 0.0 and missed.fn == 1
+    assert missed.fn == 1 and all(missed.scores()[k] == 0.0 for k in ("aji", "aji_plus", "pq", "dq", "object_f1"))
 
 
 def test_shifted_discs_match_only_above_the_iou_threshold():
