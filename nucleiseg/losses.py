@@ -38,3 +38,27 @@ class BCEDiceLoss(nn.Module):
         bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
         dice = dice_loss(logits, target, self.smooth)
         return {"loss": bce + dice, "bce": bce, "dice_loss": dice}
+
+
+class SegmentationLoss(nn.Module):
+    """The paper's loss on the nucleus channel, plus, for the distance head, ``distance_weight`` x the mean squared
+    error between the predicted distance map (sigmoid of channel 1) and each nucleus's normalised distance
+    transform (Naylor et al., IEEE TMI 2018 regress it with a squared error too)."""
+
+    def __init__(self, smooth: float = 1.0, distance_weight: float = 1.0) -> None:
+        super().__init__()
+        self.mask_loss = BCEDiceLoss(smooth)
+        self.distance_weight = distance_weight
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, distance: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``logits BxCxHxW``; ``target`` 0/1 ``Bx1xHxW``; ``distance`` ``Bx1xHxW`` in [0, 1] when C == 2."""
+        losses = self.mask_loss(logits[:, :1], target)
+        if logits.shape[1] > 1:
+            if distance is None:
+                raise ValueError("a distance head needs the distance target of each batch")
+            regression = F.mse_loss(torch.sigmoid(logits[:, 1:2].float()), distance.float())
+            losses["distance_loss"] = regression
+            losses["loss"] = losses["loss"] + self.distance_weight * regression
+        return losses

@@ -2,43 +2,68 @@
 
 The whole paper set is ~165 x 512 x 512 x 3 bytes of images plus int32 masks (~300 MB), so it is decoded
 once into tensors and an epoch is never bound by disk. Batches travel as uint8 and become ``float32 Bx3xHxW``
-in [0, 1] on the device (a quarter of the host-to-device bytes).
+in [0, 1] on the device (a quarter of the host-to-device bytes). With ``distance_targets`` each item also
+carries its normalised distance map (see :func:`distance_map`), computed once from the instance masks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
 from torch.utils.data import DataLoader, Dataset
 
 from nucleiseg.data.online_augment import OnlineAugment
-from nucleiseg.data.prepare import load_manifest, prepare_dataset, prepared_path
+from nucleiseg.data.prepare import load_manifest
+
+
+def distance_map(instances: np.ndarray) -> np.ndarray:
+    """``int HxW`` instance labels -> ``float32 HxW``: each nucleus's distance to its own border divided by its
+    largest value, so every nucleus peaks at 1 in its centre (Naylor et al., IEEE TMI 2018); 0 on background.
+
+    Borders between touching nuclei count as borders, so each nucleus gets its own peak."""
+    inside = (instances > 0) & ~find_boundaries(instances, mode="inner")
+    distance = ndimage.distance_transform_edt(inside) + (instances > 0)  # border pixels 1, centre the largest
+    labels = np.unique(instances[instances > 0])
+    if not labels.size:
+        return np.zeros(instances.shape, np.float32)
+    peaks = np.zeros(int(instances.max()) + 1)
+    peaks[labels] = ndimage.maximum(distance, instances, labels)
+    return np.where(instances > 0, distance / np.maximum(peaks[instances], 1e-6), 0).astype(np.float32)
 
 
 class TensorPairs(Dataset):
-    """In-memory image/mask pairs: ``image uint8 3xHxW``, ``mask int32 HxW``."""
+    """In-memory pairs: ``image uint8 3xHxW``, ``mask int32 HxW`` (and ``distance float32 HxW`` when given)."""
 
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        self.images, self.masks = images, masks
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, distances: torch.Tensor | None = None) -> None:
+        self.images, self.masks, self.distances = images, masks, distances
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"image": self.images[index], "mask": self.masks[index], "index": index}
+        item = {"image": self.images[index], "mask": self.masks[index], "index": index}
+        if self.distances is not None:
+            item["distance"] = self.distances[index]
+        return item
 
 
-def load_split(folder: str | Path, split: str) -> TensorPairs:
+def load_split(folder: str | Path, split: str, distance_targets: bool = False) -> TensorPairs:
     """Load ``folder/split/{images,masks}.npy`` into memory as a :class:`TensorPairs`."""
     folder = Path(folder) / split
     images = torch.from_numpy(np.load(folder / "images.npy")).permute(0, 3, 1, 2).contiguous()
-    masks = torch.from_numpy(np.load(folder / "masks.npy"))
-    return TensorPairs(images, masks)
+    masks_array = np.load(folder / "masks.npy")
+    distances = None
+    if distance_targets:
+        distances = torch.from_numpy(np.zeros(masks_array.shape, np.float32))
+        for index, mask in enumerate(masks_array):
+            distances[index] = torch.from_numpy(distance_map(mask))
+    return TensorPairs(images, torch.from_numpy(masks_array), distances)
 
 
 def to_model_input(image: torch.Tensor) -> torch.Tensor:
@@ -47,41 +72,41 @@ def to_model_input(image: torch.Tensor) -> torch.Tensor:
 
 
 class NucleiDataModule(L.LightningDataModule):
-    """Serves train/val/test of the dataset described by a ``data`` config (conf/data/*.yaml)."""
+    """Serves train/val/test of a prepared dataset folder (see :func:`nucleiseg.data.prepare.prepare_dataset`)."""
 
-    def __init__(self, data_cfg: Mapping, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        batch_size: int = 3,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        online_augment: OnlineAugment | None = None,
+        distance_targets: bool = False,
+    ) -> None:
         super().__init__()
-        self.data_cfg = data_cfg
-        self.loader_cfg = data_cfg["loader"]
-        self.pin_memory = pin_memory
-        online = data_cfg.get("online_augment")
-        self.online_augment = OnlineAugment(online) if online and online.get("enabled") else None
-        self.folder: Path | None = None
-        self.manifest: dict[str, Any] | None = None
+        self.folder = Path(folder)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.online_augment = online_augment
+        self.distance_targets = distance_targets
+        self.manifest: dict[str, Any] = load_manifest(self.folder)
         self.splits: dict[str, TensorPairs] = {}
 
-    def prepare_data(self) -> None:
-        # runs once per node before setup; reuses the prepared folder when the config has not changed
-        prepare_dataset(self.data_cfg)
-
     def setup(self, stage: str | None = None) -> None:
-        if self.folder is None:
-            self.folder = prepared_path(self.data_cfg)
-            self.manifest = load_manifest(self.folder)
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))
         for split in wanted:
             if split not in self.splits:
-                self.splits[split] = load_split(self.folder, split)
+                self.splits[split] = load_split(self.folder, split, self.distance_targets)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        workers = self.loader_cfg["num_workers"]
         return DataLoader(
             self.splits[split],
-            batch_size=self.loader_cfg["batch_size"],
+            batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=workers,
+            num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=bool(self.loader_cfg["persistent_workers"]) and workers > 0,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -97,5 +122,5 @@ class NucleiDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         batch["image"] = to_model_input(batch["image"])
         if self.online_augment is not None and self.trainer is not None and self.trainer.training:
-            batch["image"], batch["mask"] = self.online_augment(batch["image"], batch["mask"])
+            batch.update(self.online_augment(batch["image"], batch["mask"], batch.get("distance")))
         return batch

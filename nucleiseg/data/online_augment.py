@@ -1,7 +1,9 @@
 """Online augmentation beyond the paper, applied to whole batches on the training device with kornia.
 
-Geometric transforms (flips, rotation, elastic) move image and instance mask together; colour transforms
-(brightness/contrast/saturation/hue jitter and haematoxylin-eosin-DAB jitter) touch the image only.
+Geometric transforms (flips, rotation, elastic) move image, instance mask and distance target together (the mask
+with nearest-neighbour, image and distance map with bilinear sampling: flips and rotations keep distances
+exact; an elastic warp bends them slightly, as it bends the nuclei); colour transforms (brightness/contrast/
+saturation/hue jitter and haematoxylin-eosin-DAB jitter) touch the image only.
 """
 
 from __future__ import annotations
@@ -53,7 +55,15 @@ class OnlineAugment(nn.Module):
             geometric.append(K.RandomRotation(degrees=cfg.get("rotate_degrees", 180.0), p=cfg["rotate"]))
         if cfg.get("elastic", 0):
             geometric.append(K.RandomElasticTransform(p=cfg["elastic"]))
-        self.geometric = K.AugmentationSequential(*geometric, data_keys=["input", "mask"]) if geometric else None
+        # one sequence per set of targets: with and without the distance map (moved like the image, bilinear)
+        self.geometric = (
+            {
+                False: K.AugmentationSequential(*geometric, data_keys=["input", "mask"]),
+                True: K.AugmentationSequential(*geometric, data_keys=["input", "mask", "input"]),
+            }
+            if geometric
+            else None
+        )
         colour = []
         if cfg.get("colour_jitter", 0):
             colour.append(K.ColorJiggle(0.1, 0.1, 0.1, 0.02, p=cfg["colour_jitter"]))
@@ -61,13 +71,23 @@ class OnlineAugment(nn.Module):
         self.hed = RandomHEDJitter(cfg.get("hed_sigma", 0.05), cfg["hed_jitter"]) if cfg.get("hed_jitter", 0) else None
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``image float32 Bx3xHxW`` in [0, 1], ``mask int32 BxHxW`` labels -> the same, augmented."""
+    def forward(
+        self, image: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``image float32 Bx3xHxW`` in [0, 1], ``mask int32 BxHxW`` labels (and ``distance float32 BxHxW``)
+        -> ``{"image", "mask"[, "distance"]}``, augmented."""
+        out: dict[str, torch.Tensor] = {}
         if self.geometric is not None:
-            image, mask_float = self.geometric(image, mask[:, None].float())
-            mask = mask_float[:, 0].round().to(torch.int32)
+            extra = [distance[:, None]] if distance is not None else []
+            moved = self.geometric[distance is not None](image, mask[:, None].float(), *extra)
+            image, mask = moved[0], moved[1][:, 0].round().to(torch.int32)
+            if distance is not None:
+                distance = moved[2][:, 0]
         if self.colour is not None:
             image = self.colour(image)
         if self.hed is not None:
             image = self.hed(image)
-        return image.clamp(0, 1), mask
+        out["image"], out["mask"] = image.clamp(0, 1), mask
+        if distance is not None:
+            out["distance"] = distance
+        return out

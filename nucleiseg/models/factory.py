@@ -2,6 +2,11 @@
 
 The registry below is the paper's Table I: two plain U-Nets and six smp encoders. Pretrained weights are
 ImageNet only (section III-B); plain U-Nets have none, so ``pretrained=True`` with them is a config error.
+
+Every configuration takes one of two heads (``model.head``):
+- ``binary``: one logit channel, nucleus vs background (the paper);
+- ``distance``: a second channel regressing each nucleus's normalised distance to its border (Naylor et al.,
+  IEEE TMI 2018), whose maxima seed the separation of touching nuclei.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import torch
 from torch import nn
 
 from nucleiseg.errors import ConfigError
-from nucleiseg.models.unet import UNet
+from nucleiseg.models.unet import WIDTHS, UNet
 from nucleiseg.models.weights import imagenet_state_dict
 
+HEADS = {"binary": 1, "distance": 2}  # head -> output channels (channel 0 is always the nucleus logit)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -79,27 +85,51 @@ class Normalise(nn.Module):
         return (x - self.mean) / self.std
 
 
-class SegmentationNet(nn.Module):
-    """``float32 Bx3xHxW`` in [0, 1] -> nucleus logits ``Bx1xHxW``; input normalisation is part of the model,
-    so training, evaluation and prediction cannot disagree about it."""
+def check_head(head: str) -> int:
+    """Number of output channels of ``head``; raise ConfigError naming the option otherwise."""
+    if head not in HEADS:
+        raise ConfigError(f"model.head={head!r}: expected one of {sorted(HEADS)}")
+    return HEADS[head]
 
-    def __init__(self, network: nn.Module, normalise: nn.Module | None) -> None:
+
+class SegmentationNet(nn.Module):
+    """``float32 Bx3xHxW`` in [0, 1] -> logits ``BxCxHxW`` (channel 0: nucleus; channel 1 with the distance
+    head: the distance map, before its sigmoid); input normalisation is part of the model, so training,
+    evaluation and prediction cannot disagree about it."""
+
+    def __init__(self, network: nn.Module, normalise: nn.Module | None, head: str = "binary") -> None:
         super().__init__()
         self.normalise = normalise if normalise is not None else nn.Identity()
         self.network = network
+        self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(self.normalise(x))
 
 
 def create_model(
-    encoder: str, pretrained: bool = False, weights_dir: str | Path | None = None, allow_download: bool = True
+    encoder: str,
+    pretrained: bool = False,
+    weights_dir: str | Path | None = None,
+    allow_download: bool = True,
+    head: str = "binary",
+    unet_widths: tuple[int, ...] | None = None,
 ) -> SegmentationNet:
-    """Build one of the 14 configurations of the paper (see ``ENCODERS``)."""
+    """Build one of the 14 configurations of the paper (see ``ENCODERS``) with ``head`` (see ``HEADS``).
+
+    ``unet_widths`` narrows the plain U-Nets (default: the paper's 64-128-256-512-1024), e.g. for CPU smoke runs.
+    """
     spec = check_configuration(encoder, pretrained)
+    classes = check_head(head)
     if spec.smp_name is None:
-        return SegmentationNet(UNet(batch_norm=spec.batch_norm), normalise=None)
-    network = smp.Unet(encoder_name=spec.smp_name, encoder_weights=None, in_channels=3, classes=1)
+        widths = tuple(unet_widths) if unet_widths else WIDTHS
+        if len(widths) < 2 or any(int(w) < 1 for w in widths):
+            raise ConfigError(f"model.unet_widths={list(widths)}: expected at least two positive channel counts")
+        network = UNet(classes=classes, batch_norm=spec.batch_norm, widths=tuple(int(w) for w in widths))
+        return SegmentationNet(network, normalise=None, head=head)
+    if unet_widths:
+        raise ConfigError(f"model.unet_widths applies to the plain U-Nets only, not to encoder={encoder}")
+    network = smp.Unet(encoder_name=spec.smp_name, encoder_weights=None, in_channels=3, classes=classes)
     if pretrained:
         state_dict, _ = imagenet_state_dict(spec.smp_name, weights_dir, allow_download)
         try:
@@ -108,4 +138,4 @@ def create_model(
             raise ConfigError(f"ImageNet weights for {encoder} do not match the encoder: {str(error)[:300]}") from None
     # smp encoders get ImageNet normalisation with or without pretrained weights, so the two arms of the
     # comparison differ only in initialisation
-    return SegmentationNet(network, Normalise(IMAGENET_MEAN, IMAGENET_STD))
+    return SegmentationNet(network, Normalise(IMAGENET_MEAN, IMAGENET_STD), head=head)

@@ -1,15 +1,18 @@
-"""One LightningModule for every configuration: the paper's loss, Adam, and pixel metrics per stage."""
+"""One LightningModule for every configuration and head: the paper's loss (plus the distance term), Adam, and
+pixel metrics on validation. The held-out test metrics come from the inference session
+(:class:`nucleiseg.inference.test_pass.SessionTestPass`), the same path as ``nucleiseg evaluate``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
 
 from nucleiseg.errors import NucleisegError
-from nucleiseg.losses import BCEDiceLoss
-from nucleiseg.metrics.pixel import PerImageOverlap, pixel_metrics
+from nucleiseg.losses import SegmentationLoss
+from nucleiseg.metrics.pixel import pixel_metrics
 from nucleiseg.models.factory import create_model
 
 
@@ -23,9 +26,11 @@ def foreground(mask: torch.Tensor) -> torch.Tensor:
 
 
 class SegmentationModule(L.LightningModule):
-    """Wraps :func:`create_model` for training, validation and the held-out test pass.
+    """Wraps :func:`create_model` for training and validation.
 
-    Metric keys: ``train/loss``, ``val/loss``, ``val/jaccard`` ..., ``test/jaccard``, ``test/f1`` ...
+    Metric keys: ``train/loss`` (and ``train/bce``, ``train/dice_loss``, ``train/distance_loss``), ``val/loss``,
+    ``val/jaccard`` ... Everything a checkpoint needs for inference is a hyper-parameter: encoder, head,
+    threshold, stain normaliser, post-processing (tuned values replace the config's) and the training data.
     """
 
     def __init__(
@@ -39,24 +44,32 @@ class SegmentationModule(L.LightningModule):
         channels_last: bool = False,
         load_pretrained_weights: bool = True,
         stain: dict | None = None,
+        head: str = "binary",
+        distance_weight: float = 1.0,
+        unet_widths: list[int] | None = None,
+        postprocess: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> None:
         """``optimizer`` is a partial taking the parameters (Hydra ``_partial_: true``); it is only needed to
         train, so a module restored for inference is built without one. ``stain`` is the fitted stain normaliser
-        of the training data (:meth:`nucleiseg.data.stain.StainNormaliser.state`), kept so inference matches."""
+        of the training data (:meth:`nucleiseg.data.stain.StainNormaliser.state`), kept so inference matches;
+        ``data`` describes the training data (name, folder, resolution) for evaluate and predict."""
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "load_pretrained_weights", "weights_dir"])
         # from a checkpoint the weights come from the checkpoint itself, never from ImageNet again
-        self.model = create_model(encoder, pretrained and load_pretrained_weights, weights_dir)
+        self.model = create_model(
+            encoder, pretrained and load_pretrained_weights, weights_dir, head=head, unet_widths=unet_widths
+        )
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer_factory = optimizer
-        self.criterion = BCEDiceLoss(smooth)
+        self.criterion = SegmentationLoss(smooth, distance_weight)
         self.val_metrics = pixel_metrics(threshold, prefix="val/")
-        self.test_metrics = pixel_metrics(threshold, prefix="test/")
-        self.test_per_image = PerImageOverlap(threshold)
+        # set on the device without a host sync; checked once per epoch (a per-step check would stall the GPU)
+        self.register_buffer("_nonfinite_steps", torch.zeros((), dtype=torch.int64), persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """``float32 Bx3xHxW`` in [0, 1] -> logits ``Bx1xHxW``."""
+        """``float32 Bx3xHxW`` in [0, 1] -> logits ``BxCxHxW``."""
         if self.hparams.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         return self.model(image)
@@ -64,66 +77,44 @@ class SegmentationModule(L.LightningModule):
     def _shared_step(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])
         target = foreground(batch["mask"])
-        return self.criterion(logits, target), logits, target
+        distance = batch["distance"].unsqueeze(1) if "distance" in batch else None
+        return self.criterion(logits, target, distance), logits, target
+
+    def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int) -> None:
+        for name, value in losses.items():
+            self.log(
+                f"{stage}/{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                batch_size=batch_size,
+                sync_dist=True,
+            )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses, _, _ = self._shared_step(batch)
-        if not torch.isfinite(losses["loss"]):
-            raise NonFiniteLossError(
-                f"non-finite training loss ({losses['loss'].item()}) at epoch {self.current_epoch}, "
-                f"step {self.global_step}; the last good checkpoint is kept. Try a lower lr or precision=32-true"
-            )
-        batch_size = batch["image"].shape[0]
-        self.log(
-            "train/loss",
-            losses["loss"],
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=True,
-        )
-        self.log("train/bce", losses["bce"], on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
-        self.log(
-            "train/dice_loss", losses["dice_loss"], on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True
-        )
+        self._nonfinite_steps += (~torch.isfinite(losses["loss"].detach())).long()
+        self._log_losses("train", losses, batch["image"].shape[0])
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         losses, logits, target = self._shared_step(batch)
-        self.val_metrics.update(torch.sigmoid(logits.float()), target.int())
-        self.log(
-            "val/loss",
-            losses["loss"],
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch["image"].shape[0],
-            sync_dist=True,
-        )
+        self.val_metrics.update(torch.sigmoid(logits[:, :1].float()), target.int())
+        self._log_losses("val", {"loss": losses["loss"]}, batch["image"].shape[0])
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        losses, logits, target = self._shared_step(batch)
-        probabilities = torch.sigmoid(logits.float())
-        self.test_metrics.update(probabilities, target.int())
-        self.test_per_image.update(probabilities, target.int())
-        self.log(
-            "test/loss",
-            losses["loss"],
-            on_step=False,
-            on_epoch=True,
-            batch_size=batch["image"].shape[0],
-            sync_dist=True,
-        )
-        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
-
-    def on_test_epoch_end(self) -> None:
-        # compute() already gathers every rank's images; sync_dist only silences Lightning's DDP warning
-        self.log_dict({f"test/{k}": v for k, v in self.test_per_image.compute().items()}, sync_dist=True)
-        self.test_per_image.reset()
+        # the test metrics are the inference session's (SessionTestPass); here only the loss of the paper
+        losses, _, _ = self._shared_step(batch)
+        self._log_losses("test", {"loss": losses["loss"]}, batch["image"].shape[0])
 
     def on_train_epoch_end(self) -> None:
+        if int(self._nonfinite_steps):
+            raise NonFiniteLossError(
+                f"non-finite training loss in {int(self._nonfinite_steps)} step(s) of epoch {self.current_epoch}; "
+                "the last good checkpoint is kept. Try a lower lr or trainer.precision=32-true"
+            )
         # MLflow's x axis for epoch-level metrics is the epoch, so loss curves line up across runs
         self.log("step", float(self.current_epoch), on_step=False, on_epoch=True, sync_dist=True)
 

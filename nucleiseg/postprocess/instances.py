@@ -1,78 +1,141 @@
 """From a nucleus probability map to individual nuclei (the paper's open problem: touching nuclei).
 
 ``components``: connected components of the thresholded map (what the paper's binary output gives).
-``watershed``: marker-controlled watershed on the distance transform (scikit-image): one marker per local
-maximum of the smoothed distance to background, at least ``min_distance`` pixels apart, so two touching round
-nuclei joined by a neck get two markers and are cut along the neck.
+``watershed``: marker-controlled watershed on the distance transform of the thresholded mask (scikit-image): one
+marker per local maximum of the smoothed distance to background, at least ``min_distance`` pixels apart, so two
+touching round nuclei joined by a neck get two markers and are cut along the neck.
+``distance``: for models with a distance head (Naylor et al., IEEE TMI 2018): markers are the h-maxima (height
+``seed_height``) of the *predicted* distance map, and the watershed floods that map inside the thresholded mask.
+The network has learnt where one nucleus ends and the next begins, which the geometry of a merged blob cannot tell.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.measure import label
-from skimage.morphology import remove_small_holes, remove_small_objects
+from skimage.morphology import h_maxima, remove_small_holes, remove_small_objects
 from skimage.segmentation import relabel_sequential, watershed
 
 from nucleiseg.errors import ConfigError
 
-METHODS = ("components", "watershed")
+METHODS = ("components", "watershed", "distance")
+
+
+@dataclass(frozen=True)
+class Postprocess:
+    """Parameters of the separation into nuclei (the ``postprocess`` config group).
+
+    ``method=auto`` is ``distance`` for a model with a distance head and ``watershed`` otherwise.
+    """
+
+    method: str = "auto"
+    min_distance: int = 4  # watershed: minimum distance in pixels between two nucleus centres
+    smoothing: float = 1.0  # Gaussian sigma on the distance map before seeding
+    min_area: int = 10  # objects smaller than this (pixels) are dropped
+    fill_holes: int = 30  # holes up to this size (pixels) inside a nucleus are filled
+    seed_height: float = 0.1  # distance: h of the h-maxima of the predicted distance (0-1)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("auto", *METHODS):
+            raise ConfigError(f"postprocess.method={self.method!r}: expected auto or one of {METHODS}")
+        for name in ("min_distance", "min_area", "fill_holes"):
+            if not isinstance(getattr(self, name), int | np.integer) or getattr(self, name) < 0:
+                raise ConfigError(f"postprocess.{name}={getattr(self, name)!r}: expected a whole number >= 0")
+        if self.smoothing < 0 or not 0 < self.seed_height <= 1:
+            raise ConfigError(
+                f"postprocess.smoothing={self.smoothing}, seed_height={self.seed_height}: expected smoothing >= 0 "
+                "and 0 < seed_height <= 1"
+            )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> Postprocess:
+        """From a config group or a checkpoint's dict; unknown keys are refused with the valid ones named."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"postprocess: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**values)
+
+    def resolved(self, head: str) -> Postprocess:
+        """``auto`` made concrete for a model with ``head``; ``distance`` without a distance head is an error."""
+        if self.method == "auto":
+            return replace(self, method="distance" if head == "distance" else "watershed")
+        if self.method == "distance" and head != "distance":
+            raise ConfigError("postprocess.method=distance needs a model trained with model.head=distance")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def methods_for(head: str) -> tuple[str, ...]:
+    """The separation methods a model with ``head`` supports (evaluation scores each of them)."""
+    return METHODS if head == "distance" else METHODS[:2]
+
+
+def _foreground(probability: np.ndarray, threshold: float, settings: Postprocess) -> np.ndarray:
+    foreground = probability >= threshold if probability.dtype != bool else probability.copy()
+    if settings.fill_holes:
+        foreground = remove_small_holes(foreground, max_size=settings.fill_holes)
+    if settings.min_area:
+        foreground = remove_small_objects(foreground, max_size=settings.min_area - 1)
+    return foreground
+
+
+def _mark_every_component(markers: np.ndarray, components: np.ndarray, height: np.ndarray) -> np.ndarray:
+    """Give each component without a marker one at its highest point, so no nucleus is lost in the flooding."""
+    unmarked = np.setdiff1d(np.unique(components[components > 0]), np.unique(components[markers > 0]))
+    if unmarked.size:
+        peaks = ndimage.maximum_position(height, components, unmarked)
+        next_label = int(markers.max()) + 1
+        for offset, (row, col) in enumerate(peaks):
+            markers[row, col] = next_label + offset
+    return markers
 
 
 def separate_instances(
     probability: np.ndarray,
     threshold: float = 0.5,
-    method: str = "watershed",
-    min_distance: int = 4,
-    smoothing: float = 1.0,
-    min_area: int = 10,
-    fill_holes: int = 30,
+    settings: Postprocess | str = "watershed",
+    distance: np.ndarray | None = None,
 ) -> np.ndarray:
     """``float HxW`` probabilities (or a boolean mask) -> ``int32 HxW`` instance labels, 0 = background.
 
-    Objects smaller than ``min_area`` pixels are dropped and holes up to ``fill_holes`` pixels filled before
-    separating; ``min_distance`` and ``smoothing`` (Gaussian sigma on the distance map) set how eagerly
-    the watershed splits: larger values merge more.
+    ``settings`` is a :class:`Postprocess` or just a method name (other parameters at their defaults).
+    ``distance`` (``float HxW`` in [0, 1]) is the predicted distance map, needed by the ``distance`` method.
     """
+    if isinstance(settings, str):
+        settings = Postprocess(method=settings)
+    method = settings.method
     if method not in METHODS:
-        raise ConfigError(f"postprocess.method={method!r}: expected one of {METHODS}")
-    foreground = probability >= threshold if probability.dtype != bool else probability.copy()
-    if fill_holes:
-        foreground = remove_small_holes(foreground, max_size=fill_holes)
-    if min_area:
-        foreground = remove_small_objects(foreground, max_size=min_area - 1)
+        raise ConfigError(f"postprocess.method={method!r}: expected one of {METHODS} (auto is resolved by the head)")
+    foreground = _foreground(probability, threshold, settings)
     components = label(foreground, connectivity=2)
     if method == "components" or not components.any():
         return components.astype(np.int32)
-    distance = ndimage.distance_transform_edt(foreground)
-    if smoothing:
-        distance = ndimage.gaussian_filter(distance, smoothing)
-    peaks = peak_local_max(distance, min_distance=min_distance, labels=components, exclude_border=False)
-    markers = np.zeros_like(components)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    # every component keeps at least one marker, so no nucleus disappears in the separation
-    unmarked = np.setdiff1d(np.unique(components[components > 0]), np.unique(components[markers > 0]))
-    for index in unmarked:
-        rows, cols = np.nonzero(components == index)
-        centre = np.argmax(distance[rows, cols])
-        markers[rows[centre], cols[centre]] = markers.max() + 1
-    labels = watershed(-distance, markers, mask=foreground)
+    if method == "distance":
+        if distance is None:
+            raise ConfigError("postprocess.method=distance needs the predicted distance map (model.head=distance)")
+        height = distance.astype(np.float64)
+        if settings.smoothing:
+            height = ndimage.gaussian_filter(height, settings.smoothing)
+        height = np.where(foreground, height, 0.0)
+        seeds = h_maxima(height, settings.seed_height).astype(bool) & foreground
+        markers = label(seeds, connectivity=2).astype(np.int64)
+    else:
+        height = ndimage.distance_transform_edt(foreground)
+        if settings.smoothing:
+            height = ndimage.gaussian_filter(height, settings.smoothing)
+        peaks = peak_local_max(height, min_distance=settings.min_distance, labels=components, exclude_border=False)
+        markers = np.zeros(components.shape, dtype=np.int64)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    markers = _mark_every_component(markers, components, height)
+    labels = watershed(-height, markers, mask=foreground)
     return relabel_sequential(labels)[0].astype(np.int32)
-
-
-def separate_with_config(
-    probability: np.ndarray, threshold: float, cfg: Mapping, method: str | None = None
-) -> np.ndarray:
-    """:func:`separate_instances` with the parameters of the ``postprocess`` config group."""
-    return separate_instances(
-        probability,
-        threshold,
-        method or cfg["method"],
-        cfg["min_distance"],
-        cfg["smoothing"],
-        cfg["min_area"],
-        cfg["fill_holes"],
-    )

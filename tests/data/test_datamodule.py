@@ -1,21 +1,29 @@
+import numpy as np
+import pytest
 import torch
 
 from nucleiseg.config import compose
-from nucleiseg.data.datamodule import NucleiDataModule
+from nucleiseg.data.datamodule import NucleiDataModule, distance_map
 from nucleiseg.data.online_augment import OnlineAugment, RandomHEDJitter
+from nucleiseg.data.prepare import prepare_dataset
 
 
-def test_datamodule_serves_cached_batches(tmp_path):
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dm")
     cfg = compose(
         [
             "data=synthetic",
-            f"paths.root_dir={tmp_path}",
+            f"paths.root_dir={root}",
             "data.protocol.image_size=32",
             "data.sources.synthetic.tile_size=48",
         ]
     )
-    module = NucleiDataModule(cfg.data)
-    module.prepare_data()
+    return prepare_dataset(cfg.data, log=lambda line: None)
+
+
+def test_datamodule_serves_cached_batches(prepared):
+    module = NucleiDataModule(prepared, batch_size=3)
     module.setup("fit")
     batch = next(iter(module.train_dataloader()))
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (3, 3, 32, 32)
@@ -32,14 +40,16 @@ def test_online_augmentation_moves_mask_with_image():
     image[:, :, 2:6, 1:4] = 1.0
     mask = (image[:, 0] > 0).to(torch.int32) * 3
     augment = OnlineAugment({"hflip": 1.0, "vflip": 0.0})
-    out_image, out_mask = augment(image, mask)
+    out = augment(image, mask)
+    out_image, out_mask = out["image"], out["mask"]
     assert torch.equal(out_image, image.flip(-1))
     assert torch.equal(out_mask, mask.flip(-1)) and out_mask.dtype == torch.int32
     torch.manual_seed(0)
     image = torch.zeros(4, 3, 32, 32)
     image[:, :, 4:14, 6:12] = 1.0
     mask = (image[:, 0] > 0).to(torch.int32)
-    rotated_image, rotated_mask = OnlineAugment({"rotate": 1.0, "rotate_degrees": 90.0})(image, mask)
+    rotated = OnlineAugment({"rotate": 1.0, "rotate_degrees": 90.0})(image, mask)
+    rotated_image, rotated_mask = rotated["image"], rotated["mask"]
     assert not torch.equal(rotated_mask, mask)
     for k in range(4):  # bilinear image vs nearest mask: equal up to the outline
         on_image, on_mask = rotated_image[k, 0] > 0.5, rotated_mask[k] > 0
@@ -53,3 +63,24 @@ def test_hed_jitter_changes_stain_but_not_range():
     assert jittered.shape == image.shape and 0 <= jittered.min() and jittered.max() <= 1
     assert not torch.allclose(jittered, image)
     assert torch.allclose(RandomHEDJitter(sigma=0.0, p=1.0)(image), image, atol=1e-4)  # HED round trip
+
+
+def test_distance_targets_travel_with_the_batch_and_its_augmentation(prepared):
+    module = NucleiDataModule(prepared, batch_size=2, distance_targets=True)
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    assert batch["distance"].shape == batch["mask"].shape and batch["distance"].dtype == torch.float32
+    for mask, distance in zip(batch["mask"].numpy(), batch["distance"].numpy(), strict=True):
+        assert np.array_equal(distance, distance_map(mask))
+    image = batch["image"].float() / 255
+    out = OnlineAugment({"hflip": 1.0, "vflip": 1.0})(image, batch["mask"], batch["distance"])
+    # flips move the distance map exactly as they move the nuclei
+    for mask, distance in zip(out["mask"].numpy(), out["distance"].numpy(), strict=True):
+        assert np.abs(distance - distance_map(mask)).max() < 1e-6
+    torch.manual_seed(0)
+    rotated = OnlineAugment({"rotate": 1.0, "rotate_degrees": 40.0})(image, batch["mask"], batch["distance"])
+    # a rotation resamples the map bilinearly: close to the map of the rotated nuclei, never another nucleus's
+    for mask, distance in zip(rotated["mask"].numpy(), rotated["distance"].numpy(), strict=True):
+        inside = mask > 0
+        assert np.abs(distance - distance_map(mask))[inside].mean() < 0.15
+    assert not torch.equal(rotated["mask"], batch["mask"])

@@ -24,28 +24,54 @@ def weights_dir(tmp_path_factory):
         if spec.has_imagenet_weights:
             torch.manual_seed(7)
             state = create_model(name).network.encoder.state_dict()
+            # a recognisable value in every tensor, so the test sees the file's values, not a fresh init
+            state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in state.items()}
             save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"{name}.imagenet.safetensors"))
     return folder
 
 
+SMP_ENCODERS = [name for name, spec in ENCODERS.items() if spec.has_imagenet_weights]
+
+
+def _forward_backward(model, channels: int) -> None:
+    logits = model(torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, channels, 32, 32)
+    logits.mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("encoder", SMP_ENCODERS)
+def test_imagenet_weights_load_into_every_encoder(encoder, weights_dir):
+    """Every encoder of Table I takes its weights file (key for key): the pretrained path runs offline."""
+    from safetensors.torch import load_file
+
+    model = create_model(encoder, pretrained=True, weights_dir=weights_dir)
+    saved = load_file(str(weights_dir / f"{encoder}.imagenet.safetensors"))
+    loaded = model.network.encoder.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in saved.items())
+
+
+@pytest.mark.parametrize("head", ["binary", "distance"])
+@pytest.mark.parametrize(
+    ("encoder", "widths"), [("unet", (8, 16, 32, 64, 128)), ("unet_bn", (8, 16, 32, 64, 128)), ("resnet50", None)]
+)
+def test_each_family_and_head_does_forward_and_backward(encoder, widths, head):
+    """One representative per family (narrow plain U-Nets, the lightest smp encoder), both heads: the full set
+    of 14 full-size configurations runs under ``-m slow``."""
+    torch.manual_seed(0)
+    model = create_model(encoder, head=head, unet_widths=widths)
+    _forward_backward(model, 2 if head == "distance" else 1)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("encoder", "pretrained"), TABLE_I, ids=[f"{e}-{'imagenet' if p else 'scratch'}" for e, p in TABLE_I]
 )
 def test_every_configuration_does_forward_and_backward(encoder, pretrained, weights_dir):
     torch.manual_seed(0)
     model = create_model(encoder, pretrained=pretrained, weights_dir=weights_dir if pretrained else None)
-    if pretrained:  # the weights came from the file, not from the random initialisation
-        from safetensors.torch import load_file
-
-        saved = load_file(str(weights_dir / f"{encoder}.imagenet.safetensors"))
-        first = next(iter(saved))
-        assert torch.equal(model.network.encoder.state_dict()[first], saved[first])
-    image = torch.rand(2, 3, 32, 32)
-    logits = model(image)
-    assert logits.shape == (2, 1, 32, 32)
-    logits.mean().backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    _forward_backward(model, 1)
 
 
 def test_modified_unet_has_batchnorm_after_every_conv():
@@ -59,7 +85,7 @@ def test_modified_unet_has_batchnorm_after_every_conv():
 
 def test_unet_state_dict_round_trip_gives_identical_output():
     torch.manual_seed(0)
-    model, copy = create_model("unet_bn").eval(), create_model("unet_bn").eval()
+    model, copy = create_model("unet_bn", head="distance").eval(), create_model("unet_bn", head="distance").eval()
     copy.load_state_dict(model.state_dict())
     image = torch.rand(1, 3, 32, 32)
     assert torch.equal(model(image), copy(image))
@@ -68,6 +94,10 @@ def test_unet_state_dict_round_trip_gives_identical_output():
 def test_unknown_encoder_lists_the_valid_names():
     with pytest.raises(ConfigError, match=r"encoder='resnet5' .*densenet121.*unet_bn"):
         create_model("resnet5")
+    with pytest.raises(ConfigError, match=r"model.head='hovernet'.*binary.*distance"):
+        create_model("unet", head="hovernet")
+    with pytest.raises(ConfigError, match="plain U-Nets only"):
+        create_model("resnet50", unet_widths=(8, 16))
 
 
 @pytest.mark.parametrize("encoder", ["unet", "unet_bn"])

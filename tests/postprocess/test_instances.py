@@ -1,20 +1,57 @@
 import numpy as np
 import pytest
 
+from nucleiseg.data.datamodule import distance_map
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
 from nucleiseg.errors import ConfigError
 from nucleiseg.metrics.instance import InstanceMetrics
-from nucleiseg.postprocess.instances import separate_instances
+from nucleiseg.postprocess.instances import Postprocess, separate_instances
+
+
+def two_discs(offset: int = 17) -> tuple[np.ndarray, np.ndarray]:
+    """Two discs of radius 10, centres ``offset`` apart, overlapping nuclei split along the line between them."""
+    rows, cols = np.ogrid[:40, :60]
+    first = (rows - 20) ** 2 + (cols - 20) ** 2 <= 100
+    second = (rows - 20) ** 2 + (cols - 20 - offset) ** 2 <= 100
+    truth = np.where(first | second, np.where(cols < 20 + offset / 2, 1, 2), 0).astype(np.int32)
+    return truth > 0, truth
 
 
 def test_two_touching_discs_are_cut_apart():
-    rows, cols = np.ogrid[:40, :60]
-    mask = ((rows - 20) ** 2 + (cols - 20) ** 2 <= 100) | ((rows - 20) ** 2 + (cols - 37) ** 2 <= 100)
-    assert separate_instances(mask, method="components").max() == 1
-    labels = separate_instances(mask, method="watershed")
+    mask, _ = two_discs()
+    assert separate_instances(mask, settings="components").max() == 1
+    labels = separate_instances(mask, settings="watershed")
     assert labels.max() == 2
     assert labels[20, 15] != labels[20, 42] and labels[20, 15] > 0 and labels[20, 42] > 0
     assert np.array_equal(labels > 0, mask)  # no pixel lost or added
+
+
+def test_the_distance_method_cuts_where_the_predicted_distance_says():
+    """Two discs overlapping so much that the mask's own geometry shows one blob; the predicted distance map
+    (here: the true one) has two peaks, and the distance method recovers both nuclei."""
+    mask, truth = two_discs(offset=8)
+    geometric = separate_instances(mask, settings=Postprocess(method="watershed", min_distance=8, smoothing=2.0))
+    by_distance = separate_instances(
+        mask.astype(np.float32), 0.5, Postprocess(method="distance", seed_height=0.1), distance_map(truth)
+    )
+    assert geometric.max() == 1 and by_distance.max() == 2
+    assert np.array_equal(by_distance > 0, mask)
+    metrics = InstanceMetrics()
+    metrics.update(truth, by_distance)
+    assert metrics.compute()["aji"] > 0.8
+    with pytest.raises(ConfigError, match="distance map"):
+        separate_instances(mask, settings="distance")
+
+
+def test_distance_targets_peak_at_one_in_every_nucleus():
+    _, truth = synthetic_tile(SyntheticSpec(96, 96, n_nuclei=12, touching_fraction=0.6), 3)
+    target = distance_map(truth)
+    assert target.dtype == np.float32 and target[truth == 0].max() == 0
+    for label in range(1, truth.max() + 1):
+        values = target[truth == label]
+        assert values.max() == pytest.approx(1.0) and values.min() > 0
+    # touching nuclei keep separate peaks: the border between them is low
+    assert target[truth > 0].min() < 0.5
 
 
 def test_watershed_recovers_more_touching_nuclei_than_components():
@@ -22,8 +59,8 @@ def test_watershed_recovers_more_touching_nuclei_than_components():
     split = {"components": InstanceMetrics(), "watershed": InstanceMetrics()}
     for seed in range(4):
         _, truth = synthetic_tile(SyntheticSpec(192, 192, n_nuclei=30, touching_fraction=0.6), seed)
-        components = separate_instances(truth > 0, method="components")
-        watershed = separate_instances(truth > 0, method="watershed")
+        components = separate_instances(truth > 0, settings="components")
+        watershed = separate_instances(truth > 0, settings="watershed")
         truth_total += truth.max()
         components_total += components.max()
         watershed_total += watershed.max()
@@ -34,10 +71,33 @@ def test_watershed_recovers_more_touching_nuclei_than_components():
     assert split["watershed"].compute()["object_f1"] > split["components"].compute()["object_f1"]
 
 
-def test_small_objects_are_dropped_and_unknown_methods_named():
+def test_small_objects_are_dropped_and_bad_settings_named():
     mask = np.zeros((20, 20), bool)
     mask[2:4, 2:4] = True  # 4 px
     mask[10:16, 10:16] = True
-    assert separate_instances(mask, min_area=10).max() == 1
+    assert separate_instances(mask, settings=Postprocess(method="watershed", min_area=10)).max() == 1
     with pytest.raises(ConfigError, match="postprocess.method='stardist'"):
-        separate_instances(mask, method="stardist")
+        separate_instances(mask, settings="stardist")
+    with pytest.raises(ConfigError, match="min_area"):
+        Postprocess(min_area=-1)
+    with pytest.raises(ConfigError, match="seed_height"):
+        Postprocess(seed_height=0)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['min_dist'\]"):
+        Postprocess.from_mapping({"min_dist": 3})
+
+
+def test_auto_method_follows_the_head():
+    assert Postprocess().resolved("binary").method == "watershed"
+    assert Postprocess().resolved("distance").method == "distance"
+    with pytest.raises(ConfigError, match="needs a model trained with model.head=distance"):
+        Postprocess(method="distance").resolved("binary")
+
+
+def test_an_empty_prediction_gives_no_nuclei_and_zero_scores():
+    empty = np.zeros((32, 32), np.float32)
+    labels = separate_instances(empty, 0.5, "watershed")
+    assert labels.max() == 0 and labels.dtype == np.int32
+    metrics = InstanceMetrics()
+    metrics.update(two_discs()[1][:32, :32], labels)
+    scores = metrics.compute()
+    assert scores["aji"] == scores["pq"] == scores["aji_plus"] == 0.0 and scores["n_predicted_nuclei"] == 0
