@@ -1,43 +1,63 @@
-"""``nucleiseg benchmark``: training and inference throughput of every configuration, fast path vs naive.
+"""``nucleiseg benchmark``: inference, the raw training step and the real training loop of every configuration.
 
 For each architecture of the paper's Table I (the ImageNet and random-init rows of one encoder share an
 architecture, so they share a measurement and the table says so):
 
-- naive inference: eager fp32, batch 1, contiguous memory;
-- fast inference: ``torch.inference_mode``, a batch, channels-last memory, bf16 autocast where the device
-  computes bf16 natively, optionally ``torch.compile``;
-- naive training: eager fp32, batch 1, every image decoded from PNG on disk at every step (no cache);
-- fast training: the in-memory uint8 cache of the DataModule, the paper's batch (3) or ``--train-batch``,
-  mixed precision and channels-last where they pay, real Adam steps on the paper's loss.
+- inference, naive: eager fp32, batch 1, contiguous memory;
+- inference, fast: the inference session's settings (``predict.*``: batch, channels-last, bf16 where the device
+  computes it natively, ``inference_mode``, optionally ``torch.compile``);
+- training, naive: eager fp32, batch 1, every image decoded from PNG on disk at every step (no cache);
+- training step: the LightningModule's own loss and the configured optimizer (``optimizer``, ``loss``,
+  ``data.loader.batch_size``, ``trainer.precision``) on batches already on the device: what the hardware can do;
+- training loop: ``train.py``'s own Trainer, DataModule, LightningModule, checkpointing, validation every epoch and
+  MLflow logging, on a synthetic set of the paper's size (150 training + 15 validation images) at the benchmark's
+  image size, timed after the first epoch. ``loop / step`` is the share of the hardware's rate the real loop keeps.
 
-Both run in the same process on the same data, and the table reports the ratio. From the fast training rate it
-projects the wall time of the full 140-run study (20 epochs over 165 images, 10 seeds, 14 configurations).
-Numbers are measurements, never pass/fail checks.
+From the loop rate it projects the wall time of the full 140-run study (20 epochs of 165 images, 10 seeds, 14
+configurations). Numbers are measurements, never pass/fail checks.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from nucleiseg.data.datamodule import TensorPairs, to_model_input
+from nucleiseg.data.datamodule import to_model_input
 from nucleiseg.data.image_io import read_mask, read_rgb
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
-from nucleiseg.devices import autocast, cpu_has_native_bf16, device_name, synchronise
+from nucleiseg.devices import (
+    autocast,
+    device_name,
+    resolve_device,
+    resolve_inference_precision,
+    resolve_precision,
+    synchronise,
+)
 from nucleiseg.errors import ConfigError
-from nucleiseg.losses import BCEDiceLoss
+from nucleiseg.inference.speed import measure_inference
 from nucleiseg.models.factory import ENCODERS, configuration_label, create_model
-from nucleiseg.models.lit_module import foreground
 
-PAPER_IMAGES_PER_EPOCH = 165
-PAPER_EPOCHS, PAPER_SEEDS, PAPER_TEST_IMAGES = 20, 10, 25
+# The loop's default data: synthetic, the paper's sizes (30 MoNuSeg + 50 TNBC-like images, 25 held out, 10% of
+# the rest validating: 150 training + 15 validation pairs); KEY=VALUE words on the command line change it.
+LOOP_DATA = [
+    "data=synthetic",
+    "data.sources.synthetic.monuseg_images=30",
+    "data.sources.synthetic.tnbc_images_per_slide=[5,5,5,5,5,5,5,5,5,5]",
+    "data.protocol.n_test=25",
+    "data.protocol.val_fraction=0.1",
+]
 
 
 @dataclass
@@ -51,9 +71,11 @@ class Measurement:
     infer_batch: int
     infer_precision: str
     train_naive: float
-    train_fast: float
+    train_step: float
+    loop: float  # images/s of train.py's loop (nan when not measured)
     train_batch: int
     train_precision: str
+    loop_epoch_images: int
     fast_vs_naive_max_prob_diff: float
 
     @property
@@ -62,7 +84,11 @@ class Measurement:
 
     @property
     def train_ratio(self) -> float:
-        return self.train_fast / self.train_naive
+        return self.train_step / self.train_naive
+
+    @property
+    def loop_ratio(self) -> float:
+        return self.loop / self.train_step
 
 
 class PngPairs(Dataset):
@@ -81,152 +107,254 @@ class PngPairs(Dataset):
         return {"image": image, "mask": mask}
 
 
-def _write_pngs(folder: Path, count: int, size: int) -> TensorPairs:
-    images, masks = [], []
+def _write_pngs(folder: Path, count: int, size: int) -> None:
     for k in range(count):
         image, mask = synthetic_tile(SyntheticSpec(size, size, n_nuclei=max(4, size // 12)), 1000 + k)
         Image.fromarray(image).save(folder / f"image_{k:03d}.png")
         Image.fromarray((mask > 0).astype(np.uint8) * 255).save(folder / f"mask_{k:03d}.png")
-        images.append(torch.from_numpy(image).permute(2, 0, 1))
-        masks.append(torch.from_numpy(mask))
-    return TensorPairs(torch.stack(images), torch.stack(masks))
 
 
-@torch.inference_mode()
-def _inference_rate(
-    model, device, size, batch, precision, channels_last, iterations, warmup
-) -> tuple[float, torch.Tensor]:
-    images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with autocast(device, precision):
-        for _ in range(warmup):
-            output = model(images)
-        synchronise(device)
-        started = time.perf_counter()
-        for _ in range(iterations):
-            output = model(images)
-        synchronise(device)
-    return batch * iterations / (time.perf_counter() - started), torch.sigmoid(output[:1].float()).cpu()
-
-
-def _training_rate(model, device, loader, precision, channels_last, steps, warmup) -> float:
-    criterion = BCEDiceLoss(1.0)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+def _steps(module, batch_at, device, precision: str, steps: int, warmup: int) -> float:
+    """Images/s of ``module``'s training loss + backward + optimizer step; ``batch_at(k)`` gives step k's batch
+    on ``device`` (its cost is inside the timing: decoding for the naive path, nothing for the cached one)."""
+    optimiser = module.configure_optimizers()
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-    model.train()
-    done, images_seen, started = 0, 0, None
-    while done < steps + warmup:
-        for batch in loader:
-            if done == warmup:
-                synchronise(device)
-                started, images_seen = time.perf_counter(), 0
-            image = to_model_input(batch["image"].to(device, non_blocking=True))
-            if channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
-                logits = model(image)
-            loss = criterion(logits.float(), foreground(batch["mask"].to(device)))["loss"]
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            done += 1
-            images_seen += image.shape[0]
-            if done == steps + warmup:
-                break
+    module.train()
+    images, started = 0, time.perf_counter()
+    for index in range(steps + warmup):
+        if index == warmup:
+            synchronise(device)
+            started, images = time.perf_counter(), 0
+        batch = batch_at(index)
+        with autocast(device, precision):
+            loss = module._shared_step(batch)[0]["loss"]  # the loss training_step computes
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        images += batch["image"].shape[0]
     synchronise(device)
-    return images_seen / (time.perf_counter() - started)
+    return images / (time.perf_counter() - started)
 
 
-def fast_precision(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+def _widths(cfg: DictConfig, encoder: str):
+    """``model.unet_widths`` for the plain U-Nets (a narrower U-Net on request), nothing for the smp encoders."""
+    return (
+        OmegaConf.to_container(cfg.model.unet_widths)
+        if cfg.model.unet_widths and encoder in ("unet", "unet_bn")
+        else None
+    )
 
 
-def benchmark(
-    encoders: list[str] | None = None,
-    image_size: int = 512,
-    device: str = "auto",
-    infer_batch: int | None = None,
-    train_batch: int = 3,
-    iterations: int = 10,
-    train_steps: int = 10,
-    warmup: int = 2,
-    compile_model: bool = False,
-    log=print,
-) -> list[Measurement]:
-    """Measure every architecture of ``encoders`` (default: all of Table I)."""
-    if image_size < 64 or image_size % 32:
+def _module(cfg: DictConfig, encoder: str, device: torch.device, channels_last: bool):
+    from hydra.utils import instantiate
+
+    from nucleiseg.models.lit_module import SegmentationModule
+
+    return SegmentationModule(
+        encoder,
+        pretrained=False,
+        smooth=cfg.loss.smooth,
+        threshold=cfg.threshold,
+        optimizer=instantiate(cfg.optimizer),
+        head=cfg.model.head,
+        distance_weight=float(cfg.loss.distance_weight),
+        channels_last=channels_last,
+        unet_widths=_widths(cfg, encoder),
+    ).to(device)
+
+
+class EpochClock(L.Callback):
+    """Wall time of every training epoch after the first (validation, logging and checkpoints included), with
+    device synchronisation at both ends."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.seconds = 0.0
+        self.epochs = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronise(pl_module.device)
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronise(pl_module.device)
+        if trainer.current_epoch > 0:  # the first epoch pays warm-up (allocator, cudnn autotune, compile)
+            self.seconds += time.perf_counter() - self.started
+            self.epochs += 1
+
+
+def _loop(cfg: DictConfig, scratch: Path) -> tuple[float, int]:
+    """Images/s of train.py's real loop for ``cfg`` (after the first epoch), and training images per epoch."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from nucleiseg.data.prepare import load_manifest, prepare_dataset
+    from nucleiseg.train import build_datamodule, build_module, build_trainer, training_callbacks
+
+    folder = prepare_dataset(cfg.data, log=lambda line: None)
+    manifest = load_manifest(folder)
+    accelerator = cfg.trainer.accelerator
+    L.seed_everything(0, verbose=False)
+    datamodule = build_datamodule(cfg, folder, accelerator)
+    module = build_module(cfg, manifest, folder, accelerator)
+    logger = MLFlowLogger("benchmark-loop", run_name=cfg.encoder, tracking_uri=f"sqlite:///{scratch / 'loop.db'}")
+    clock = EpochClock()
+    callbacks = training_callbacks(cfg, scratch / cfg.encoder, manifest["counts"]["val"] > 0, clock)
+    trainer = build_trainer(cfg, scratch / cfg.encoder, logger, callbacks)
+    trainer.fit(module, datamodule=datamodule)
+    per_epoch = manifest["counts"]["train"]
+    return per_epoch * clock.epochs / clock.seconds, per_epoch
+
+
+def _loop_config(cfg: DictConfig, encoder: str, image_size: int, epochs: int, scratch: Path, device) -> DictConfig:
+    cfg = cfg.copy()
+    for key, value in {
+        "encoder": encoder,
+        "pretrained": False,
+        "model.unet_widths": _widths(cfg, encoder),
+        "trainer.max_epochs": epochs,
+        "trainer.accelerator": "gpu" if device.type == "cuda" else "cpu",
+        "progress_bar": "none",
+        "data.sources.synthetic.tile_size": image_size,
+        "data.protocol.image_size": image_size,
+        "data.prepared_root": str(scratch / "data"),
+        "tune.enabled": False,
+    }.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+@dataclass(frozen=True)
+class Options:
+    encoders: list[str]
+    image_size: int
+    device: torch.device
+    infer_batch: int
+    iterations: int
+    train_steps: int
+    warmup: int
+    loop_epochs: int
+    compile_model: bool
+
+
+def _measure(cfg: DictConfig, encoder: str, options: Options, scratch: Path, log) -> list[Measurement]:
+    device, size = options.device, options.image_size
+    infer_precision = resolve_inference_precision(cfg.predict.precision, device)
+    train_precision = resolve_precision(cfg.trainer.precision, device)
+    channels_last = device.type == "cuda" if cfg.model.channels_last == "auto" else bool(cfg.model.channels_last)
+    torch.manual_seed(0)
+    model = create_model(encoder, head=cfg.model.head, unet_widths=_widths(cfg, encoder)).to(device).eval()
+    naive = measure_inference(model, size, 1, "32-true", device, options.warmup, options.iterations)
+    probe = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode():
+        naive_out = torch.sigmoid(model(probe).float())
+    fast_model = model.to(memory_format=torch.channels_last) if channels_last else model
+    if options.compile_model:
+        fast_model.compile()
+    fast = measure_inference(
+        fast_model,
+        size,
+        options.infer_batch,
+        infer_precision,
+        device,
+        options.warmup,
+        options.iterations,
+        channels_last,
+    )
+    with torch.inference_mode(), autocast(device, infer_precision):
+        fast_out = torch.sigmoid(fast_model(probe).float())
+    del model, fast_model
+    pngs = PngPairs(scratch / "png")
+
+    def decoded(index: int) -> dict[str, torch.Tensor]:
+        item = pngs[index % len(pngs)]
+        return {"image": to_model_input(item["image"][None].to(device)), "mask": item["mask"][None].to(device)}
+
+    naive_module = _module(cfg, encoder, device, False)
+    train_naive = _steps(naive_module, decoded, device, "32-true", options.train_steps, options.warmup)
+    del naive_module
+    loop_cfg = _loop_config(cfg, encoder, size, max(options.loop_epochs, 2), scratch, device)
+    from nucleiseg.data.prepare import prepare_dataset
+    from nucleiseg.train import build_datamodule
+
+    datamodule = build_datamodule(loop_cfg, prepare_dataset(loop_cfg.data, log=lambda line: None), device.type)
+    datamodule.setup("fit")
+    loader = DataLoader(
+        datamodule.splits["train"], batch_size=int(cfg.data.loader.batch_size), shuffle=False, drop_last=True
+    )
+    on_device = [
+        {k: v.to(device) for k, v in b.items() if k != "index"} for b, _ in zip(loader, range(8), strict=False)
+    ]
+    for batch in on_device:
+        batch["image"] = to_model_input(batch["image"])
+    module = _module(cfg, encoder, device, channels_last)
+    if options.compile_model:
+        module.model.compile()
+    train_step = _steps(
+        module, lambda k: on_device[k % len(on_device)], device, train_precision, options.train_steps, options.warmup
+    )
+    del module, datamodule
+    loop, per_epoch = float("nan"), 0
+    if options.loop_epochs:
+        if options.compile_model:
+            OmegaConf.update(loop_cfg, "model.compile", True)
+        loop, per_epoch = _loop(loop_cfg, scratch)
+    rows = []
+    for pretrained in (False, True) if ENCODERS[encoder].has_imagenet_weights else (False,):
+        rows.append(
+            Measurement(
+                configuration=configuration_label(encoder, pretrained),
+                architecture=configuration_label(encoder, False),
+                device=device_name(device),
+                image_size=size,
+                infer_naive=naive["images_per_second"],
+                infer_fast=fast["images_per_second"],
+                infer_batch=options.infer_batch,
+                infer_precision=infer_precision,
+                train_naive=train_naive,
+                train_step=train_step,
+                loop=loop,
+                train_batch=int(cfg.data.loader.batch_size),
+                train_precision=train_precision,
+                loop_epoch_images=per_epoch,
+                fast_vs_naive_max_prob_diff=float((fast_out - naive_out).abs().max()),
+            )
+        )
+    last = rows[-1]
+    log(
+        f"{encoder}: inference {last.infer_naive:.1f} -> {last.infer_fast:.1f} img/s; training naive "
+        f"{last.train_naive:.1f}, step {last.train_step:.1f}, loop {last.loop:.1f} img/s "
+        f"(loop/step {last.loop_ratio:.2f})"
+    )
+    return rows
+
+
+def benchmark(cfg: DictConfig, options: Options, log=print) -> list[Measurement]:
+    """Measure every architecture of ``options.encoders`` with the settings of ``cfg``."""
+    if options.image_size < 64 or options.image_size % 32:
         raise ConfigError(
-            f"--image-size {image_size}: expected a multiple of 32, at least 64 (the deepest "
+            f"--image-size {options.image_size}: expected a multiple of 32, at least 64 (the deepest "
             "encoder stage must keep more than one pixel for BatchNorm to train at batch 1)"
         )
-    torch_device = torch.device("cuda" if device in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
-    precision = fast_precision(torch_device)
-    infer_batch = infer_batch or (16 if torch_device.type == "cuda" else 4)
-    pin = torch_device.type == "cuda"
     measurements = []
     with tempfile.TemporaryDirectory(prefix="nucleiseg-bench-") as scratch:
-        cached = _write_pngs(Path(scratch), max(8, train_batch * 2), image_size)
-        naive_loader = DataLoader(PngPairs(Path(scratch)), batch_size=1, shuffle=True, num_workers=0)
-        fast_loader = DataLoader(
-            cached, batch_size=train_batch, shuffle=True, num_workers=0, pin_memory=pin, drop_last=True
-        )
-        for encoder in encoders or list(ENCODERS):
-            torch.manual_seed(0)
-            model = create_model(encoder).to(torch_device).eval()
-            naive_rate, naive_out = _inference_rate(
-                model, torch_device, image_size, 1, "32-true", False, iterations, warmup
-            )
-            fast_model = model.to(memory_format=torch.channels_last)
-            if compile_model:
-                fast_model.compile()
-            fast_rate, fast_out = _inference_rate(
-                fast_model, torch_device, image_size, infer_batch, precision, True, iterations, warmup
-            )
-            model = create_model(encoder).to(torch_device)
-            train_naive = _training_rate(model, torch_device, naive_loader, "32-true", False, train_steps, warmup)
-            model = create_model(encoder).to(torch_device).to(memory_format=torch.channels_last)
-            if compile_model:
-                model.compile()
-            train_fast = _training_rate(model, torch_device, fast_loader, precision, True, train_steps, warmup)
-            label = configuration_label(encoder, False)
-            for pretrained in (False, True) if ENCODERS[encoder].has_imagenet_weights else (False,):
-                measurements.append(
-                    Measurement(
-                        configuration=configuration_label(encoder, pretrained),
-                        architecture=label,
-                        device=device_name("gpu" if torch_device.type == "cuda" else "cpu"),
-                        image_size=image_size,
-                        infer_naive=naive_rate,
-                        infer_fast=fast_rate,
-                        infer_batch=infer_batch,
-                        infer_precision=precision,
-                        train_naive=train_naive,
-                        train_fast=train_fast,
-                        train_batch=train_batch,
-                        train_precision=precision,
-                        fast_vs_naive_max_prob_diff=float((fast_out - naive_out).abs().max()),
-                    )
-                )
-            last = measurements[-1]
-            log(
-                f"{encoder}: inference {last.infer_naive:.1f} -> {last.infer_fast:.1f} img/s "
-                f"(x{last.infer_ratio:.2f}), training {last.train_naive:.1f} -> {last.train_fast:.1f} img/s "
-                f"(x{last.train_ratio:.2f})"
-            )
+        scratch = Path(scratch)
+        (scratch / "png").mkdir()
+        _write_pngs(scratch / "png", 8, options.image_size)
+        for encoder in options.encoders:
+            measurements += _measure(cfg, encoder, options, scratch, log)
     return measurements
 
 
-def projected_study_hours(measurements: list[Measurement]) -> float:
-    """Wall time of the paper's study from the fast rates: 20 epochs x 165 images + 25 test images, x 10 seeds."""
+def projected_study_hours(measurements: list[Measurement], cfg: DictConfig) -> float:
+    """Wall time of the paper's study at the measured loop rates (the raw step where the loop was not measured):
+    epochs x images per epoch + the test split, x seeds, for every configuration, one run at a time."""
+    epochs, seeds = int(cfg.trainer.max_epochs), 10
+    images = 165  # the paper's 150 training + 15 validation pairs per epoch (validation costs a forward only)
     seconds = 0.0
     for m in measurements:
-        seconds += PAPER_SEEDS * (
-            PAPER_EPOCHS * PAPER_IMAGES_PER_EPOCH / m.train_fast + PAPER_TEST_IMAGES / m.infer_fast
-        )
+        rate = m.loop if m.loop == m.loop else m.train_step
+        seconds += seeds * (epochs * images / rate + 25 / m.infer_fast)
     return seconds / 3600
 
 
@@ -234,31 +362,119 @@ def as_table(measurements: list[Measurement]) -> list[dict]:
     rows = []
     for m in measurements:
         row = asdict(m)
-        row.update(infer_ratio=m.infer_ratio, train_ratio=m.train_ratio)
+        row.update(infer_ratio=m.infer_ratio, train_ratio=m.train_ratio, loop_ratio=m.loop_ratio)
         rows.append(row)
     return rows
 
 
-def markdown(measurements: list[Measurement], when: str) -> str:
+COLUMNS = (
+    ("configuration", "configuration"),
+    ("infer naive", "infer_naive"),
+    ("infer fast", "infer_fast"),
+    ("x", "infer_ratio"),
+    ("train naive", "train_naive"),
+    ("train step", "train_step"),
+    ("loop", "loop"),
+    ("loop/step", "loop_ratio"),
+)
+
+
+def _cell(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def markdown(measurements: list[Measurement], when: str, hours: float) -> str:
     first = measurements[0]
     lines = [
-        f"Benchmark on {first.device}, {when}; {first.image_size}x{first.image_size} images. Naive: eager fp32, "
-        f"batch 1, training data decoded from PNG every step. Fast: batch {first.infer_batch} (inference) / "
-        f"{first.train_batch} (training), channels-last, {first.infer_precision}, in-memory data.",
+        f"Benchmark on {first.device}, {when}; {first.image_size}x{first.image_size} images, images/s. "
+        f"Inference: naive = eager fp32 batch 1, fast = batch {first.infer_batch}, {first.infer_precision}, "
+        f"the session's memory format. Training (batch {first.train_batch}, {first.train_precision}): naive = "
+        "fp32 batch 1 decoding PNGs every step; step = the module's loss + optimizer on cached device batches; "
+        f"loop = train.py's loop ({first.loop_epoch_images} images/epoch, validation, checkpoints, MLflow) "
+        "after its first epoch.",
         "",
-        "| configuration | inference naive img/s | inference fast img/s | x | training naive img/s | "
-        "training fast img/s | x | max prob. diff fast vs naive |",
-        "|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(title for title, _ in COLUMNS) + " | max prob. diff fast vs naive |",
+        "|" + "---|" * (len(COLUMNS) + 1),
     ]
     for m in measurements:
+        row = as_table([m])[0]
         lines.append(
-            f"| {m.configuration} | {m.infer_naive:.2f} | {m.infer_fast:.2f} | {m.infer_ratio:.2f} | "
-            f"{m.train_naive:.2f} | {m.train_fast:.2f} | {m.train_ratio:.2f} | "
-            f"{m.fast_vs_naive_max_prob_diff:.3g} |"
+            "| " + " | ".join(_cell(row[key]) for _, key in COLUMNS) + f" | {m.fast_vs_naive_max_prob_diff:.3g} |"
         )
-    lines += [
-        "",
-        f"Projected wall time of the 140-run study at these fast rates: "
-        f"{projected_study_hours(measurements):.1f} h (one device, runs in sequence).",
-    ]
+    lines += ["", f"Projected wall time of the 140-run study at these rates: {hours:.2f} h (one run at a time)."]
     return "\n".join(lines)
+
+
+def run_benchmark(args: argparse.Namespace, cfg: DictConfig) -> int:
+    """The ``nucleiseg benchmark`` command: measure, print a table, write Markdown + CSV, log to MLflow."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from nucleiseg.models.factory import check_configuration
+    from nucleiseg.writing import write_bytes_atomic
+
+    encoders = args.configs.split(",") if args.configs else list(ENCODERS)
+    for encoder in encoders:
+        check_configuration(encoder, False)
+    out = Path(args.out) if args.out else None
+    for name in ("benchmark.md", "benchmark.csv"):
+        if out is not None and (out / name).exists() and not args.overwrite:
+            raise FileExistsError(f"{out / name} exists; pass --overwrite to replace it")
+    device = resolve_device("cpu" if args.device == "cpu" else "auto" if args.device == "auto" else "gpu")
+    options = Options(
+        encoders=encoders,
+        image_size=args.image_size or int(cfg.data.protocol.image_size),
+        device=device,
+        infer_batch=args.infer_batch or (16 if device.type == "cuda" else int(cfg.predict.batch_size)),
+        iterations=args.iterations,
+        train_steps=args.train_steps,
+        warmup=args.warmup,
+        loop_epochs=args.loop_epochs,
+        compile_model=args.compile,
+    )
+    measurements = benchmark(cfg, options, log=lambda line: print(line, file=sys.stderr))
+    hours = projected_study_hours(measurements, cfg)
+    table = Table(title=f"nucleiseg benchmark: {measurements[0].device}, {options.image_size}x{options.image_size}")
+    for title, _ in COLUMNS:
+        table.add_column(title, justify="left" if title == "configuration" else "right")
+    for row in as_table(measurements):
+        table.add_row(*(_cell(row[key]) for _, key in COLUMNS))
+    console = Console()
+    console.print(table)
+    console.print(f"images/s; projected 140-run study: {hours:.2f} h")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = markdown(measurements, when, hours)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(out / "benchmark.md", text.encode())
+        write_bytes_atomic(out / "benchmark.csv", pd.DataFrame(as_table(measurements)).to_csv(index=False).encode())
+        console.print(f"written: {out / 'benchmark.md'}, {out / 'benchmark.csv'}")
+    if not args.no_mlflow:
+        _log_benchmark(cfg, measurements, text)
+    return 0
+
+
+def _log_benchmark(cfg: DictConfig, measurements: list[Measurement], text: str) -> None:
+    import mlflow
+
+    from nucleiseg.tracking.mlflow_store import tracking_uri, use_experiment
+
+    use_experiment(tracking_uri(cfg.logger), "benchmark", cfg.logger.artifact_location)
+    first = measurements[0]
+    with mlflow.start_run(run_name=f"benchmark-{first.image_size}px"):
+        mlflow.set_tags(
+            {
+                "device": first.device,
+                "infer_precision": first.infer_precision,
+                "train_precision": first.train_precision,
+                "infer_batch": str(first.infer_batch),
+                "train_batch": str(first.train_batch),
+            }
+        )
+        for m in measurements:
+            key = m.configuration.replace(" ", "_").replace("(", "").replace(")", "")
+            values = {"infer_fast": m.infer_fast, "infer_naive": m.infer_naive, "train_step": m.train_step}
+            values.update({"train_naive": m.train_naive, **({"loop": m.loop} if m.loop == m.loop else {})})
+            mlflow.log_metrics({f"{key}/{name}": value for name, value in values.items()})
+        mlflow.log_text(text, "benchmark.md")

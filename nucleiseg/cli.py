@@ -1,10 +1,69 @@
-"""The ``nucleiseg`` command. Subcommands import their modules only when run, so ``--help`` is instant."""
+"""The ``nucleiseg`` command. Subcommands import their modules only when run, so ``--help`` is instant.
+
+One convention for configuration overrides on every subcommand that takes them (``data prepare``, ``evaluate``,
+``tune-postprocess``, ``predict``): Hydra-style ``KEY=VALUE`` words, as for ``train.py``, anywhere on the line,
+before or after the options (``nucleiseg evaluate CKPT --images I --masks M predict.scale=0.5 threshold=0.6``).
+A value given this way replaces what the checkpoint carries (threshold, post-processing), and the log says so.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
 import sys
+from pathlib import Path
+
+OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][\w.\-/@]*=")
+
+
+class UsageError(Exception):
+    """Words on the command line that the subcommand does not take (exit 2, like argparse)."""
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A (sub)command parser that accepts its positional words anywhere among its options (argparse's
+    intermixed parsing, which argparse cannot apply to a parser with subcommands: those parse as usual)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def split_overrides(words: list[str]) -> tuple[list[str], list[str]]:
+    """``(overrides, other words)``: ``KEY=VALUE`` words are overrides unless they name an existing file."""
+    overrides, others = [], []
+    for word in words:
+        (overrides if OVERRIDE.match(word) and not Path(word).exists() else others).append(word)
+    return overrides, others
+
+
+def _compose(overrides: list[str]):
+    from nucleiseg.config import compose
+
+    return compose(overrides)
+
+
+def _session(checkpoint, overrides: list[str], flags: list[str] = ()):
+    """An inference session of ``checkpoint`` with the user's overrides (and option flags, as overrides)."""
+    from nucleiseg.inference.session import InferenceSession, InferenceSettings
+
+    typed = [*overrides, *flags]
+    cfg = _compose(typed)
+    settings = InferenceSettings.from_config(cfg, explicit=[o.split("=", 1)[0] for o in typed])
+    return InferenceSession.from_checkpoint(checkpoint, settings), cfg
+
+
+def _names_data(overrides: list[str]) -> bool:
+    return any(o.lstrip("+~").split("=", 1)[0].split(".")[0] in ("data", "paths") for o in overrides)
 
 
 def _data_inspect(args: argparse.Namespace) -> int:
@@ -34,52 +93,137 @@ def _data_download(args: argparse.Namespace) -> int:
 
 
 def _data_prepare(args: argparse.Namespace) -> int:
-    from nucleiseg.config import compose
     from nucleiseg.data.prepare import load_manifest, prepare_dataset
 
-    cfg = compose(args.overrides)
+    overrides, extra = split_overrides(args.words)
+    if extra:
+        raise UsageError(f"data prepare takes KEY=VALUE overrides only, not {extra}")
+    cfg = _compose(overrides)
     folder = prepare_dataset(cfg.data, overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr))
     manifest = load_manifest(folder)
+    summary = {"folder": str(folder), "counts": manifest["counts"], "content_hash": manifest["content_hash"]}
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _data_folder(overrides: list[str]):
+    """The prepared dataset named by data overrides (prepared now if needed), or None: the checkpoint's own."""
+    if not _names_data(overrides):
+        return None
+    from nucleiseg.data.prepare import prepare_dataset
+
+    return prepare_dataset(_compose(overrides).data, log=lambda line: print(line, file=sys.stderr))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from nucleiseg.evaluate import evaluate, log_evaluation, summary_json
+
+    overrides, extra = split_overrides(args.words)
+    if len(extra) != 1:
+        raise UsageError(f"evaluate takes one checkpoint and KEY=VALUE overrides; got {extra or 'no checkpoint'}")
+    session, cfg = _session(extra[0], overrides)
+    speed = None
+    if args.speed:
+        image_size = cfg.speed.image_size or (session.hparams.get("data") or {}).get("image_size", 512)
+        speed = {
+            "image_size": int(image_size),
+            "batch_size": int(cfg.speed.batch_size),
+            "warmup": int(cfg.speed.warmup),
+            "iterations": int(cfg.speed.iterations),
+        }
+    results = evaluate(
+        session,
+        split=args.split,
+        data_folder=_data_folder(overrides),
+        images=args.images,
+        masks=args.masks,
+        monuseg=args.monuseg,
+        iou_threshold=float(cfg.metrics.iou_threshold),
+        speed=speed,
+    )
+    if not args.no_mlflow:
+        from nucleiseg.tracking.mlflow_store import tracking_uri
+
+        log_evaluation(tracking_uri(cfg.logger), args.study, session, results)
+    if args.json:
+        print(json.dumps(summary_json(session, results), indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"evaluation of {extra[0]} on {results['evaluated_on']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in results.items():
+        if isinstance(value, float | int):
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    described = session.describe()
+    print(f"threshold {session.threshold}, post-processing {session.postprocess.as_dict()} ({described['tuned_on']})")
+    return 0
+
+
+def _tune_postprocess(args: argparse.Namespace) -> int:
+    from nucleiseg.evaluate import split_source
+    from nucleiseg.inference.checkpoint import update_hyperparameters
+    from nucleiseg.inference.session import iterate_split
+    from nucleiseg.postprocess.tuning import record_tuning, tune
+
+    overrides, extra = split_overrides(args.words)
+    if len(extra) != 1:
+        raise UsageError(
+            f"tune-postprocess takes one checkpoint and KEY=VALUE overrides; got {extra or 'no checkpoint'}"
+        )
+    if args.split == "test":
+        raise UsageError("tuning on the test split would leak it into the model; use --split val (or train)")
+    session, cfg = _session(extra[0], overrides)
+    folder, normalise = split_source(session, _data_folder(overrides))
+    grid = cfg.tune.grid.get(session.postprocess.method) or {}
+    from omegaconf import OmegaConf
+
+    result = tune(
+        session,
+        iterate_split(folder, args.split),
+        OmegaConf.to_container(grid),
+        args.objective or cfg.tune.objective,
+        float(cfg.metrics.iou_threshold),
+        normalise,
+    )
+    previous = update_hyperparameters(extra[0], result.hparams(args.split))
+    run_id = session.hparams.get("mlflow_run_id")
+    if run_id and not args.no_mlflow:
+        from mlflow.tracking import MlflowClient
+
+        from nucleiseg.tracking.mlflow_store import tracking_uri
+
+        client = MlflowClient(tracking_uri(cfg.logger))
+        record_tuning(client, run_id, result, args.split)
+        if Path(extra[0]).name == "model.ckpt":  # a finished run's checkpoint: its stored copy gets the values too
+            client.log_artifact(run_id, extra[0], "checkpoint")
     print(
         json.dumps(
-            {"folder": str(folder), "counts": manifest["counts"], "content_hash": manifest["content_hash"]}, indent=1
+            {
+                "checkpoint": extra[0],
+                "tuned_on": args.split,
+                "n_images": result.n_images,
+                "objective": result.objective,
+                "score": result.score,
+                "untuned_score": result.untuned_score,
+                "postprocess": result.postprocess.as_dict(),
+                "threshold": result.threshold,
+                "previous": previous.get("postprocess"),
+            },
+            indent=1,
         )
     )
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from nucleiseg.config import compose
-    from nucleiseg.evaluate import evaluate
-
-    cfg = compose(args.overrides)
-    results = evaluate(
-        args.checkpoint,
-        cfg,
-        split=args.split,
-        images=args.images,
-        masks=args.masks,
-        log_to_mlflow=not args.no_mlflow,
-        study=args.study,
-    )
-    table = Table(title=f"evaluation of {args.checkpoint}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in results.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
-    return 0
-
-
 def _report(args: argparse.Namespace) -> int:
-    from nucleiseg.config import compose
     from nucleiseg.tracking.mlflow_store import tracking_uri
     from nucleiseg.tracking.report import write_report
 
-    uri = args.tracking_uri or tracking_uri(compose([]).logger)
+    uri = args.tracking_uri or tracking_uri(_compose([]).logger)
     figure = [c.strip() for c in args.figure_configs.split(";")] if args.figure_configs else None
     out = write_report(
         uri,
@@ -89,134 +233,52 @@ def _report(args: argparse.Namespace) -> int:
         figure_configurations=figure,
         figure_image=args.figure_image,
     )
-    print(f"report written to {out} (report.md, table2_losses.csv, table3_metrics.csv, figures)")
+    print(f"report written to {out} (report.md, tables as CSV, figures as PNG and SVG)")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from nucleiseg.predict import predict, print_summary, resolve_checkpoint
+    from nucleiseg.tracking.mlflow_store import tracking_uri
 
-    from nucleiseg.config import compose
-    from nucleiseg.predict import predict, print_summary
-
-    overrides = list(args.set or [])
-    if args.tta:
-        overrides.append("predict.tta=true")
-    if args.tile_size:
-        overrides.append(f"predict.tile_size={args.tile_size}")
-    if args.mpp:
-        overrides.append(f"predict.microns_per_pixel={args.mpp}")
-    if args.scale:
-        overrides.append(f"predict.scale={args.scale}")
-    if args.device:
-        overrides.append(f"trainer.accelerator={args.device}")
-    cfg = compose(overrides)
-    summary = predict(
-        args.inputs,
-        args.out,
-        cfg,
-        checkpoint=args.checkpoint,
-        run_id=args.run_id,
-        overwrite=args.overwrite,
-        show_progress=not args.quiet,
-    )
+    overrides, inputs = split_overrides(args.words)
+    if not inputs:
+        raise UsageError("predict needs at least one image or folder")
+    flags = []
+    for option, key in (
+        ("tta", "predict.tta"),
+        ("tile_size", "predict.tile_size"),
+        ("mpp", "predict.microns_per_pixel"),
+        ("scale", "predict.scale"),
+        ("device", "predict.device"),
+    ):
+        value = getattr(args, option)
+        if value not in (None, False):
+            flags.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    cfg = _compose([*overrides, *flags])
+    checkpoint = resolve_checkpoint(args.checkpoint, args.run_id, tracking_uri(cfg.logger))
+    session, _ = _session(checkpoint, overrides, flags)
+    summary = predict(inputs, args.out, session, overwrite=args.overwrite, progress="none" if args.quiet else "auto")
     print_summary(summary, Path(args.out))
     return 0 if summary.ok else 1
 
 
+PREDICT_FLAGS = {  # predict's options, as the overrides they stand for (so they count as given by the user)
+    "tta": "predict.tta",
+    "tile_size": "predict.tile_size",
+    "mpp": "predict.microns_per_pixel",
+    "scale": "predict.scale",
+    "device": "predict.device",
+}
+
+
 def _benchmark(args: argparse.Namespace) -> int:
-    import datetime
-    from pathlib import Path
+    from nucleiseg.benchmark import LOOP_DATA, run_benchmark
 
-    import pandas as pd
-    from rich.console import Console
-    from rich.table import Table
-
-    from nucleiseg.benchmark import as_table, benchmark, markdown, projected_study_hours
-
-    encoders = args.configs.split(",") if args.configs else None
-    from nucleiseg.models.factory import check_configuration
-
-    for encoder in encoders or []:
-        check_configuration(encoder, False)
-    out = Path(args.out) if args.out else None
-    for name in ("benchmark.md", "benchmark.csv"):
-        if out is not None and (out / name).exists() and not args.overwrite:
-            raise FileExistsError(f"{out / name} exists; pass --overwrite to replace it")
-    measurements = benchmark(
-        encoders,
-        args.image_size,
-        args.device,
-        args.infer_batch,
-        args.train_batch,
-        args.iterations,
-        args.train_steps,
-        args.warmup,
-        args.compile,
-        log=lambda line: print(line, file=sys.stderr),
-    )
-    table = Table(title=f"nucleiseg benchmark: {measurements[0].device}, {args.image_size}x{args.image_size}")
-    for column in ("configuration", "infer naive", "infer fast", "x", "train naive", "train fast", "x"):
-        table.add_column(column, justify="left" if column == "configuration" else "right")
-    for m in measurements:
-        table.add_row(
-            m.configuration,
-            f"{m.infer_naive:.2f}",
-            f"{m.infer_fast:.2f}",
-            f"{m.infer_ratio:.2f}",
-            f"{m.train_naive:.2f}",
-            f"{m.train_fast:.2f}",
-            f"{m.train_ratio:.2f}",
-        )
-    console = Console()
-    console.print(table)
-    first = measurements[0]
-    console.print(
-        f"images/s; fast = batch {first.infer_batch}/{first.train_batch} (inference/training), channels-last, "
-        f"{first.infer_precision}; naive = eager fp32, batch 1, PNG decoding every step. Projected "
-        f"140-run study: {projected_study_hours(measurements):.1f} h"
-    )
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        from nucleiseg.writing import write_bytes_atomic
-
-        write_bytes_atomic(out / "benchmark.md", markdown(measurements, when).encode())
-        write_bytes_atomic(out / "benchmark.csv", pd.DataFrame(as_table(measurements)).to_csv(index=False).encode())
-        console.print(f"written: {out / 'benchmark.md'}, {out / 'benchmark.csv'}")
-    if not args.no_mlflow:
-        _log_benchmark(measurements, markdown(measurements, when))
-    return 0
-
-
-def _log_benchmark(measurements, text: str) -> None:
-    import mlflow
-
-    from nucleiseg.config import compose
-    from nucleiseg.tracking.mlflow_store import use_experiment
-
-    use_experiment(compose([]).logger, "benchmark")
-    first = measurements[0]
-    with mlflow.start_run(run_name=f"benchmark-{first.image_size}px"):
-        mlflow.set_tags(
-            {
-                "device": first.device,
-                "precision": first.infer_precision,
-                "infer_batch": str(first.infer_batch),
-                "train_batch": str(first.train_batch),
-            }
-        )
-        for m in measurements:
-            key = m.configuration.replace(" ", "_").replace("(", "").replace(")", "")
-            mlflow.log_metrics(
-                {
-                    f"{key}/infer_fast": m.infer_fast,
-                    f"{key}/infer_naive": m.infer_naive,
-                    f"{key}/train_fast": m.train_fast,
-                    f"{key}/train_naive": m.train_naive,
-                }
-            )
-        mlflow.log_text(text, "benchmark.md")
+    overrides, extra = split_overrides(args.words)
+    if extra:
+        raise UsageError(f"benchmark takes KEY=VALUE overrides only, not {extra}")
+    return run_benchmark(args, _compose([*LOOP_DATA, *overrides]))
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
@@ -227,8 +289,18 @@ def _export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+WORDS_HELP = "KEY=VALUE configuration overrides (as for train.py), anywhere on the line"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nucleiseg", description=__doc__)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("nucleiseg")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
+        installed = "unknown"
+    parser = IntermixedParser(prog="nucleiseg", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"nucleiseg {installed}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="download, inspect and prepare the datasets")
@@ -247,21 +319,30 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(handler=_data_download)
 
     prepare = data_commands.add_parser("prepare", help="build the processed dataset of a data config")
-    prepare.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (data=paper ...)")
+    prepare.add_argument("words", nargs="*", metavar="KEY=VALUE", help=WORDS_HELP + " (data=paper ...)")
     prepare.add_argument("--overwrite", action="store_true", help="rebuild even if the prepared folder exists")
     prepare.set_defaults(handler=_data_prepare)
 
-    evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split or a folder of pairs")
-    evaluate.add_argument("checkpoint", help="a .ckpt written by training (outputs/<study>/<run>/checkpoints/)")
-    evaluate.add_argument("overrides", nargs="*", help="Hydra overrides selecting the data (data=paper ...)")
+    evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split, a folder or MoNuSeg test")
+    evaluate.add_argument("words", nargs="+", metavar="CKPT [KEY=VALUE]", help="a .ckpt, then " + WORDS_HELP)
     evaluate.add_argument("--split", default="test", help="prepared split: test (default), val or train")
     evaluate.add_argument("--images", default=None, help="folder of images (instead of a prepared split)")
     evaluate.add_argument("--masks", default=None, help="folder of masks named like the images")
+    evaluate.add_argument("--monuseg", default=None, help="the MoNuSeg 2018 test release (TCGA-*.tif + .xml)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    evaluate.add_argument("--speed", action="store_true", help="also time inference (speed.* settings)")
     evaluate.add_argument("--study", default="evaluate", help="MLflow experiment to log to")
     evaluate.add_argument("--no-mlflow", action="store_true", help="print only, log nothing")
     evaluate.set_defaults(handler=_evaluate)
 
-    report = commands.add_parser("report", help="Tables II-III and Figures 7-11 of a finished study")
+    tuning = commands.add_parser("tune-postprocess", help="tune the post-processing on validation, into the ckpt")
+    tuning.add_argument("words", nargs="+", metavar="CKPT [KEY=VALUE]", help="a .ckpt, then " + WORDS_HELP)
+    tuning.add_argument("--objective", choices=["aji", "aji_plus", "pq"], default=None, help="default: tune.objective")
+    tuning.add_argument("--split", default="val", help="split to tune on (val; never test)")
+    tuning.add_argument("--no-mlflow", action="store_true", help="do not record the values in the training run")
+    tuning.set_defaults(handler=_tune_postprocess)
+
+    report = commands.add_parser("report", help="Tables II-III, instance tables and Figures 7-9 of a study")
     report.add_argument("--study", default="paper", help="MLflow experiment (the study name used in training)")
     report.add_argument("--out", required=True, help="folder to write (must be new or empty)")
     report.add_argument("--tracking-uri", default=None, help="MLflow store (default: the config's / env's)")
@@ -276,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
 
     predict = commands.add_parser("predict", help="segment your own images: masks, instances, GeoJSON, features")
-    predict.add_argument("inputs", nargs="+", help="image files (.png/.jpg/.tif) or folders of them")
+    predict.add_argument("words", nargs="+", metavar="INPUT [KEY=VALUE]", help="images or folders, and " + WORDS_HELP)
     predict.add_argument("--out", required=True, help="output folder (one sub-folder per image)")
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a .ckpt written by training")
@@ -284,23 +365,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
     predict.add_argument("--tile-size", type=int, default=None, help="sliding-window tile (multiple of 32)")
-    predict.add_argument("--mpp", type=float, default=None, help="microns per pixel, for features in micrometres")
+    predict.add_argument("--mpp", type=float, default=None, help="microns per pixel of the inputs")
     predict.add_argument("--scale", type=float, default=None, help="resample inputs by this factor for the model")
     predict.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None)
-    predict.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config override (repeatable)")
-    predict.add_argument("--quiet", action="store_true", help="no progress bars")
+    predict.add_argument("--quiet", action="store_true", help="no progress output")
     predict.set_defaults(handler=_predict)
 
-    bench = commands.add_parser("benchmark", help="training/inference throughput, fast path vs naive baseline")
+    bench = commands.add_parser("benchmark", help="training loop, training step and inference throughput")
+    bench.add_argument("words", nargs="*", metavar="KEY=VALUE", help=WORDS_HELP)
     bench.add_argument("--configs", default=None, help="comma-separated encoders (default: all of Table I)")
-    bench.add_argument("--image-size", type=int, default=512)
+    bench.add_argument("--image-size", type=int, default=None, help="default: data.protocol.image_size")
     bench.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     bench.add_argument("--infer-batch", type=int, default=None, help="fast-path inference batch (GPU 16, CPU 4)")
-    bench.add_argument("--train-batch", type=int, default=3, help="fast-path training batch (paper: 3)")
     bench.add_argument("--iterations", type=int, default=10, help="timed inference passes")
     bench.add_argument("--train-steps", type=int, default=10, help="timed optimizer steps")
+    bench.add_argument("--loop-epochs", type=int, default=2, help="epochs of the real training loop (0: skip it)")
     bench.add_argument("--warmup", type=int, default=2)
-    bench.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the fast paths")
     bench.add_argument("--out", default=None, help="folder for benchmark.md and benchmark.csv")
     bench.add_argument("--overwrite", action="store_true")
     bench.add_argument("--no-mlflow", action="store_true")
@@ -315,12 +396,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogFormat(logging.Formatter):
+    """One line per message on stderr; warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (redirected by a caller or a test), not the one at setup."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("nucleiseg")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_LogFormat())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging()
     from nucleiseg.errors import NucleisegError
 
     try:
         return args.handler(args)
+    except UsageError as error:
+        print(f"nucleiseg {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except (NucleisegError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,11 +11,30 @@ from nucleiseg.errors import ConfigError
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
 
 
-def cuda_available(accelerator: str) -> bool:
+def cuda_available(accelerator: str | torch.device) -> bool:
+    """Whether ``accelerator`` (a Lightning accelerator name, or a device) runs on CUDA here."""
+    if isinstance(accelerator, torch.device):
+        return accelerator.type == "cuda"
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def resolve_precision(precision: str | int, accelerator: str) -> str:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> the first CUDA device when there is one, else the CPU; ``gpu``/``cuda``/``cuda:K`` require one."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name in ("gpu", "cuda") or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name}: no CUDA device is visible here; use device=cpu or auto")
+        return torch.device("cuda" if name == "gpu" else name)
+    raise ConfigError(f"device={name!r}: expected auto, cpu, gpu, cuda or cuda:K")
+
+
+def resolve_precision(precision: str | int, accelerator: str | torch.device) -> str:
     """``auto`` -> ``bf16-mixed`` on CUDA GPUs that support bf16, ``16-mixed`` on older GPUs, else ``32-true``."""
     precision = str(precision)
     if precision not in PRECISIONS:
@@ -33,7 +52,7 @@ def cpu_has_native_bf16() -> bool:
     return any(probe is not None and probe() for probe in probes)
 
 
-def resolve_inference_precision(precision: str, accelerator: str) -> str:
+def resolve_inference_precision(precision: str, accelerator: str | torch.device) -> str:
     """Like :func:`resolve_precision`, but ``auto`` also picks bf16 on CPUs with native bf16 (inference only:
     training on CPU stays fp32 so runs are repeatable to the bit)."""
     if str(precision) == "auto" and not cuda_available(accelerator):
@@ -41,7 +60,7 @@ def resolve_inference_precision(precision: str, accelerator: str) -> str:
     return resolve_precision(precision, accelerator)
 
 
-def resolve_flag(value: str | bool, accelerator: str, option: str) -> bool:
+def resolve_flag(value: str | bool, accelerator: str | torch.device, option: str) -> bool:
     """``auto`` -> on for CUDA (channels_last, pinned memory pay off there), off on CPU."""
     if isinstance(value, bool):
         return value

@@ -1,8 +1,9 @@
-"""Evaluate a checkpoint without training (``nucleiseg evaluate``): the paper's metrics on a prepared split
-or on a folder of image/mask pairs, inference speed, logged to MLflow.
+"""Evaluate a checkpoint without training (``nucleiseg evaluate``): the paper's pixel metrics and instance metrics
+on the checkpoint's own held-out split, another prepared split, a folder of image/mask pairs, or the official
+MoNuSeg 2018 test release; optionally the inference speed; logged to MLflow.
 
-Prediction goes through :class:`nucleiseg.inference.tiling.Segmenter`, the same path ``nucleiseg predict``
-uses, so an evaluated model and a deployed one cannot disagree about preprocessing.
+Prediction goes through :class:`nucleiseg.inference.session.InferenceSession`, the path ``nucleiseg predict``
+and training's test pass use, so an evaluated model and a deployed one cannot disagree about preprocessing.
 """
 
 from __future__ import annotations
@@ -12,158 +13,188 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from omegaconf import DictConfig
 
-from nucleiseg.data.datamodule import load_split
-from nucleiseg.data.image_io import read_mask, read_rgb
-from nucleiseg.data.prepare import load_manifest, prepare_dataset
-from nucleiseg.data.stain import from_state
-from nucleiseg.devices import cuda_available, device_name, resolve_precision
+from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_mask, read_rgb
+from nucleiseg.data.prepare import load_manifest
 from nucleiseg.errors import ConfigError, DatasetLayoutError
-from nucleiseg.inference.checkpoint import load_checkpoint
-from nucleiseg.inference.speed import measure_inference
-from nucleiseg.inference.tiling import Segmenter
-from nucleiseg.metrics.instance import InstanceMetrics
-from nucleiseg.metrics.pixel import PerImageOverlap, pixel_metrics
-from nucleiseg.postprocess.instances import METHODS, separate_with_config
+from nucleiseg.inference.session import InferenceSession, Item, iterate_split
+from nucleiseg.postprocess.instances import methods_for
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+INSTANCE_KEYS = ("aji", "aji_plus", "pq", "dq", "sq", "object_precision", "object_recall", "object_f1")
+PIXEL_KEYS = ("jaccard", "f1", "recall", "precision", "accuracy", "jaccard_image_mean", "f1_image_mean")
 
 
 def folder_pairs(images: str | Path, masks: str | Path) -> list[tuple[Path, Path]]:
-    """Pair ``images/NAME.*`` with ``masks/NAME.*`` by file stem; every image needs a mask."""
+    """Pair ``images/NAME.*`` with ``masks/NAME.*`` by file stem; every image needs exactly one mask."""
     images, masks = Path(images), Path(masks)
     for folder in (images, masks):
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: folder not found")
-    mask_by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    mask_by_stem: dict[str, Path] = {}
+    for path in sorted(masks.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.stem in mask_by_stem:
+                raise DatasetLayoutError(
+                    f"{masks}: two masks named {path.stem} ({mask_by_stem[path.stem].name}, {path.name}); keep one"
+                )
+            mask_by_stem[path.stem] = path
     pairs = []
     for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         if image.stem not in mask_by_stem:
             raise DatasetLayoutError(f"{image}: no mask named {image.stem}.* in {masks}")
         pairs.append((image, mask_by_stem[image.stem]))
     if not pairs:
-        raise DatasetLayoutError(f"{images}: no image (.png/.tif/.jpg) found")
+        raise DatasetLayoutError(f"{images}: no image ({', '.join(IMAGE_SUFFIXES)}) found")
     return pairs
 
 
-def _split_items(folder: Path, manifest: dict, split: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    pairs = load_split(folder, split)
-    for record in manifest["splits"][split]:
-        item = pairs[record["index"]]
-        yield (
-            f"{record['source_id']}:{record['augmentation']}",
-            item["image"].permute(1, 2, 0).numpy(),
-            item["mask"].numpy(),
+def _checked(name: str, image: np.ndarray, mask: np.ndarray, mask_path: Path) -> Item:
+    if image.shape[:2] != mask.shape:
+        raise DatasetLayoutError(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image is {image.shape[1]}x{image.shape[0]}"
         )
+    return name, image, mask
 
 
-def _folder_items(images: Path, masks: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def folder_items(images: str | Path, masks: str | Path) -> Iterator[Item]:
+    """Items of a folder of images and a folder of masks named alike."""
     for image_path, mask_path in folder_pairs(images, masks):
-        image, mask = read_rgb(image_path), read_mask(mask_path)
-        if image.shape[:2] != mask.shape:
-            raise ConfigError(
-                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image {image_path} is "
-                f"{image.shape[1]}x{image.shape[0]}"
-            )
-        yield image_path.stem, image, mask
+        yield _checked(image_path.stem, read_rgb(image_path), read_mask(mask_path), mask_path)
 
 
-def score(segmenter: Segmenter, items, threshold: float, postprocess: Mapping, prefix: str) -> dict[str, Any]:
-    """Pixel metrics (whole split and per image) and instance metrics with watershed and with connected
-    components, of ``segmenter`` on ``(name, image uint8 HxWx3, instance_mask int32 HxW)`` items."""
-    # computed by this process alone, also on rank 0 after a DDP run: no cross-process sync
-    metrics, per_image = pixel_metrics(threshold, sync_on_compute=False), PerImageOverlap(threshold, False)
-    instances = {method: InstanceMetrics(postprocess.get("iou_threshold", 0.5)) for method in METHODS}
-    n_images = 0
-    for _, image, mask in items:
-        probability = segmenter.probability(image)
-        prediction, target = torch.from_numpy(probability)[None], torch.from_numpy(mask > 0)[None].int()
-        metrics.update(prediction, target)
-        per_image.update(prediction, target)
-        for method, accumulator in instances.items():
-            accumulator.update(mask, separate_with_config(probability, threshold, postprocess, method))
-        n_images += 1
-    if not n_images:
-        raise ConfigError(f"{prefix}: no image to evaluate")
-    results = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}
-    results.update({f"{prefix}/{k}": float(v) for k, v in per_image.compute().items()})
-    for method, accumulator in instances.items():
-        results.update({f"{prefix}/{k}_{method}": v for k, v in accumulator.compute().items()})
-    results["n_images"] = n_images
-    return results
+def monuseg_items(root: str | Path) -> Iterator[Item]:
+    """Items of the official MoNuSeg 2018 test release (``TCGA-*.tif`` beside ``TCGA-*.xml``), instances from the
+    XML; the training release's layout works too."""
+    from nucleiseg.data.monuseg import find_monuseg_release
+
+    for source in find_monuseg_release(root):
+        image, mask = source.load()
+        yield source.name, image, mask
+
+
+def split_source(session: InferenceSession, data_folder: str | Path | None) -> tuple[Path, bool]:
+    """The prepared dataset to evaluate (given, else the checkpoint's own) and whether images need the model's
+    stain normalisation (a split prepared without it) or not (prepared with the same one)."""
+    folder = data_folder or (session.hparams.get("data") or {}).get("folder")
+    if folder is None:
+        raise ConfigError(
+            f"{session.source}: the checkpoint does not record its training data; name the data "
+            "(e.g. data=paper) or evaluate --images/--masks or --monuseg"
+        )
+    folder = Path(folder)
+    if not (folder / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"{folder}: the prepared dataset this checkpoint was trained on is not there (moved or deleted); "
+            "name the data to prepare it again (e.g. data=paper data.sources.tnbc.root=...)"
+        )
+    manifest = load_manifest(folder)
+    model_stain = session.hparams.get("stain")
+    if manifest.get("stain") and manifest["stain"] != model_stain:
+        raise ConfigError(
+            f"{folder}: the split was stain-normalised differently from this checkpoint's training data; prepare "
+            "it with data.stain.method=none or the same reference"
+        )
+    return folder, not manifest.get("stain")
 
 
 def evaluate(
-    checkpoint: str | Path,
-    cfg: DictConfig,
+    session: InferenceSession,
     split: str = "test",
+    data_folder: str | Path | None = None,
     images: str | Path | None = None,
     masks: str | Path | None = None,
-    log_to_mlflow: bool = True,
-    study: str = "evaluate",
+    monuseg: str | Path | None = None,
+    iou_threshold: float = 0.5,
+    speed: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` on a prepared split, or on ``images``/``masks`` folders when given."""
+    """Metrics of ``session``'s model on one evaluation set: ``monuseg`` (the test release), ``images``/``masks``
+    folders, or a prepared ``split`` (of ``data_folder``, else of the checkpoint's own training data).
+
+    Returns flat metrics (``PREFIX/metric``, ``PREFIX/metric_METHOD``), ``n_images``, ``evaluated_on``, and with
+    ``speed`` (``image_size``, ``batch_size``, ``warmup``, ``iterations``) the inference speed."""
     if (images is None) != (masks is None):
         raise ConfigError("--images and --masks go together")
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"split={split!r}: expected train, val or test")
-    model, hparams = load_checkpoint(checkpoint)
-    accelerator = cfg.trainer.accelerator
-    device = "cuda" if cuda_available(accelerator) else "cpu"
-    precision = resolve_precision(cfg.trainer.precision, accelerator)
-    model_stain = hparams.get("stain")
-    if images is not None:
-        items, normalise = _folder_items(Path(images), Path(masks)), model_stain
+    if images is not None and monuseg is not None:
+        raise ConfigError("evaluate one set at a time: --images/--masks or --monuseg")
+    if monuseg is not None:
+        prefix, source = "monuseg", str(monuseg)
+        results = session.evaluate(
+            monuseg_items(monuseg), prefix, session.scale_for(dataset="monuseg"), iou_threshold=iou_threshold
+        )
+    elif images is not None:
+        prefix, source = "folder", str(images)
+        results = session.evaluate(
+            folder_items(images, masks), prefix, session.scale_for(), iou_threshold=iou_threshold
+        )
     else:
-        folder = prepare_dataset(cfg.data)
-        manifest = load_manifest(folder)
-        items, normalise = _split_items(folder, manifest, split), None
-        if manifest.get("stain") and manifest["stain"] != model_stain:
-            raise ConfigError(
-                f"{folder}: the split was stain-normalised differently from this checkpoint's training "
-                "data; prepare it with data.stain.method=none or the same reference"
-            )
-        if not manifest.get("stain"):
-            normalise = model_stain  # raw split, model trained on normalised images: normalise like training
-    segmenter = Segmenter(
-        model,
-        device,
-        precision,
-        tile_size=cfg.predict.tile_size,
-        overlap=cfg.predict.overlap,
-        tta=cfg.predict.tta,
-        normaliser=from_state(normalise),
-        scale=cfg.predict.scale if images is not None else 1.0,  # prepared splits are at training scale already
-    )
-    threshold = float(hparams.get("threshold", cfg.threshold))
-    prefix = "folder" if images is not None else split
-    results = score(segmenter, items, threshold, cfg.postprocess, prefix)
-    speed = measure_inference(
-        model, cfg.speed.image_size, cfg.speed.batch_size, precision, device, cfg.speed.warmup, cfg.speed.iterations
-    )
-    results[f"{prefix}/images_per_second"] = speed["images_per_second"]
-    if log_to_mlflow:
-        _log(cfg, study, checkpoint, hparams, results, speed, images or split)
+        folder, normalise = split_source(session, data_folder)
+        prefix, source = split, f"{folder}:{split}"
+        # a prepared split is at the model's training resolution already: scale 1
+        results = session.evaluate(iterate_split(folder, split), prefix, 1.0, normalise, iou_threshold=iou_threshold)
+    results["evaluated_on"] = source
+    results["prefix"] = prefix
+    if speed:
+        measured = session.measure_speed(**speed)
+        results[f"{prefix}/images_per_second"] = measured["images_per_second"]
+        results["speed"] = measured
     return results
 
 
-def _log(cfg: DictConfig, study: str, checkpoint, hparams, results, speed, source) -> None:
+def summary_json(session: InferenceSession, results: Mapping[str, Any]) -> dict[str, Any]:
+    """One JSON object: counts, pixel metrics, instance metrics per separation method, and the settings used with
+    where they came from (``tuned_on``: ``val`` when tuned after training, ``default`` otherwise)."""
+    prefix = results["prefix"]
+    methods = methods_for(session.head)
+    first = methods[0]
+    described = session.describe()
+    return {
+        "checkpoint": session.source,
+        "evaluated_on": results["evaluated_on"],
+        "n_images": results["n_images"],
+        "n_true_nuclei": int(results[f"{prefix}/n_true_nuclei_{first}"]),
+        "pixel": {k: results[f"{prefix}/{k}"] for k in PIXEL_KEYS if f"{prefix}/{k}" in results},
+        "instances": {
+            method: {
+                **{k: results[f"{prefix}/{k}_{method}"] for k in INSTANCE_KEYS},
+                "n_predicted_nuclei": int(results[f"{prefix}/n_predicted_nuclei_{method}"]),
+            }
+            for method in methods
+        },
+        "method": session.postprocess.method,
+        "postprocess": {
+            **session.postprocess.as_dict(),
+            "threshold": session.threshold,
+            "tuned_on": described["tuned_on"],
+            "origins": described["origins"],
+        },
+        "settings": {k: described[k] for k in ("encoder", "head", "device", "precision", "batch_size", "tta")},
+        **({"images_per_second": results[f"{prefix}/images_per_second"]} if "speed" in results else {}),
+    }
+
+
+def log_evaluation(tracking: str, study: str, session: InferenceSession, results: Mapping[str, Any]) -> str:
+    """Record an evaluation as an MLflow run of experiment ``study``; return its run id."""
     import mlflow
 
     from nucleiseg.tracking.mlflow_store import use_experiment
 
-    use_experiment(cfg.logger, study)
-    with mlflow.start_run(run_name=f"evaluate-{Path(checkpoint).parent.parent.name}"):
+    use_experiment(tracking, study)
+    described = session.describe()
+    with mlflow.start_run(run_name=f"evaluate-{Path(session.source).parent.parent.name}") as active:
         mlflow.set_tags(
             {
-                "checkpoint": str(Path(checkpoint).resolve()),
-                "encoder": hparams["encoder"],
-                "pretrained": str(hparams.get("pretrained", False)).lower(),
-                "evaluated_on": str(source),
-                "device": device_name(cfg.trainer.accelerator),
-                **{f"speed.{k}": str(v) for k, v in speed.items() if k != "images_per_second"},
+                "checkpoint": str(Path(session.source).resolve()),
+                "encoder": str(described["encoder"]),
+                "head": session.head,
+                "pretrained": str(session.hparams.get("pretrained", False)).lower(),
+                "evaluated_on": str(results["evaluated_on"]),
+                "device": described["device"],
+                "precision": described["precision"],
+                "postprocess.tuned_on": described["tuned_on"],
+                **{f"speed.{k}": str(v) for k, v in (results.get("speed") or {}).items() if k != "images_per_second"},
             }
         )
-        mlflow.log_metrics(results)
+        mlflow.log_params({f"postprocess.{k}": v for k, v in session.postprocess.as_dict().items()})
+        mlflow.log_param("threshold", session.threshold)
+        mlflow.log_metrics({k: float(v) for k, v in results.items() if isinstance(v, float | int)})
+        return active.info.run_id

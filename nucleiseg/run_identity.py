@@ -13,7 +13,20 @@ from omegaconf import DictConfig, OmegaConf
 from nucleiseg.data.prepare import config_hash
 
 # Keys that do not change what a run computes: excluded from its identity (name and config hash).
-VOLATILE_KEYS = ("resume", "skip_finished", "paths", "progress_bar", "logger", "hydra", "dry_run", "gpu_per_job")
+VOLATILE_KEYS = (
+    "resume",
+    "skip_finished",
+    "paths",
+    "progress_bar",
+    "logger",
+    "hydra",
+    "dry_run",
+    "gpu_per_job",
+    "keep_training_checkpoints",
+)
+# Where things live is not what they are: moving the data (NUCLEISEG_DATA) or the weights must not make a
+# finished run "another configuration". The data's content is checked through the manifest hash instead.
+LOCATION_KEYS = ("root", "mask_dir", "prepared_root", "weights_dir", "reference")
 
 
 # Overrides that name the run already, or change where/how it runs but not what it computes, stay out of the
@@ -66,10 +79,17 @@ def run_name(cfg: DictConfig) -> str:
     return f"{name}-{extra.replace('/', '_')}" if extra else name
 
 
+def _without_locations(value):
+    if isinstance(value, dict):
+        return {k: _without_locations(v) for k, v in value.items() if k not in LOCATION_KEYS}
+    return value
+
+
 def identity_hash(cfg: DictConfig) -> str:
-    """Hash of everything that changes what a run computes (so a run folder is never reused for another)."""
+    """Hash of everything that changes what a run computes (so a run folder is never reused for another);
+    locations of data and weights are left out (see :data:`LOCATION_KEYS`)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    return config_hash({k: v for k, v in plain.items() if k not in VOLATILE_KEYS})
+    return config_hash(_without_locations({k: v for k, v in plain.items() if k not in VOLATILE_KEYS}))
 
 
 def run_folder(cfg: DictConfig) -> Path:

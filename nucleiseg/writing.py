@@ -1,26 +1,52 @@
-"""Atomic file writing: a temporary name in the same folder, then a rename, so no reader sees half a file."""
+"""Atomic file writing: a temporary name in the same folder, then a rename, so no reader sees half a file; and
+the in-memory encoders (PNG, TIFF) whose bytes are written that way."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename. The file gets the
+    permissions of any new file (0666 less the umask), so colleagues on a shared server can read what the
+    umask lets them (``tempfile.mkstemp`` would make it private, 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
     write_bytes_atomic(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """``uint8 HxW`` or ``HxWx3`` as PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tiff_bytes(array: np.ndarray) -> bytes:
+    """Any array as zlib-compressed TIFF bytes (float32 probabilities, int32 labels)."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, compression="zlib")
+    return buffer.getvalue()

@@ -9,8 +9,8 @@ from PIL import Image
 
 import nucleiseg.predict as predict_module
 from nucleiseg.cli import main as cli
-from nucleiseg.config import compose
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
+from nucleiseg.inference.session import InferenceSession, InferenceSettings
 from nucleiseg.predict import OUTPUTS, predict
 
 
@@ -25,14 +25,13 @@ def inputs(tmp_path):
     return folder
 
 
-def _cfg(trained_run):
-    cfg, overrides, _, _ = trained_run
-    return compose(overrides + ["predict.tile_size=64", "predict.microns_per_pixel=0.25"])
+def _session(trained_run, **settings):
+    options = {"tile_size": 64, "microns_per_pixel": 0.25, "scale": 1.0, **settings}
+    return InferenceSession.from_checkpoint(trained_run[3], InferenceSettings(**options))
 
 
 def test_predict_writes_every_output(trained_run, inputs, tmp_path):
-    checkpoint = trained_run[3]
-    summary = predict([inputs], tmp_path / "out", _cfg(trained_run), checkpoint=str(checkpoint), show_progress=False)
+    summary = predict([inputs], tmp_path / "out", _session(trained_run), progress="none")
     assert summary.ok and len(summary.done) == 2
     folder = tmp_path / "out" / "wide"
     for name in OUTPUTS + ("done.json",):
@@ -50,33 +49,55 @@ def test_predict_writes_every_output(trained_run, inputs, tmp_path):
     assert not list((tmp_path / "out").rglob("*.tmp")) and not list((tmp_path / "out").rglob(".in_progress"))
 
 
-def test_geojson_is_valid_for_qupath(trained_run, inputs, tmp_path):
-    predict(
-        [inputs / "wide.png"], tmp_path / "out", _cfg(trained_run), checkpoint=str(trained_run[3]), show_progress=False
-    )
+def test_geojson_is_what_qupath_imports_and_outlines_are_exact(trained_run, inputs, tmp_path):
+    import uuid
+
+    import shapely
+    from shapely.geometry import shape
+
+    predict([inputs / "wide.png"], tmp_path / "out", _session(trained_run), progress="none")
     collection = json.loads((tmp_path / "out" / "wide" / "nuclei.geojson").read_text())
     instances = tifffile.imread(tmp_path / "out" / "wide" / "instances.tif")
     assert collection["type"] == "FeatureCollection"
     features = collection["features"]
     assert len(features) == instances.max()  # one feature per instance
-    assert len({f["properties"]["instance_id"] for f in features}) == len(features)
+    assert len({uuid.UUID(f["id"]) for f in features}) == len(features)  # UUIDs: QuPath keeps them as object ids
+    rows, cols = np.mgrid[: instances.shape[0], : instances.shape[1]]
     for feature in features:
-        assert feature["geometry"]["type"] == "Polygon"
-        ring = np.asarray(feature["geometry"]["coordinates"][0])
-        assert len(ring) >= 4 and np.array_equal(ring[0], ring[-1])  # closed linear ring
-        area = 0.5 * np.sum(ring[:-1, 0] * ring[1:, 1] - ring[1:, 0] * ring[:-1, 1])
-        assert area > 0  # counter-clockwise, non-degenerate
-        assert ring[:, 0].min() >= -0.5 and ring[:, 0].max() <= 200 and ring[:, 1].max() <= 150
-        assert feature["properties"]["objectType"] == "detection"
-        assert feature["properties"]["classification"]["name"] == "Nucleus"
-        label = feature["properties"]["instance_id"]
-        ys, xs = np.nonzero(instances == label)
-        assert ring[:, 0].min() <= xs.min() + 1 and ring[:, 0].max() >= xs.max() - 1  # outline encloses it
-        assert "area_px" in feature["properties"]["measurements"]
+        assert feature["geometry"]["type"] in ("Polygon", "MultiPolygon")
+        properties = feature["properties"]
+        assert properties["objectType"] == "detection"
+        assert properties["classification"]["name"] == "Nucleus" and len(properties["classification"]["color"]) == 3
+        label = int(properties["measurements"]["instance_id"])
+        # QuPath's pixel convention: pixel (x, y) is the square [x, x+1] x [y, y+1]; the outline encloses exactly
+        # the nucleus's pixel centres
+        inside = shapely.contains_xy(shape(feature["geometry"]), cols + 0.5, rows + 0.5)
+        assert np.array_equal(inside, instances == label)
+        assert properties["measurements"]["area_px"] == (instances == label).sum()
+
+
+def test_small_nuclei_keep_their_exact_outline():
+    import shapely
+    from shapely.geometry import shape
+
+    from nucleiseg.inference.export import geojson_nuclei
+
+    labels = np.zeros((12, 12), np.int32)
+    labels[2:5, 2:5] = 1  # 3 x 3
+    labels[8, 8] = 2  # one pixel
+    labels[6, 2], labels[7, 3] = 3, 3  # two pixels touching at a corner
+    rows, cols = np.mgrid[:12, :12]
+    features = geojson_nuclei(labels, offset=(100.0, 50.0))["features"]
+    assert len(features) == 3
+    for feature, label in zip(features, (1, 2, 3), strict=True):
+        geometry = shape(feature["geometry"])
+        inside = shapely.contains_xy(geometry, cols + 100.5, rows + 50.5)
+        assert np.array_equal(inside, labels == label) and geometry.area == (labels == label).sum()
+    assert shape(features[0]["geometry"]).bounds == (102.0, 52.0, 105.0, 55.0)
 
 
 def test_interruption_then_resume_leaves_one_complete_set(trained_run, inputs, tmp_path, monkeypatch):
-    cfg, out = _cfg(trained_run), tmp_path / "out"
+    session, out = _session(trained_run), tmp_path / "out"
     original = predict_module.write_features
     calls = {"n": 0}
 
@@ -88,13 +109,13 @@ def test_interruption_then_resume_leaves_one_complete_set(trained_run, inputs, t
 
     monkeypatch.setattr(predict_module, "write_features", crash_on_second_image)
     with pytest.raises(KeyboardInterrupt):
-        predict([inputs], out, cfg, checkpoint=str(trained_run[3]), show_progress=False)
+        predict([inputs], out, session, progress="none")
     assert (out / "small" / "done.json").is_file() and not (out / "wide" / "done.json").exists()
     assert (out / "wide" / ".in_progress").exists()
     first_done = (out / "small" / "done.json").read_text()
 
     monkeypatch.setattr(predict_module, "write_features", original)
-    summary = predict([inputs], out, cfg, checkpoint=str(trained_run[3]), show_progress=False)
+    summary = predict([inputs], out, session, progress="none")
     assert summary.ok and summary.skipped == ["small.tif"] and [name for name, _ in summary.done] == ["wide.png"]
     assert (out / "small" / "done.json").read_text() == first_done  # untouched
     for image in ("small", "wide"):
@@ -118,7 +139,6 @@ def test_unreadable_input_is_reported_and_skipped(trained_run, inputs, tmp_path,
             "--tile-size",
             "64",
             "--quiet",
-            *[f"--set={o}" for o in trained_run[1]],
         ]
     )
     assert code == 1
@@ -128,47 +148,75 @@ def test_unreadable_input_is_reported_and_skipped(trained_run, inputs, tmp_path,
 
 
 def test_existing_outputs_are_not_overwritten_without_asking(trained_run, inputs, tmp_path):
-    cfg, out = _cfg(trained_run), tmp_path / "out"
+    session, out = _session(trained_run), tmp_path / "out"
     (out / "wide").mkdir(parents=True)
     (out / "wide" / "mask.png").write_bytes(b"the user's own file")
-    summary = predict([inputs / "wide.png"], out, cfg, checkpoint=str(trained_run[3]), show_progress=False)
-    assert summary.not_written == ["wide.png"] and not summary.ok
+    summary = predict([inputs / "wide.png"], out, session, progress="none")
+    assert [name for name, _ in summary.not_written] == ["wide.png"] and not summary.ok
     assert (out / "wide" / "mask.png").read_bytes() == b"the user's own file"
-    summary = predict(
-        [inputs / "wide.png"], out, cfg, checkpoint=str(trained_run[3]), overwrite=True, show_progress=False
-    )
+    summary = predict([inputs / "wide.png"], out, session, overwrite=True, progress="none")
     assert summary.ok and (out / "wide" / "mask.png").read_bytes() != b"the user's own file"
 
 
-def test_checkpoint_from_an_mlflow_run_id(trained_run, inputs, tmp_path, tracking_uri):
+def test_checkpoint_from_an_mlflow_run_id_works_from_another_machine(
+    trained_run, inputs, tmp_path, tracking_uri, monkeypatch
+):
+    """The run's checkpoint is an MLflow artifact: with the training machine's file gone (another machine),
+    --run-id downloads it into the cache once."""
     from mlflow.tracking import MlflowClient
 
+    from nucleiseg.predict import resolve_checkpoint
+
     client = MlflowClient(tracking_uri)
-    runs = client.search_runs(
+    [run] = client.search_runs(
         [client.get_experiment_by_name("evaluated").experiment_id], filter_string="tags.checkpoint != ''"
     )
-    summary = predict(
-        [inputs / "small.tif"], tmp_path / "out", _cfg(trained_run), run_id=runs[0].info.run_id, show_progress=False
+    assert resolve_checkpoint(None, run.info.run_id, tracking_uri) == trained_run[3]  # here: the local file
+    client.set_tag(run.info.run_id, "checkpoint", str(tmp_path / "elsewhere" / "model.ckpt"))
+    monkeypatch.setenv("NUCLEISEG_CACHE", str(tmp_path / "cache"))
+    try:
+        downloaded = resolve_checkpoint(None, run.info.run_id, tracking_uri)
+    finally:
+        client.set_tag(run.info.run_id, "checkpoint", str(trained_run[3]))
+    assert downloaded == tmp_path / "cache" / "runs" / run.info.run_id / "model.ckpt"
+    assert downloaded.read_bytes() == trained_run[3].read_bytes()
+    code = cli(
+        [
+            "predict",
+            str(inputs / "small.tif"),
+            "--out",
+            str(tmp_path / "out"),
+            "--run-id",
+            run.info.run_id,
+            "--quiet",
+            f"logger.tracking_uri={tracking_uri}",
+        ]
     )
-    assert summary.ok and summary.done[0][0] == "small.tif"
+    assert code == 0 and (tmp_path / "out" / "small" / "done.json").is_file()
     with pytest.raises(ValueError, match="exactly one"):
-        predict([inputs], tmp_path / "o", _cfg(trained_run), show_progress=False)
+        resolve_checkpoint(None, None, tracking_uri)
+    with pytest.raises(ValueError, match="no such MLflow run"):
+        resolve_checkpoint(None, "0" * 32, tracking_uri)
+
+
+def test_outputs_of_another_model_or_settings_are_not_taken_for_done(trained_run, inputs, tmp_path):
+    out = tmp_path / "out"
+    assert predict([inputs / "small.tif"], out, _session(trained_run), progress="none").ok
+    again = predict([inputs / "small.tif"], out, _session(trained_run), progress="none")
+    assert again.skipped == ["small.tif"]
+    with_tta = predict([inputs / "small.tif"], out, _session(trained_run, tta=True), progress="none")
+    assert with_tta.not_written == [("small.tif", "made by another model or other settings")] and not with_tta.ok
 
 
 def test_watershed_separates_predicted_touching_nuclei(trained_run, tmp_path):
     """On synthetic tiles with touching nuclei, watershed finds more of the true nuclei than components."""
-    from nucleiseg.inference.checkpoint import load_checkpoint
-    from nucleiseg.inference.tiling import Segmenter
-    from nucleiseg.postprocess.instances import separate_instances
-
-    model, _ = load_checkpoint(trained_run[3])
-    segmenter = Segmenter(model, tile_size=64)
+    session = _session(trained_run)
     found = {"components": 0, "watershed": 0}
     truth_total = 0
     for seed in range(3):
         image, truth = synthetic_tile(SyntheticSpec(128, 128, n_nuclei=25, touching_fraction=0.6), 40 + seed)
-        probability = segmenter.probability(image)
+        prediction = session.predict(image)
         truth_total += truth.max()
         for method in found:
-            found[method] += separate_instances(probability, 0.5, method).max()
+            found[method] += session.instances(prediction, method).max()
     assert found["components"] < found["watershed"] <= truth_total * 1.2

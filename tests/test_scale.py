@@ -90,53 +90,51 @@ def test_onnx_export_matches_pytorch(trained_run, tmp_path, capsys):
     assert cli(["export-onnx", str(trained_run[3]), "--out", str(out)]) == 2  # never overwrites
 
 
-def test_benchmark_prints_and_writes_a_table(tmp_path, capsys):
-    code = cli(
-        [
-            "benchmark",
-            "--configs",
-            "unet_bn,densenet121",
-            "--image-size",
-            "64",
-            "--iterations",
-            "1",
-            "--train-steps",
-            "1",
-            "--warmup",
-            "1",
-            "--out",
-            str(tmp_path),
-            "--no-mlflow",
-        ]
-    )
-    assert code == 0
+SMALL_BENCHMARK = [
+    "--image-size",
+    "64",
+    "--iterations",
+    "1",
+    "--train-steps",
+    "2",
+    "--warmup",
+    "1",
+    "--loop-epochs",
+    "2",
+    "--no-mlflow",
+    # the loop on a small synthetic set and a narrow U-Net: the same code paths in seconds
+    "data.sources.synthetic.monuseg_images=4",
+    "data.sources.synthetic.tnbc_images_per_slide=[3,3]",
+    "data.protocol.n_test=2",
+    "data.protocol.val_fraction=0.2",
+    "model.unet_widths=[8,16,32,64,128]",
+]
+
+
+def test_benchmark_prints_and_writes_a_table_with_the_real_loop(tmp_path, capsys):
+    assert cli(["benchmark", "--configs", "unet_bn", "--out", str(tmp_path), *SMALL_BENCHMARK]) == 0
     printed = capsys.readouterr().out
-    assert "nucleiseg benchmark" in printed and "Projected" in printed
-    rows = (tmp_path / "benchmark.csv").read_text().splitlines()
-    assert len(rows) == 1 + 3  # modified U-Net, DenseNet-121 with and without ImageNet
+    assert "nucleiseg benchmark" in printed and "projected 140-run study" in printed
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "benchmark.csv")
-    assert (table.infer_fast > 0).all() and (table.train_naive > 0).all() and np.isfinite(table.infer_ratio).all()
-    assert "| DenseNet-121 (ImageNet) |" in (tmp_path / "benchmark.md").read_text()
-    assert (
-        cli(
-            [
-                "benchmark",
-                "--configs",
-                "unet_bn",
-                "--image-size",
-                "64",
-                "--iterations",
-                "1",
-                "--train-steps",
-                "1",
-                "--out",
-                str(tmp_path),
-                "--no-mlflow",
-            ]
-        )
-        == 2
-    )  # existing table kept without --overwrite
+    assert list(table.configuration) == ["Modified U-Net (BatchNorm)"]
+    for column in ("infer_naive", "infer_fast", "train_naive", "train_step", "loop"):
+        assert (table[column] > 0).all(), column
+    assert np.isclose(table.loop_ratio, table.loop / table.train_step).all()
+    # 4 MoNuSeg + 6 TNBC - 2 test - 2 validation (20% per dataset) = 6 training sources x 3 augmentations
+    assert (table.loop_epoch_images == 18).all()
+    assert "| Modified U-Net (BatchNorm) |" in (tmp_path / "benchmark.md").read_text()
+    # an existing table is kept without --overwrite; bad sizes and names are refused
+    assert cli(["benchmark", "--configs", "unet_bn", "--out", str(tmp_path), *SMALL_BENCHMARK]) == 2
     assert cli(["benchmark", "--image-size", "32", "--no-mlflow"]) == 2
     assert cli(["benchmark", "--configs", "vgg16", "--no-mlflow"]) == 2
+
+
+@pytest.mark.slow
+def test_benchmark_of_an_smp_encoder(tmp_path):
+    args = [a for a in SMALL_BENCHMARK if not a.startswith("model.")]
+    assert cli(["benchmark", "--configs", "densenet121", "--out", str(tmp_path), *args]) == 0
+    import pandas as pd
+
+    assert len(pd.read_csv(tmp_path / "benchmark.csv")) == 2  # with and without ImageNet: one architecture

@@ -6,6 +6,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+import nucleiseg.losses as losses
 import nucleiseg.models.lit_module as lit_module
 from nucleiseg.config import compose
 from nucleiseg.errors import ConfigError, NucleisegError
@@ -28,23 +29,43 @@ def test_a_run_trains_tests_and_records_everything(train_overrides, tracking_uri
     assert metrics["test/images_per_second"] > 0 and 0 <= metrics["test/jaccard_image_mean"] <= 1
     for key in ("test/jaccard", "test/f1", "test/recall", "test/precision", "test/accuracy", "test/loss"):
         assert 0.0 <= metrics[key] <= (1.0 if key != "test/loss" else 10.0)
+    for key in ("aji", "aji_plus", "pq", "dq", "sq", "object_f1"):
+        assert 0.0 <= metrics[f"test/{key}_watershed"] <= 1.0
     folder = run_folder(cfg)
-    assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "checkpoints" / "best.ckpt").is_file()
+    # a finished run keeps one weights-only checkpoint, with the tuned post-processing
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["model.ckpt"]
+    saved = torch.load(folder / "checkpoints" / "model.ckpt", weights_only=True)
+    assert "optimizer_states" not in saved and set(saved) == {
+        "state_dict",
+        "hyper_parameters",
+        "nucleiseg_model_checkpoint",
+    }
+    assert saved["hyper_parameters"]["postprocess_tuned_on"] == "val"
+    assert saved["hyper_parameters"]["data"]["folder"] and saved["hyper_parameters"]["head"] == "binary"
     done = json.loads((folder / "done.json").read_text())
     [record] = _runs(tracking_uri, "record")
     assert record.info.status == "FINISHED" and record.info.run_id == done["run_id"]
     tags = record.data.tags
     assert tags["encoder"] == "unet_bn" and tags["pretrained"] == "false" and tags["seed"] == "0"
     assert len(tags["data_manifest_hash"]) == 64 and tags["device"].startswith("cpu") and tags["git_commit"]
-    assert tags["speed.image_size"] == "32" and tags["speed.batch_size"] == "3" and tags["speed.precision"] == "32-true"
+    assert tags["speed.image_size"] == "32" and tags["speed.batch_size"] == "3"
+    assert tags["tuned.on"] == "val" and tags["tuned.min_distance"] == str(
+        saved["hyper_parameters"]["postprocess"]["min_distance"]
+    )
+    assert record.data.metrics["val/aji_tuned"] >= record.data.metrics["val/aji_untuned"]
     assert record.data.params["optimizer.lr"] == "0.0001" and record.data.params["loss.smooth"] == "1.0"
     assert record.data.metrics["test/jaccard"] == pytest.approx(metrics["test/jaccard"])
     client = _client(tracking_uri)
     assert [m.step for m in client.get_metric_history(record.info.run_id, "train/loss")] == [0, 1]
     assert [m.step for m in client.get_metric_history(record.info.run_id, "val/loss")] == [0, 1]
     artifacts = {a.path for a in client.list_artifacts(record.info.run_id)}
-    assert {"config.yaml", "data_manifest.json", "overlays"} <= artifacts
+    assert {"config.yaml", "data_manifest.json", "overlays", "checkpoint"} <= artifacts
     assert len(client.list_artifacts(record.info.run_id, "overlays")) == 1
+    [stored] = client.list_artifacts(record.info.run_id, "checkpoint")
+    assert (
+        stored.path == "checkpoint/model.ckpt"
+        and stored.file_size == (folder / "checkpoints" / "model.ckpt").stat().st_size
+    )
 
 
 def test_same_seed_gives_the_same_loss_curve(train_overrides, tracking_uri):
@@ -96,7 +117,7 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoi
     train_overrides, tracking_uri, monkeypatch
 ):
     cfg = compose(train_overrides + ["study=nanloss", "trainer.max_epochs=3"])
-    original = lit_module.BCEDiceLoss.forward
+    original = losses.BCEDiceLoss.forward
 
     def nan_in_second_epoch(self, logits, target):
         out = original(self, logits, target)
@@ -105,7 +126,7 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoi
         self._calls = getattr(self, "_calls", 0) + 1
         return out
 
-    monkeypatch.setattr(lit_module.BCEDiceLoss, "forward", nan_in_second_epoch)
+    monkeypatch.setattr(losses.BCEDiceLoss, "forward", nan_in_second_epoch)
     with pytest.raises(SystemExit) as exit_info:
         main(cfg)
     assert exit_info.value.code == 2
@@ -168,7 +189,7 @@ def test_stain_normalisation_travels_from_prepare_to_the_checkpoint(train_overri
     run(cfg)
     manifest = load_manifest(prepared_path(cfg.data))
     assert manifest["stain"]["method"] == "reinhard" and len(manifest["stain"]["params"]["target_means"]) == 3
-    checkpoint = run_folder(cfg) / "checkpoints" / "last.ckpt"
+    checkpoint = run_folder(cfg) / "checkpoints" / "model.ckpt"
     _, hparams = load_checkpoint(checkpoint)
     assert hparams["stain"] == manifest["stain"]
     plain = compose(train_overrides + ["study=stained"])
@@ -193,7 +214,7 @@ def test_compiled_training_writes_the_same_checkpoint_keys(train_overrides):
     cfg = compose(train_overrides + ["study=compiled", "model.compile=true", "encoder=unet"])
     metrics = run(cfg)
     assert 0 <= metrics["test/jaccard"] <= 1
-    model, hparams = load_checkpoint(run_folder(cfg) / "checkpoints" / "last.ckpt")  # keys without _orig_mod
+    model, hparams = load_checkpoint(run_folder(cfg) / "checkpoints" / "model.ckpt")  # keys without _orig_mod
     assert hparams["encoder"] == "unet"
 
 
@@ -206,7 +227,7 @@ def test_missing_imagenet_weights_fail_before_any_data_work(train_overrides, tmp
     monkeypatch.setattr(weights, "_cached", lambda encoder: None)
     started = time.perf_counter()
     with pytest.raises(weights.WeightsNotFoundError, match="resnet50-19c8e357.pth"):
-        run(compose(train_overrides + ["encoder=resnet50", "pretrained=true"]))
+        run(compose(train_overrides + ["encoder=resnet50", "pretrained=true", "model.unet_widths=null"]))
     assert time.perf_counter() - started < 5
     assert not (tmp_path / "data").exists() and not (tmp_path / "outputs").exists()
 

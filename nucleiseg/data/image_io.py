@@ -18,7 +18,9 @@ from skimage.segmentation import relabel_sequential
 
 from nucleiseg.errors import ImageReadError
 
-TIFF_SUFFIXES = {".tif", ".tiff"}
+TIFF_SUFFIXES = (".tif", ".tiff")
+# every image file the project reads (images and masks), the one list the readers, evaluate and predict share
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
 def _decode_with_pillow(source) -> np.ndarray:

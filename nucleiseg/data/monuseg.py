@@ -15,16 +15,14 @@ import numpy as np
 
 from nucleiseg.data.aperio_xml import rasterise_regions
 from nucleiseg.data.archive import find_layout_root
-from nucleiseg.data.image_io import read_mask, read_rgb
+from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_mask, read_rgb
 from nucleiseg.data.source import SourceImage
 from nucleiseg.errors import DatasetLayoutError
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-MASK_SUFFIXES = (".png", ".tif", ".tiff")
 EXPECTED_LAYOUT = """expected a MoNuSeg 2018 layout:
   ROOT/Tissue Images/TCGA-*.tif + ROOT/Annotations/TCGA-*.xml   (training release; '_' for spaces also accepted)
   ROOT/TCGA-*.tif + ROOT/TCGA-*.xml                              (test release)
-  and, for images without XML, --mask-dir / data.monuseg.mask_dir with TCGA-*.png masks"""
+  and, for images without XML, --mask-dir / data.sources.monuseg.mask_dir with TCGA-*.png masks"""
 
 
 def _normalise(name: str) -> str:
@@ -42,8 +40,10 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name.startswith("TCGA"))
 
 
-def _is_root(folder: Path) -> bool:
-    return _child(folder, "Tissue Images") is not None or any(p.suffix.lower() == ".xml" for p in folder.iterdir())
+def _is_root(folder: Path, masks_elsewhere: bool = False) -> bool:
+    if _child(folder, "Tissue Images") is not None or any(p.suffix.lower() == ".xml" for p in folder.iterdir()):
+        return True
+    return masks_elsewhere and bool(_images_in(folder))  # TCGA-*.tif alone, masks in mask_dir
 
 
 def _patient(name: str) -> str:
@@ -64,8 +64,8 @@ def find_monuseg(root: str | Path, mask_dir: str | Path | None = None) -> list[S
         raise FileNotFoundError(f"{root}: MoNuSeg root folder not found; {EXPECTED_LAYOUT}")
     mask_dir = Path(mask_dir) if mask_dir else None
     if mask_dir is not None and not mask_dir.is_dir():
-        raise FileNotFoundError(f"{mask_dir}: MoNuSeg mask folder (data.monuseg.mask_dir) not found")
-    found = find_layout_root(root, _is_root)
+        raise FileNotFoundError(f"{mask_dir}: MoNuSeg mask folder (data.sources.monuseg.mask_dir) not found")
+    found = find_layout_root(root, lambda folder: _is_root(folder, mask_dir is not None))
     if found is None:
         raise DatasetLayoutError(f"{root}: no MoNuSeg images or annotations found; {EXPECTED_LAYOUT}")
     tissue = _child(found, "Tissue Images")
@@ -81,7 +81,7 @@ def find_monuseg(root: str | Path, mask_dir: str | Path | None = None) -> list[S
             annotation = next(
                 (
                     mask_dir / f"{image_path.stem}{s}"
-                    for s in MASK_SUFFIXES
+                    for s in IMAGE_SUFFIXES
                     if (mask_dir / f"{image_path.stem}{s}").is_file()
                 ),
                 annotation,
@@ -103,3 +103,35 @@ def find_monuseg(root: str | Path, mask_dir: str | Path | None = None) -> list[S
             )
         )
     return sources
+
+
+def find_monuseg_release(root: str | Path) -> list[SourceImage]:
+    """The official MoNuSeg test release (``TCGA-*.tif`` beside ``TCGA-*.xml``; the training release's
+    ``Tissue Images/`` + ``Annotations/`` works too), every image with its XML and every XML with its image:
+    instances come from the XML only. Unpaired files are named in one error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: MoNuSeg folder not found; {EXPECTED_LAYOUT}")
+    found = find_layout_root(root, _is_root)
+    if found is None:
+        raise DatasetLayoutError(f"{root}: no MoNuSeg images or XML annotations found; {EXPECTED_LAYOUT}")
+    tissue = _child(found, "Tissue Images")
+    image_dir = tissue if tissue is not None else found
+    xml_dir = _child(found, "Annotations") or found
+    images = {p.stem: p for p in _images_in(image_dir)}
+    xmls = {p.stem: p for p in xml_dir.iterdir() if p.suffix.lower() == ".xml"}
+    lonely_images = sorted(images[k].name for k in set(images) - set(xmls))
+    lonely_xml = sorted(xmls[k].name for k in set(xmls) - set(images))
+    if lonely_images or lonely_xml:
+        problems = []
+        if lonely_images:
+            problems.append(f"images without XML in {xml_dir}: {', '.join(lonely_images)}")
+        if lonely_xml:
+            problems.append(f"XML without image in {image_dir}: {', '.join(lonely_xml)}")
+        raise DatasetLayoutError(f"{root}: " + "; ".join(problems))
+    if not images:
+        raise DatasetLayoutError(f"{image_dir}: no TCGA-*.tif image found; {EXPECTED_LAYOUT}")
+    return [
+        SourceImage("monuseg", stem, _patient(stem), images[stem], xmls[stem], read_rgb, _load_annotation)
+        for stem in sorted(images)
+    ]

@@ -27,7 +27,7 @@ import numpy as np
 from nucleiseg.data.archive import dataset_folder
 from nucleiseg.data.monuseg import find_monuseg
 from nucleiseg.data.source import SourceImage
-from nucleiseg.data.split import SPLIT_MODES, carve_validation, split_by_patient, split_paper
+from nucleiseg.data.split import SPLIT_MODES, carve_validation, split_by_patient, split_none, split_paper
 from nucleiseg.data.stain import StainNormaliser, fit_from_config
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_sources
 from nucleiseg.data.tnbc import find_tnbc
@@ -36,7 +36,7 @@ from nucleiseg.errors import ConfigError
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: records carry the source image size (the model's training scale)
 
 
 def _plain(config: Any) -> Any:
@@ -89,7 +89,7 @@ def plan_splits(sources: dict[str, list[SourceImage]], protocol: Mapping) -> dic
     test_dataset = protocol["test_dataset"]
     if test_dataset not in sources:
         raise ConfigError(f"data.protocol.test_dataset={test_dataset!r}: no such dataset among {sorted(sources)}")
-    splitter = split_paper if mode == "paper" else split_by_patient
+    splitter = {"paper": split_paper, "by_patient": split_by_patient, "none": split_none}[mode]
     pool, test = splitter(sources[test_dataset], protocol["n_test"], protocol["seed"])
     for name, dataset in sources.items():
         if name != test_dataset:
@@ -123,6 +123,7 @@ def _write_split(
     records, index = [], 0
     for source in sources:
         image, mask = source.load()
+        source_size = [int(image.shape[0]), int(image.shape[1])]
         if normaliser is not None:
             image = normaliser(image, str(source.image_path))
         image, mask = resize_pair(image, mask, size)
@@ -135,6 +136,7 @@ def _write_split(
                     "dataset": source.dataset,
                     "patient": source.patient,
                     "augmentation": augmentation,
+                    "source_size": source_size,
                     "n_nuclei": int(len(np.unique(masks[index])) - 1),
                 }
             )
@@ -232,3 +234,24 @@ def load_manifest(folder: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest; run `nucleiseg data prepare` to build the dataset first")
     return json.loads(path.read_text())
+
+
+def training_resolution(manifest: Mapping[str, Any], sources_cfg: Mapping) -> dict[str, Any]:
+    """How each dataset was resampled for training, from a manifest: ``dataset_scale`` (model pixels per source
+    pixel), ``dataset_mpp`` (micrometres per model pixel, where the source's pixel size is configured) and
+    ``model_mpp``, the resolution of the test dataset (the target domain; else the first dataset known)."""
+    size = manifest["config"]["protocol"]["image_size"]
+    widths: dict[str, list[int]] = {}
+    for records in manifest["splits"].values():
+        for record in records:
+            if "source_size" in record:
+                widths.setdefault(record["dataset"], []).append(record["source_size"][1])
+    scale = {dataset: float(size / np.median(values)) for dataset, values in sorted(widths.items())}
+    mpp = {}
+    for dataset, factor in scale.items():
+        native = (sources_cfg.get(dataset) or {}).get("microns_per_pixel") if dataset in sources_cfg else None
+        if native:
+            mpp[dataset] = float(native) / factor
+    test_dataset = manifest["config"]["protocol"].get("test_dataset")
+    model_mpp = mpp.get(test_dataset, next(iter(mpp.values()), None))
+    return {"dataset_scale": scale, "dataset_mpp": mpp, "model_mpp": model_mpp}

@@ -14,7 +14,7 @@ import numpy as np
 from nucleiseg.data.source import SourceImage
 from nucleiseg.errors import ConfigError
 
-SPLIT_MODES = ("paper", "by_patient")
+SPLIT_MODES = ("paper", "by_patient", "none")  # none: no test hold-out (a release model trained on everything)
 
 
 def _by_patient(sources: list[SourceImage]) -> dict[str, list[SourceImage]]:
@@ -31,7 +31,7 @@ def split_paper(sources: list[SourceImage], n_test: int, seed: int) -> tuple[lis
     choice of slides with the largest remainders, so the test set always has exactly ``n_test`` images.
     """
     if not 0 < n_test < len(sources):
-        raise ConfigError(f"data.protocol.n_test_tnbc={n_test}: expected between 1 and {len(sources) - 1}")
+        raise ConfigError(f"data.protocol.n_test={n_test}: expected between 1 and {len(sources) - 1}")
     rng = np.random.default_rng(seed)
     groups = _by_patient(sources)
     share = {p: len(g) * n_test / len(sources) for p, g in groups.items()}
@@ -94,3 +94,8 @@ def carve_validation(
             val_ids.update(s.source_id for s in groups[key])
             taken += len(groups[key])
     return [s for s in pool if s.source_id not in val_ids], [s for s in pool if s.source_id in val_ids]
+
+
+def split_none(sources: list[SourceImage], n_test: int, seed: int) -> tuple[list[SourceImage], list[SourceImage]]:
+    """No test hold-out: every image trains (or validates). For a model released for use, not for comparison."""
+    return list(sources), []

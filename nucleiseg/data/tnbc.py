@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.data.archive import find_layout_root
-from nucleiseg.data.image_io import read_mask, read_rgb
+from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_mask, read_rgb
 from nucleiseg.data.source import SourceImage
 from nucleiseg.errors import DatasetLayoutError
 
 SLIDE_PATTERN = re.compile(r"^Slide_(\d+)$")
-IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
 EXPECTED_LAYOUT = """expected the TNBC layout (Zenodo record 1175282):
   ROOT/Slide_01/01_1.png ...   H&E images, one folder per slide (patient)
   ROOT/GT_01/01_1.png ...      binary masks with the same file names"""

@@ -4,37 +4,23 @@
 - binary mask: PNG, 0 / 255;
 - instance labels: ``int32`` TIFF (zlib), 0 = background;
 - overlay: PNG of the image with each nucleus outlined;
-- nuclei: GeoJSON FeatureCollection, one Polygon per nucleus in pixel coordinates, as QuPath imports it
-  (File > Import objects): ``objectType`` detection, classification "Nucleus", measurements per nucleus.
+- nuclei: GeoJSON FeatureCollection, one Polygon per nucleus in pixel coordinates on QuPath's pixel-corner
+  convention, as QuPath (0.4 and later) imports it (File > Import objects): UUID ids, ``objectType`` detection,
+  classification "Nucleus", measurements per nucleus.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import uuid
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import tifffile
-from PIL import Image
-from skimage.measure import approximate_polygon, find_contours, regionprops
 from skimage.segmentation import find_boundaries
 
 OUTLINE_RGB = (255, 230, 0)
-NUCLEUS_COLOUR = -16711936  # QuPath's packed ARGB integer for green, used as the class colour
-
-
-def tiff_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, array, compression="zlib")
-    return buffer.getvalue()
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
+NUCLEUS_RGB = (0, 200, 0)  # the class colour QuPath shows ("color": [r, g, b], QuPath 0.4 and later)
 
 
 def outline_overlay(image: np.ndarray, instances: np.ndarray) -> np.ndarray:
@@ -44,58 +30,62 @@ def outline_overlay(image: np.ndarray, instances: np.ndarray) -> np.ndarray:
     return overlay
 
 
-def instance_polygons(instances: np.ndarray, tolerance: float = 0.5) -> dict[int, list[list[float]]]:
-    """``{label: closed ring [[x, y], ...]}``: the outer outline of each instance, in pixel coordinates.
+def instance_polygons(instances: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> dict[int, dict[str, Any]]:
+    """``{label: GeoJSON geometry}``: the exact outline of each instance along pixel edges, in QuPath's convention
+    (pixel (x, y) is the square [x, x+1] x [y, y+1]), shifted by ``offset`` = (x0, y0).
 
-    The ring follows pixel edges' midpoints (marching squares at 0.5 on the padded instance), is simplified
-    by at most ``tolerance`` pixels, is closed (first point repeated) and runs counter-clockwise (RFC 7946).
+    rasterio's polygonize (GDAL) traces the edges, so rasterising a polygon back at pixel centres gives the
+    instance exactly, 1-pixel nuclei and holes included; pixels of one instance touching only at a corner
+    become a MultiPolygon (4-connected pieces), which QuPath imports as one object.
     """
-    rings: dict[int, list[list[float]]] = {}
-    for region in regionprops(instances):
-        top, left, bottom, right = region.bbox
-        crop = np.pad(region.image, 1).astype(np.float32)
-        contours = find_contours(crop, 0.5)
-        if not contours:
-            continue
-        outline = max(contours, key=len)
-        outline = approximate_polygon(outline, tolerance) if tolerance else outline
-        xy = np.stack([outline[:, 1] + left - 1, outline[:, 0] + top - 1], axis=1)
-        if len(xy) < 4:
-            continue
-        if not np.array_equal(xy[0], xy[-1]):
-            xy = np.vstack([xy, xy[:1]])
-        signed_area = 0.5 * np.sum(xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1])
-        if signed_area < 0:  # image rows grow downwards: reverse to counter-clockwise in x/y
-            xy = xy[::-1]
-        rings[region.label] = np.round(xy, 2).tolist()
-    return rings
+    from affine import Affine
+    from rasterio.features import shapes
+    from shapely.geometry import mapping, shape
+    from shapely.ops import unary_union
+
+    pieces: dict[int, list] = {}
+    labels = np.ascontiguousarray(instances, dtype=np.int32)  # polygonize takes int32, not int64
+    transform = Affine(1.0, 0.0, float(offset[0]), 0.0, 1.0, float(offset[1]))
+    for geometry, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
+        pieces.setdefault(int(value), []).append(shape(geometry))
+    outlines = {}
+    for label in sorted(pieces):
+        merged = pieces[label][0] if len(pieces[label]) == 1 else unary_union(pieces[label])
+        outlines[label] = mapping(merged)
+    return outlines
 
 
-def geojson_nuclei(instances: np.ndarray, features: pd.DataFrame | None = None) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection of the nuclei, with their measurements when ``features`` is given."""
+def geojson_nuclei(
+    instances: np.ndarray,
+    features: pd.DataFrame | None = None,
+    offset: tuple[float, float] = (0.0, 0.0),
+) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection of the nuclei as QuPath imports them (File > Import objects): one detection
+    of class "Nucleus" per instance, a random UUID as ``id`` (QuPath keeps UUID ids and replaces any other), and
+    the nucleus's measurements (``features``) as properties."""
+    return {"type": "FeatureCollection", "features": nucleus_features_geojson(instances, features, offset)}
+
+
+def nucleus_features_geojson(
+    instances: np.ndarray, features: pd.DataFrame | None = None, offset: tuple[float, float] = (0.0, 0.0)
+) -> list[dict[str, Any]]:
+    """The GeoJSON Features of :func:`geojson_nuclei` (a slide writes them window by window)."""
     by_id = features.set_index("instance_id") if features is not None and len(features) else None
     collection = []
-    for label, ring in instance_polygons(instances).items():
+    for label, geometry in instance_polygons(instances, offset).items():
         properties: dict[str, Any] = {
             "objectType": "detection",
-            "classification": {"name": "Nucleus", "colorRGB": NUCLEUS_COLOUR},
+            "classification": {"name": "Nucleus", "color": list(NUCLEUS_RGB)},
             "isLocked": False,
-            "instance_id": int(label),
         }
         if by_id is not None and label in by_id.index:
             row = by_id.loc[label]
             properties["measurements"] = {
-                k: float(row[k]) for k in row.index if k not in ("image",) and np.isscalar(row[k])
+                "instance_id": float(label),  # the nucleus's label in instances.tif
+                **{k: float(row[k]) for k in row.index if k not in ("image",) and np.isscalar(row[k])},
             }
-        collection.append(
-            {
-                "type": "Feature",
-                "id": f"nucleus-{label}",
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": properties,
-            }
-        )
-    return {"type": "FeatureCollection", "features": collection}
+        collection.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": geometry, "properties": properties})
+    return collection
 
 
 def geojson_bytes(collection: dict[str, Any]) -> bytes:

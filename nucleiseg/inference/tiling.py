@@ -1,7 +1,9 @@
 """Whole-image inference: padding, sliding windows with blended overlaps, and flip test-time augmentation.
 
-One path for every caller (evaluate, predict, the benchmark): images of any size go in as ``uint8 HxWx3``
-and come out as a nucleus probability map ``float32 HxW``. Images larger than a tile are cut into overlapping
+The tiling engine under :class:`nucleiseg.inference.session.InferenceSession` (the one inference path of
+evaluate, predict, training's test pass and the report): images of any size go in as ``uint8 HxWx3`` and come
+out as activated maps ``float32 CxHxW`` (channel 0: nucleus probability; channel 1 with a distance head: the
+predicted distance map). Images larger than a tile are cut into overlapping
 tiles whose predictions are blended with a weight that falls towards the tile edges, so the seams vanish and
 memory is bounded by the tile batch, not the image.
 """
@@ -39,7 +41,8 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
 
 
 class Segmenter:
-    """Predict nucleus probabilities with ``model`` (``float32 Bx3xHxW`` in [0,1] -> logits ``Bx1xHxW``)."""
+    """Predict with ``model`` (``float32 Bx3xHxW`` in [0,1] -> logits ``BxCxHxW``); every channel is activated
+    with a sigmoid (nucleus probability; normalised distance with a distance head)."""
 
     def __init__(
         self,
@@ -74,9 +77,9 @@ class Segmenter:
         self.normaliser = normaliser
         self.scale = float(scale)
 
-    @torch.no_grad()
-    def probability_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """``uint8`` or ``float`` ``Bx3xHxW`` (H, W multiples of 32) -> probabilities ``float32 BxHxW``."""
+    @torch.inference_mode()
+    def predict_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """``uint8`` or ``float`` ``Bx3xHxW`` (H, W multiples of 32) -> activated maps ``float32 BxCxHxW``."""
         x = to_model_input(images.to(self.device, non_blocking=True))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -88,7 +91,11 @@ class Segmenter:
                 logits = self.model(view).float()
                 prob = torch.sigmoid(logits.flip(dims) if dims else logits)
                 total = prob if total is None else total + prob
-        return (total / len(flips))[:, 0]
+        return total / len(flips)
+
+    def probability_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Nucleus probabilities ``float32 BxHxW`` of a batch (channel 0 of :meth:`predict_batch`)."""
+        return self.predict_batch(images)[:, 0]
 
     def _pad(self, tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
         pad_h, pad_w = height - tensor.shape[-2], width - tensor.shape[-1]
@@ -99,46 +106,52 @@ class Segmenter:
         return F.pad(tensor.float(), (0, pad_w, 0, pad_h), mode=mode).to(tensor.dtype)
 
     def probability(self, image: np.ndarray, progress=None) -> np.ndarray:
-        """``uint8 HxWx3`` of any size -> probability map ``float32 HxW`` (the input's size)."""
+        """``uint8 HxWx3`` of any size -> nucleus probability map ``float32 HxW`` (the input's size)."""
+        return self.predict(image, progress)[0]
+
+    def predict(self, image: np.ndarray, progress=None) -> np.ndarray:
+        """``uint8 HxWx3`` of any size -> activated maps ``float32 CxHxW`` (the input's size)."""
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ConfigError(f"expected an HxWx3 RGB image, got shape {image.shape}")
         if self.normaliser is not None:
             image = self.normaliser(image)
         if self.scale == 1.0:
-            return self._probability_at_model_scale(image, progress)
+            return self._predict_at_model_scale(image, progress)
         height, width = image.shape[:2]
         scaled = resize_image(image, *self._scaled(height, width))
-        probability = torch.from_numpy(self._probability_at_model_scale(scaled, progress))[None, None]
-        return F.interpolate(probability, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+        maps = torch.from_numpy(self._predict_at_model_scale(scaled, progress))[None]
+        return F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)[0].numpy()
 
     def _scaled(self, height: int, width: int) -> tuple[int, int]:
         return max(1, round(height * self.scale)), max(1, round(width * self.scale))
 
-    def _probability_at_model_scale(self, image: np.ndarray, progress=None) -> np.ndarray:
+    def _predict_at_model_scale(self, image: np.ndarray, progress=None) -> np.ndarray:
         height, width = image.shape[:2]
         # np.require copies only inputs torch cannot share (read-only or non-contiguous)
         tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None]
         tile = self.tile_size
         if height <= tile and width <= tile:
             padded = self._pad(tensor, -(-height // DIVISOR) * DIVISOR, -(-width // DIVISOR) * DIVISOR)
-            return self.probability_batch(padded)[0, :height, :width].cpu().numpy()
+            return self.predict_batch(padded)[0, :, :height, :width].cpu().numpy()
         padded = self._pad(tensor, max(height, tile), max(width, tile))
         full_h, full_w = padded.shape[-2:]
         stride = max(DIVISOR, int(tile * (1 - self.overlap)) // DIVISOR * DIVISOR)
         window = blend_window(tile, (tile - stride) if self.overlap > 0 else 0)
-        total = np.zeros((full_h, full_w), dtype=np.float32)
+        total: np.ndarray | None = None
         weight = np.zeros((full_h, full_w), dtype=np.float32)
         corners = [(y, x) for y in _starts(full_h, tile, stride) for x in _starts(full_w, tile, stride)]
         for first in range(0, len(corners), self.batch_size):
             chunk = corners[first : first + self.batch_size]
             batch = torch.cat([padded[..., y : y + tile, x : x + tile] for y, x in chunk])
-            probabilities = self.probability_batch(batch).cpu().numpy()
-            for (y, x), prob in zip(chunk, probabilities, strict=True):
-                total[y : y + tile, x : x + tile] += prob * window
+            maps = self.predict_batch(batch).cpu().numpy()
+            if total is None:
+                total = np.zeros((maps.shape[1], full_h, full_w), dtype=np.float32)
+            for (y, x), tile_maps in zip(chunk, maps, strict=True):
+                total[:, y : y + tile, x : x + tile] += tile_maps * window
                 weight[y : y + tile, x : x + tile] += window
             if progress is not None:
                 progress(len(chunk))
-        return (total / weight)[:height, :width]
+        return (total / weight)[:, :height, :width]
 
     def n_tiles(self, height: int, width: int) -> int:
         """Number of tiles :meth:`probability` runs for an image of this size."""

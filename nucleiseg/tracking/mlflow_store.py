@@ -33,14 +33,14 @@ def tracking_uri(logger_cfg: Mapping) -> str:
     return resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or logger_cfg["tracking_uri"])
 
 
-def use_experiment(logger_cfg: Mapping, name: str) -> None:
-    """Point the ``mlflow`` fluent API at experiment ``name`` of the configured store, creating it with the
-    configured artifact location when it does not exist yet."""
+def use_experiment(uri: str, name: str, artifact_location: str | None = None) -> None:
+    """Point the ``mlflow`` fluent API at experiment ``name`` of the store at ``uri``, creating it (with
+    ``artifact_location`` when given) when it does not exist yet."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(logger_cfg))
+    mlflow.set_tracking_uri(resolve_tracking_uri(uri))
     if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=resolve_artifact_location(logger_cfg["artifact_location"]))
+        mlflow.create_experiment(name, artifact_location=resolve_artifact_location(artifact_location))
     mlflow.set_experiment(name)
 
 

@@ -5,10 +5,7 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
 
 TP_RGB, FP_RGB, FN_RGB = (0, 200, 0), (230, 0, 0), (0, 90, 255)
 
@@ -28,9 +25,3 @@ def comparison_panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarra
     return np.concatenate(
         [image, gap, as_rgb(truth), gap, as_rgb(prediction), gap, error_overlay(image, truth, prediction)], axis=1
     )
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()

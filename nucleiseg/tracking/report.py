@@ -176,7 +176,7 @@ def _save(figure, stem: Path, dpi: int) -> list[Path]:
 
 
 def prediction_figure(
-    runs: pd.DataFrame, configurations: list[str], image_index: int, stem: Path, threshold: float = 0.5
+    runs: pd.DataFrame, configurations: list[str], image_index: int, stem: Path, settings=None
 ) -> list[Path]:
     """Image, ground truth, prediction and error overlay of one test image for each configuration (Figs 9-11)."""
     import matplotlib
@@ -185,8 +185,8 @@ def prediction_figure(
     import matplotlib.pyplot as plt
 
     from nucleiseg.data.datamodule import load_split
-    from nucleiseg.inference.checkpoint import load_checkpoint
-    from nucleiseg.inference.tiling import Segmenter
+    from nucleiseg.evaluate import split_source
+    from nucleiseg.inference.session import InferenceSession
     from nucleiseg.tracking.overlays import error_overlay
 
     chosen = []
@@ -205,8 +205,9 @@ def prediction_figure(
             raise ReportError(f"--figure-image {image_index}: the test split has {len(test)} images")
         item = test[image_index]
         image, truth = item["image"].permute(1, 2, 0).numpy(), item["mask"].numpy() > 0
-        model, hparams = load_checkpoint(run.checkpoint)
-        prediction = Segmenter(model).probability(image) >= float(hparams.get("threshold", threshold))
+        session = InferenceSession.from_checkpoint(run.checkpoint, settings)
+        _, normalise = split_source(session, run.data_folder)
+        prediction = session.predict(image, 1.0, normalise).probability >= session.threshold
         panels = [
             (image, "image"),
             (truth, "ground truth"),

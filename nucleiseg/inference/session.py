@@ -1,0 +1,275 @@
+"""One inference session: every caller that runs a trained model builds it here.
+
+``nucleiseg evaluate``, ``nucleiseg predict``, training's test pass (a Lightning callback), the report's figures
+and the benchmark's inference figure all go through :class:`InferenceSession`, built from one typed
+:class:`InferenceSettings` (the ``predict`` and ``postprocess`` config groups) and a model or checkpoint. It owns
+device, precision, batch, tiling, channels-last, compile, stain normalisation, scale, threshold and the
+post-processing that turns maps into nuclei.
+
+Precedence for the values a checkpoint can carry (``threshold``, ``postprocess.*``): a value the user set
+explicitly > the checkpoint's (tuned on validation, or the training config) > the default. The log says so
+whenever a user value replaces the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nucleiseg.data.stain import from_state
+from nucleiseg.devices import resolve_device, resolve_flag, resolve_inference_precision
+from nucleiseg.errors import ConfigError
+from nucleiseg.inference.tiling import Segmenter
+from nucleiseg.metrics.scoring import Scorer
+from nucleiseg.postprocess.instances import Postprocess, methods_for, separate_instances
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5  # section III-D of the paper
+# (name, uint8 HxWx3 image, int32 HxW instance labels): what evaluation iterates over
+Item = tuple[str, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How to run a model. ``threshold`` and ``postprocess`` hold only what the user set explicitly (``None`` /
+    missing keys: the checkpoint's value, else the default); ``scale=None``: decided per input (1 for images
+    already at the model's resolution; from ``microns_per_pixel`` and the checkpoint's resolution when both known).
+    """
+
+    device: str = "auto"  # auto | cpu | gpu | cuda | cuda:K
+    precision: str = "auto"  # auto: bf16 on GPUs and on CPUs with native bf16, else fp32
+    batch_size: int = 4  # tiles per forward pass
+    tile_size: int = 512
+    overlap: float = 0.25
+    tta: bool = False
+    compile: bool = False
+    channels_last: bool | str = "auto"
+    scale: float | None = None
+    microns_per_pixel: float | None = None
+    threshold: float | None = None
+    postprocess: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"predict.batch_size={self.batch_size!r}: expected a whole number >= 1")
+        if not isinstance(self.tile_size, int) or self.tile_size < 32 or self.tile_size % 32:
+            raise ConfigError(f"predict.tile_size={self.tile_size!r}: expected a positive multiple of 32")
+        if self.scale is not None and not self.scale > 0:
+            raise ConfigError(f"predict.scale={self.scale}: expected a positive factor")
+        if self.microns_per_pixel is not None and not self.microns_per_pixel > 0:
+            raise ConfigError(f"predict.microns_per_pixel={self.microns_per_pixel}: expected a positive pixel size")
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise ConfigError(f"threshold={self.threshold}: expected a probability between 0 and 1")
+        Postprocess.from_mapping(self.postprocess)  # names and values checked now, not at the first image
+
+    @classmethod
+    def from_config(cls, cfg: Mapping, explicit: Iterable[str] = ()) -> InferenceSettings:
+        """From a composed config: the ``predict`` group as given, and ``threshold`` / ``postprocess.KEY`` only
+        where ``explicit`` names them (the keys the user typed), so a checkpoint's tuned values are not
+        silently replaced by the config's defaults."""
+        explicit = {key.lstrip("+~") for key in explicit}
+        predict = cfg["predict"]
+        post = cfg["postprocess"]
+        chosen = {k: post[k] for k in post if k in Postprocess.__dataclass_fields__}
+        if "postprocess" not in explicit:
+            chosen = {k: v for k, v in chosen.items() if f"postprocess.{k}" in explicit}
+        return cls(
+            device=str(predict["device"]),
+            precision=str(predict["precision"]),
+            batch_size=predict["batch_size"],
+            tile_size=predict["tile_size"],
+            overlap=float(predict["overlap"]),
+            tta=bool(predict["tta"]),
+            compile=bool(predict["compile"]),
+            channels_last=cfg["model"]["channels_last"],
+            scale=None if predict["scale"] is None else float(predict["scale"]),
+            microns_per_pixel=None if predict["microns_per_pixel"] is None else float(predict["microns_per_pixel"]),
+            threshold=float(cfg["threshold"]) if "threshold" in explicit else None,
+            postprocess=chosen,
+        )
+
+
+@dataclass
+class Prediction:
+    """Activated maps of one image: nucleus probability and, with a distance head, the distance map."""
+
+    probability: np.ndarray  # float32 HxW
+    distance: np.ndarray | None = None  # float32 HxW in [0, 1]
+
+    @classmethod
+    def from_maps(cls, maps: np.ndarray) -> Prediction:
+        return cls(maps[0], maps[1] if maps.shape[0] > 1 else None)
+
+
+class InferenceSession:
+    """A trained model with everything needed to run it the same way everywhere (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        hparams: Mapping[str, Any],
+        settings: InferenceSettings | None = None,
+        source: str = "model",
+    ) -> None:
+        settings = settings or InferenceSettings()
+        self.settings, self.hparams, self.source = settings, dict(hparams), source
+        self.head = str(self.hparams.get("head", "binary"))
+        self.device = resolve_device(settings.device)
+        self.precision = resolve_inference_precision(settings.precision, self.device)
+        self.channels_last = resolve_flag(settings.channels_last, self.device, "model.channels_last")
+        self.threshold, self.postprocess, self.origins = self._resolve(settings)
+        self.normaliser = from_state(self.hparams.get("stain"))
+        self.model = model
+        if settings.compile:
+            model.compile()  # in place: state_dict keys stay those of the plain model
+        self._segmenters: dict[tuple[float, bool], Segmenter] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, settings: InferenceSettings | None = None) -> InferenceSession:
+        from nucleiseg.inference.checkpoint import load_checkpoint
+
+        model, hparams = load_checkpoint(path)
+        return cls(model, hparams, settings, source=str(path))
+
+    def _resolve(self, settings: InferenceSettings) -> tuple[float, Postprocess, dict[str, str]]:
+        """Threshold and post-processing by precedence: user > checkpoint > default, with where each came from."""
+        tuned_on = self.hparams.get("postprocess_tuned_on")
+        carried = "checkpoint" + (f" (tuned on {tuned_on})" if tuned_on else "")
+        checkpoint_post = dict(self.hparams.get("postprocess") or {})
+        origins: dict[str, str] = {}
+        if settings.threshold is not None:
+            threshold, origins["threshold"] = settings.threshold, "user"
+            self._say_replaced("threshold", settings.threshold, self.hparams.get("threshold"))
+        elif self.hparams.get("threshold") is not None:
+            threshold, origins["threshold"] = float(self.hparams["threshold"]), carried
+        else:
+            threshold, origins["threshold"] = DEFAULT_THRESHOLD, "default"
+        values = {}
+        for name in Postprocess.__dataclass_fields__:
+            if name in settings.postprocess:
+                values[name], origins[f"postprocess.{name}"] = settings.postprocess[name], "user"
+                self._say_replaced(f"postprocess.{name}", settings.postprocess[name], checkpoint_post.get(name))
+            elif name in checkpoint_post:
+                values[name], origins[f"postprocess.{name}"] = checkpoint_post[name], carried
+            else:
+                origins[f"postprocess.{name}"] = "default"
+        return float(threshold), Postprocess.from_mapping(values).resolved(self.head), origins
+
+    def _say_replaced(self, key: str, user: Any, carried: Any) -> None:
+        if carried is not None and carried != user:
+            log.info("%s=%s (given) replaces the checkpoint's %s=%s", key, user, key, carried)
+
+    # -- running the model -------------------------------------------------------------------------------------
+    def segmenter(self, scale: float = 1.0, normalise: bool = True) -> Segmenter:
+        """The tiling engine at ``scale`` (with or without the checkpoint's stain normalisation)."""
+        key = (float(scale), bool(normalise))
+        if key not in self._segmenters:
+            self._segmenters[key] = Segmenter(
+                self.model,
+                self.device,
+                self.precision,
+                tile_size=self.settings.tile_size,
+                overlap=self.settings.overlap,
+                tta=self.settings.tta,
+                batch_size=self.settings.batch_size,
+                channels_last=self.channels_last,
+                normaliser=self.normaliser if normalise else None,
+                scale=scale,
+            )
+        return self._segmenters[key]
+
+    def scale_for(self, microns_per_pixel: float | None = None, dataset: str | None = None) -> float:
+        """Resampling factor for an input: the user's ``scale``, else from the input's pixel size and the
+        model's training resolution, else the training scale of ``dataset`` (e.g. MoNuSeg), else 1."""
+        if self.settings.scale is not None:
+            return self.settings.scale
+        data = self.hparams.get("data") or {}
+        mpp = microns_per_pixel or self.settings.microns_per_pixel
+        if mpp and data.get("model_mpp"):
+            return float(mpp) / float(data["model_mpp"])
+        if dataset is not None:
+            return float((data.get("dataset_scale") or {}).get(dataset, 1.0))
+        return 1.0
+
+    def predict(
+        self, image: np.ndarray, scale: float = 1.0, normalise: bool = True, progress: Callable | None = None
+    ) -> Prediction:
+        """``uint8 HxWx3`` of any size -> :class:`Prediction` at the input's size."""
+        return Prediction.from_maps(self.segmenter(scale, normalise).predict(image, progress))
+
+    def instances(self, prediction: Prediction, method: str | None = None) -> np.ndarray:
+        """Instance labels ``int32 HxW`` of a prediction, with the session's post-processing (or ``method``)."""
+        settings = self.postprocess if method is None else replace(self.postprocess, method=method)
+        return separate_instances(prediction.probability, self.threshold, settings, prediction.distance)
+
+    def evaluate(
+        self,
+        items: Iterable[Item],
+        prefix: str,
+        scale: float = 1.0,
+        normalise: bool = True,
+        iou_threshold: float = 0.5,
+        on_prediction: Callable[[int, np.ndarray, np.ndarray, Prediction], None] | None = None,
+    ) -> dict[str, float]:
+        """Pixel metrics (whole split and per image) and instance metrics for every separation method the head
+        supports, keyed ``PREFIX/metric`` and ``PREFIX/metric_METHOD``; ``on_prediction(index, image, mask,
+        prediction)`` sees each prediction (overlays) without predicting twice."""
+        scorer = Scorer(self.threshold, iou_threshold, methods_for(self.head))
+        for index, (_, image, mask) in enumerate(items):
+            prediction = self.predict(image, scale, normalise)
+            scorer.update(mask, prediction.probability, {m: self.instances(prediction, m) for m in scorer.methods})
+            if on_prediction is not None:
+                on_prediction(index, image, mask, prediction)
+        if not scorer.n_images:
+            raise ConfigError(f"{prefix}: no image to evaluate")
+        return scorer.compute(prefix)
+
+    def measure_speed(self, image_size: int, batch_size: int, warmup: int, iterations: int) -> dict[str, Any]:
+        """Inference images/s at ``image_size``, with this session's device, precision and memory format."""
+        from nucleiseg.inference.speed import measure_inference
+
+        return measure_inference(
+            self.model, image_size, batch_size, self.precision, self.device, warmup, iterations, self.channels_last
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What the session runs with, and where each value came from (for logs, JSON output and MLflow)."""
+        return {
+            "checkpoint": self.source,
+            "encoder": self.hparams.get("encoder"),
+            "head": self.head,
+            "device": str(self.device),
+            "precision": self.precision,
+            "batch_size": self.settings.batch_size,
+            "tile_size": self.settings.tile_size,
+            "tta": self.settings.tta,
+            "threshold": self.threshold,
+            "postprocess": self.postprocess.as_dict(),
+            "tuned_on": self.hparams.get("postprocess_tuned_on") or "default",
+            "origins": dict(self.origins),
+        }
+
+
+def iterate_split(folder: str | Path, split: str) -> Iterator[Item]:
+    """Items of a prepared split, named ``source_id:augmentation`` (see :mod:`nucleiseg.data.prepare`)."""
+    from nucleiseg.data.datamodule import load_split
+    from nucleiseg.data.prepare import load_manifest
+
+    manifest = load_manifest(folder)
+    if split not in manifest["splits"]:
+        raise ConfigError(f"split={split!r}: expected one of {sorted(manifest['splits'])}")
+    pairs = load_split(folder, split)
+    for record in manifest["splits"][split]:
+        item = pairs[record["index"]]
+        yield (
+            f"{record['source_id']}:{record['augmentation']}",
+            item["image"].permute(1, 2, 0).numpy(),
+            item["mask"].numpy(),
+        )

@@ -1,0 +1,134 @@
+"""Progress that works in a terminal and in a log file (nohup, SLURM, ``| tee``).
+
+On a terminal: rich progress bars. Anywhere else: plain lines, at most one every ``interval`` seconds plus the
+last, each with the count, what was done, the elapsed time and an ETA, so a log shows a long job is alive.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import lightning as L
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class PlainTask:
+    """Counted work reported as plain lines: ``NAME k/n WHAT, elapsed m:ss, ETA m:ss``."""
+
+    def __init__(self, name: str, total: int, stream: TextIO, interval: float, clock: Callable[[], float]) -> None:
+        self.name, self.total, self.stream, self.interval, self.clock = name, total, stream, interval, clock
+        self.done, self.started, self.last_line = 0, clock(), float("-inf")
+
+    def advance(self, count: int = 1, note: str = "") -> None:
+        self.done += count
+        now = self.clock()
+        if now - self.last_line < self.interval and self.done < self.total:
+            return
+        self.last_line = now
+        elapsed = now - self.started
+        eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+        detail = f" {note}" if note else ""
+        eta_text = format_seconds(eta) if eta == eta else "?"
+        print(
+            f"{self.name} {self.done}/{self.total}{detail}, elapsed {format_seconds(elapsed)}, ETA {eta_text}",
+            file=self.stream,
+            flush=True,
+        )
+
+
+class RichTask:
+    def __init__(self, progress: Any, name: str, total: int) -> None:
+        self.progress, self.task = progress, progress.add_task(name, total=total)
+
+    def advance(self, count: int = 1, note: str = "") -> None:
+        self.progress.update(self.task, advance=count, note=note)
+
+
+class Progress:
+    """``with Progress() as progress: task = progress.task("images", 10); task.advance(note="...")``.
+
+    ``mode``: ``auto`` (rich on a terminal, plain otherwise), ``rich``, ``plain`` or ``none``."""
+
+    def __init__(
+        self, mode: str = "auto", stream: TextIO | None = None, interval: float = 10.0, clock=time.monotonic
+    ) -> None:
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "rich" if self.stream.isatty() else "plain"
+        self.mode, self.interval, self.clock = mode, interval, clock
+        self._rich = None
+
+    def __enter__(self) -> Progress:
+        if self.mode == "rich":
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._rich = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[note]}"),
+                console=Console(file=self.stream),
+            )
+            self._rich.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._rich is not None:
+            self._rich.__exit__(*exc_info)
+
+    def task(self, name: str, total: int):
+        if self.mode == "rich":
+            return RichTask(self._rich, name, total)
+        if self.mode == "plain":
+            return PlainTask(name, total, self.stream, self.interval, self.clock)
+        return PlainTask(name, total, _Discard(), float("inf"), self.clock)
+
+    def remove(self, task) -> None:
+        if isinstance(task, RichTask):
+            task.progress.remove_task(task.task)
+
+
+class _Discard:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class EpochLines(L.Callback):
+    """Training progress as one plain line per epoch (``epoch k/n: train/loss ..., val/loss ..., elapsed, ETA``),
+    for runs whose output goes to a file, where a progress bar prints nothing useful."""
+
+    def __init__(self, stream: TextIO | None = None, clock=time.monotonic) -> None:
+        self.stream, self.clock = stream or sys.stdout, clock
+        self.started: float | None = None
+        self.first_epoch = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started, self.first_epoch = self.clock(), trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or self.started is None:
+            return
+        epoch, total = trainer.current_epoch + 1, trainer.max_epochs
+        metrics = trainer.callback_metrics
+        shown = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in ("train/loss", "val/loss") if k in metrics)
+        elapsed = self.clock() - self.started
+        done = epoch - self.first_epoch
+        eta = elapsed / done * (total - epoch) if done else 0.0
+        print(
+            f"epoch {epoch}/{total}: {shown}, elapsed {format_seconds(elapsed)}, ETA {format_seconds(eta)}",
+            file=self.stream,
+            flush=True,
+        )
