@@ -37,6 +37,7 @@ from nucleiseg.errors import ConfigError, NucleisegError
 from nucleiseg.inference.checkpoint import plain, write_model_checkpoint
 from nucleiseg.inference.session import InferenceSession, InferenceSettings, iterate_split
 from nucleiseg.inference.test_pass import SessionTestPass
+from nucleiseg.model_card import model_card
 from nucleiseg.models.factory import check_configuration, check_head, configuration_label
 from nucleiseg.models.lit_module import SegmentationModule
 from nucleiseg.models.weights import check_imagenet_weights
@@ -45,7 +46,7 @@ from nucleiseg.progress import EpochLines
 from nucleiseg.run_identity import identity_hash, run_folder, run_name
 from nucleiseg.tracking.mlflow_store import flatten, git_commit, resolve_artifact_location, tracking_uri
 from nucleiseg.tracking.summary import print_run_summary
-from nucleiseg.writing import write_json_atomic
+from nucleiseg.writing import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 MODEL_CHECKPOINT = "model.ckpt"
@@ -353,7 +354,7 @@ def _keep_one_checkpoint(cfg: DictConfig, run: RunFolder, module: SegmentationMo
     path = write_model_checkpoint(run.path / "checkpoints" / MODEL_CHECKPOINT, module.model, module.hparams)
     logger.experiment.log_artifact(logger.run_id, str(path), "checkpoint")
     if not cfg.keep_training_checkpoints:
-        for name in ("last.ckpt", "best.ckpt"):
+        for name in ("last.ckpt", "best.ckpt"):  # (MODEL_CARD.md and model.ckpt stay)
             (run.path / "checkpoints" / name).unlink(missing_ok=True)
     return path
 
@@ -386,7 +387,9 @@ def _train(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
         test_path = _load_test_weights(cfg, module, callbacks[0], run)
         if trainer.is_global_zero:
             _tune(cfg, module, datamodule, logger)
-        results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        # a release model (data.protocol.split=none) has no held-out split: nothing to test
+        has_test = manifest["counts"]["test"] > 0
+        results = trainer.test(module, datamodule=datamodule, verbose=False)[0] if has_test else {}
     except torch.cuda.OutOfMemoryError:
         raise NucleisegError(
             f"CUDA out of memory training {run.name} with batch size {cfg.data.loader.batch_size} at {precision}: "
@@ -403,6 +406,9 @@ def _train(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
         if key in speed:
             logger.experiment.set_tag(logger.run_id, f"speed.{key}", str(speed[key]))
     model_path = _keep_one_checkpoint(cfg, run, module, logger)
+    card = run.path / "checkpoints" / "MODEL_CARD.md"
+    write_bytes_atomic(card, model_card(dict(module.hparams), metrics, final, run.name).encode())
+    logger.experiment.log_artifact(logger.run_id, str(card), "checkpoint")
     logger.experiment.set_tag(logger.run_id, "checkpoint", str(model_path))
     write_json_atomic(
         run.done,

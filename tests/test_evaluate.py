@@ -158,7 +158,7 @@ def test_the_monuseg_scale_comes_from_the_checkpoint(trained):
     assert _session(checkpoint, scale=0.5).scale_for(dataset="monuseg") == 0.5  # --scale wins
 
 
-def test_checkpoints_load_without_running_pickled_code(trained, tmp_path):  # noqa: D103
+def test_checkpoints_load_without_running_pickled_code(trained, tmp_path):
     _, _, _, checkpoint = trained
     model, hparams = load_checkpoint(checkpoint)
     assert hparams["encoder"] == "unet_bn" and not model.training

@@ -30,8 +30,9 @@ def _session(trained_run, **settings):
     return InferenceSession.from_checkpoint(trained_run[3], InferenceSettings(**options))
 
 
-def test_predict_writes_every_output(trained_run, inputs, tmp_path):
+def test_predict_writes_every_output(trained_run, inputs, tmp_path, caplog):
     summary = predict([inputs], tmp_path / "out", _session(trained_run), progress="none")
+    assert "trained on synthetic tiles" in caplog.text  # the fixture's model is a smoke-test model
     assert summary.ok and len(summary.done) == 2
     folder = tmp_path / "out" / "wide"
     for name in OUTPUTS + ("done.json",):

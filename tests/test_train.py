@@ -12,6 +12,7 @@ from nucleiseg.config import compose
 from nucleiseg.errors import ConfigError, NucleisegError
 from nucleiseg.run_identity import run_folder
 from nucleiseg.train import main, run
+from tests.conftest import fast_run_overrides
 
 
 def _client(uri) -> MlflowClient:
@@ -33,7 +34,10 @@ def test_a_run_trains_tests_and_records_everything(train_overrides, tracking_uri
         assert 0.0 <= metrics[f"test/{key}_watershed"] <= 1.0
     folder = run_folder(cfg)
     # a finished run keeps one weights-only checkpoint, with the tuned post-processing
-    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["model.ckpt"]
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["MODEL_CARD.md", "model.ckpt"]
+    card = (folder / "checkpoints" / "MODEL_CARD.md").read_text()
+    assert "Modified U-Net (BatchNorm), head `binary`" in card and "Do not use it on real images" in card
+    assert f"| test/jaccard | {metrics['test/jaccard']:.4f} |" in card
     saved = torch.load(folder / "checkpoints" / "model.ckpt", weights_only=True)
     assert "optimizer_states" not in saved and set(saved) == {
         "state_dict",
@@ -61,11 +65,9 @@ def test_a_run_trains_tests_and_records_everything(train_overrides, tracking_uri
     artifacts = {a.path for a in client.list_artifacts(record.info.run_id)}
     assert {"config.yaml", "data_manifest.json", "overlays", "checkpoint"} <= artifacts
     assert len(client.list_artifacts(record.info.run_id, "overlays")) == 1
-    [stored] = client.list_artifacts(record.info.run_id, "checkpoint")
-    assert (
-        stored.path == "checkpoint/model.ckpt"
-        and stored.file_size == (folder / "checkpoints" / "model.ckpt").stat().st_size
-    )
+    stored = {a.path: a.file_size for a in client.list_artifacts(record.info.run_id, "checkpoint")}
+    assert stored["checkpoint/model.ckpt"] == (folder / "checkpoints" / "model.ckpt").stat().st_size
+    assert "checkpoint/MODEL_CARD.md" in stored
 
 
 def test_same_seed_gives_the_same_loss_curve(train_overrides, tracking_uri):
@@ -236,3 +238,23 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
     cfg = compose([f"paths.root_dir={tmp_path}", "encoder=unet_bn", "pretrained=false"])
     with pytest.raises(FileNotFoundError, match="nucleiseg data download tnbc"):
         run(cfg)
+
+
+def test_the_release_experiment_trains_a_distance_model_on_everything(tmp_path, tracking_uri):
+    """experiment=release on synthetic tiles (the real data is not in CI): distance head, no test hold-out,
+    post-processing tuned for the distance method, a model card, and predict warns about synthetic training."""
+    from nucleiseg.inference.checkpoint import load_checkpoint
+
+    cfg = compose(
+        ["experiment=release", "data=synthetic", *fast_run_overrides(tmp_path, tracking_uri), "logger.overlays=0"]
+    )
+    assert cfg.model.head == "distance" and cfg.data.protocol.split == "none"
+    metrics = run(cfg)
+    assert not any(key.startswith("test/") for key in metrics)
+    checkpoint = run_folder(cfg) / "checkpoints" / "model.ckpt"
+    model, hparams = load_checkpoint(checkpoint)
+    assert hparams["head"] == "distance" and hparams["postprocess"]["method"] == "distance"
+    assert hparams["postprocess_tuned_on"] == "val" and hparams["data"]["counts"]["test"] == 0
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+    card = (run_folder(cfg) / "checkpoints" / "MODEL_CARD.md").read_text()
+    assert "head `distance`" in card and "held-out test 0" in card

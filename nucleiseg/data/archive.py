@@ -28,17 +28,25 @@ def dataset_folder(root: str | Path, dataset: str | None = None) -> Iterator[Pat
         return
     if not zipfile.is_zipfile(root):
         raise DatasetLayoutError(f"{root}: expected a dataset folder or the .zip archive of one")
-    with tempfile.TemporaryDirectory(prefix="nucleiseg-") as scratch, zipfile.ZipFile(root) as archive:
-        target = Path(scratch).resolve()
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-") as scratch:
+        yield extract_safely(root, Path(scratch))
+
+
+def extract_safely(archive_path: Path, target: Path) -> Path:
+    """Extract a zip into ``target`` after checking that no member points outside it (zip-slip: ``../`` or
+    absolute names); a damaged archive is named. Returns ``target``."""
+    target = target.resolve()
+    with zipfile.ZipFile(archive_path) as archive:
         for member in archive.infolist():
-            destination = (target / member.filename).resolve()
-            if not destination.is_relative_to(target):  # zip-slip: "../" or absolute member names
-                raise DatasetLayoutError(f"{root}: archive member {member.filename!r} points outside the archive")
+            if not (target / member.filename).resolve().is_relative_to(target):
+                raise DatasetLayoutError(
+                    f"{archive_path}: archive member {member.filename!r} points outside the archive; refused"
+                )
         try:
             archive.extractall(target)
         except (zipfile.BadZipFile, OSError, EOFError) as error:
-            raise DatasetLayoutError(f"{root}: the archive is damaged ({error}); download it again") from None
-        yield target
+            raise DatasetLayoutError(f"{archive_path}: the archive is damaged ({error}); download it again") from None
+    return target
 
 
 def find_layout_root(folder: Path, is_root, max_depth: int = 3) -> Path | None:

@@ -12,12 +12,12 @@ import os
 import socket
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from nucleiseg.data.archive import extract_safely
 from nucleiseg.errors import NucleisegError
 
 
@@ -80,9 +80,14 @@ def _manual_instructions(archive: Archive, target_dir: Path) -> str:
 
 def _reachable(url: str, timeout: float) -> bool:
     parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return host_reachable(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), timeout)
+
+
+def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds: offline machines fail fast
+    with instructions instead of waiting for a chain of HTTP retries."""
     try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -154,11 +159,6 @@ def download(
         )
     marker = target_dir / ".unpacked"
     if not marker.exists():
-        with zipfile.ZipFile(final) as bundle:
-            root = target_dir.resolve()
-            for member in bundle.namelist():
-                if not (root / member).resolve().is_relative_to(root):
-                    raise DownloadError(f"{final}: member {member!r} points outside the archive; refused")
-            bundle.extractall(target_dir)
+        extract_safely(final, target_dir)
         marker.write_text(archive.checksum)
     return target_dir

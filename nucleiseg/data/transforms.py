@@ -14,8 +14,6 @@ from skimage.segmentation import relabel_sequential
 
 from nucleiseg.errors import ConfigError
 
-# Algorithm 1 of the paper: every training pair yields a horizontal flip, a vertical flip and a 45 deg rotation.
-PAPER_AUGMENTATIONS = ("hflip", "vflip", "rotate45")
 KNOWN_AUGMENTATIONS = ("identity", "hflip", "vflip", "rotate45", "rotate90")
 
 

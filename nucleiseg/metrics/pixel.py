@@ -17,8 +17,6 @@ from torchmetrics.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
-PIXEL_METRICS = ("jaccard", "f1", "recall", "precision", "accuracy")
-
 
 def pixel_metrics(threshold: float = 0.5, prefix: str = "", sync_on_compute: bool = True) -> MetricCollection:
     """Metrics taking ``preds`` (probabilities, any shape) and ``target`` (0/1, same shape).

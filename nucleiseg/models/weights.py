@@ -9,7 +9,6 @@ fetch and where to put them, instead of a chain of retries.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -84,11 +83,9 @@ def _cached(encoder: str) -> Path | None:
 
 
 def _host_reachable(host: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    from nucleiseg.data.download import host_reachable
+
+    return host_reachable(host, 443, timeout)
 
 
 def _download(encoder: str) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
     payload = b""
     requests: list[str] = []
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):  # http.server's naming
         start = 0
         header = self.headers.get("Range")
         type(self).requests.append(header or "")
