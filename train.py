@@ -3,6 +3,10 @@
 import hydra
 from omegaconf import DictConfig
 
+from nucleiseg.parallel import register_resolvers
+
+register_resolvers()  # ${nucleiseg_parallel_jobs:} in conf/hydra/launcher/local_parallel.yaml
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):

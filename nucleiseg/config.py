@@ -24,6 +24,10 @@ def config_dir() -> Path:
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """Compose ``conf/config.yaml`` with command-line style ``overrides`` (``["data=synthetic", ...]``)."""
     from hydra import compose as hydra_compose
+
+    from nucleiseg.parallel import register_resolvers
+
+    register_resolvers()
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException

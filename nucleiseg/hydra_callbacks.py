@@ -1,8 +1,18 @@
-"""Hydra callbacks: the end-of-sweep summary, and the sweep's exit status."""
+"""Hydra callbacks: what happens around a sweep (``python train.py -m ...``).
+
+- Before the jobs: the MLflow store and the study's experiment are created once, so parallel jobs never race
+  to create the SQLite tables, and a SQLite store is switched to WAL (readers do not block the writer).
+- After each job: its result is left in its own sweep sub-folder (``on_job_end`` runs in the job's process,
+  another process or machine than ``on_multirun_end`` with the joblib or SLURM launchers).
+- After the sweep: one table of the jobs, the study's wall time, images/s and disk use, the medians written
+  back to MLflow as summary runs, and a non-zero exit if any job failed.
+"""
 
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +23,44 @@ from nucleiseg.tracking.summary import print_sweep_summary
 from nucleiseg.writing import write_json_atomic
 
 STATUS_FILE = "nucleiseg_job.json"
+START_FILE = "nucleiseg_sweep.json"
+
+
+def prepare_store(uri: str, study: str, artifact_location: str | None) -> None:
+    """Create the store's tables and the study's experiment now (one process), WAL mode for a SQLite file."""
+    from nucleiseg.tracking.mlflow_store import use_experiment
+
+    use_experiment(uri, study, artifact_location)
+    if uri.startswith("sqlite:///"):
+        with sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=60) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+
+
+def disk_usage(paths: list[Path]) -> int:
+    """Bytes of every file under ``paths``, each inode counted once (a hard-linked checkpoint is one file)."""
+    seen, total = set(), 0
+    for root in paths:
+        if not root.exists():
+            continue
+        for path in root.rglob("*") if root.is_dir() else [root]:
+            if path.is_file() and not path.is_symlink():
+                info = path.stat()
+                if (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_size
+    return total
 
 
 class SweepSummary(Callback):
-    """After a multirun, print one table of this sweep's jobs and exit non-zero if any job failed.
+    """Prepares the tracking store before a sweep and summarises it after (see the module docstring)."""
 
-    Jobs of a sweep record their own failure and return (see ``nucleiseg.train.main``) so the sweep goes on.
-    Each job leaves its result in its own sweep sub-folder, because with the joblib or SLURM launchers
-    ``on_job_end`` runs in another process (or machine) than ``on_multirun_end``.
-    """
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from nucleiseg.tracking.mlflow_store import tracking_uri
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        write_json_atomic(sweep_dir / START_FILE, {"started": time.time()})
+        if not config.get("dry_run"):
+            prepare_store(tracking_uri(config.logger), config.study, config.logger.artifact_location)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -42,9 +81,11 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = [json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{STATUS_FILE}")]
-        rows.sort(key=lambda row: row.get("job", 0))
+        rows = sweep_rows(sweep_dir)
         print_sweep_summary(rows)
+        if not config.get("dry_run"):
+            print(study_figures(config, rows, sweep_dir))
+            _write_summary_runs(config)
         failed = [row["run"] for row in rows if row["status"] == "failed"]
         if failed:
             print(
@@ -52,3 +93,57 @@ class SweepSummary(Callback):
                 "(finished runs are skipped, interrupted ones resume)"
             )
             raise SystemExit(1)
+
+
+def study_figures(config: DictConfig, rows: list[dict[str, Any]], sweep_dir: Path) -> str:
+    """One line: the sweep's wall time, the training images/s it achieved, and the disk the study uses."""
+    started = (
+        json.loads((sweep_dir / START_FILE).read_text())["started"] if (sweep_dir / START_FILE).is_file() else None
+    )
+    wall = time.time() - started if started else float("nan")
+    trained = [row for row in rows if row["status"] == "finished"]
+    images = sum(float(row.get("train_images", 0)) for row in trained)
+    study_dir = Path(config.paths.output_root).expanduser().resolve() / config.study
+    artifacts = Path(config.logger.artifact_location).expanduser().resolve()
+    run_ids = [row["run_id"] for row in rows if row.get("run_id")]
+    used = disk_usage([study_dir, *[artifacts / run_id for run_id in run_ids]])
+    return (
+        f"study {config.study}: {len(trained)} runs trained in {wall / 60:.1f} min wall time, "
+        f"{images / wall if wall == wall and wall > 0 else float('nan'):.1f} training images/s over the sweep; "
+        f"disk: {used / 2**30:.2f} GiB (run folders and their MLflow artifacts, hard links counted once)"
+    )
+
+
+def _write_summary_runs(config: DictConfig) -> None:
+    from nucleiseg.tracking.mlflow_store import tracking_uri
+    from nucleiseg.tracking.study import ReportError, load_runs
+    from nucleiseg.tracking.summary_runs import write_summary_runs
+
+    try:
+        runs, client = load_runs(tracking_uri(config.logger), config.study)
+    except ReportError:
+        return
+    if not runs.empty and runs.finished.any():
+        write_summary_runs(client, config.study, runs)
+        print(f"medians per configuration written to MLflow (experiment {config.study}, runs tagged summary=true)")
+
+
+def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The status file of every job of a sweep so far, in job order."""
+    rows = [json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{STATUS_FILE}")]
+    return sorted(rows, key=lambda row: row.get("job", 0))
+
+
+def stop_sweep(config: DictConfig, run: str, reason: str, code: int) -> None:
+    """A job was killed (SIGTERM or Ctrl-C): record it, print the sweep's summary so far and say how to go on.
+    The caller then exits with ``code``, which stops the sweep on purpose (Hydra runs no further job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    row = {"job": hydra_cfg.job.num, "status": "killed", "run": run, "reason": reason}
+    write_json_atomic(Path(hydra_cfg.runtime.output_dir) / STATUS_FILE, row)
+    print_sweep_summary(sweep_rows(Path(hydra_cfg.sweep.dir)))
+    print(
+        f"sweep stopped: {run} was {reason.split(';')[0]}; re-run the same command to go on (finished runs are "
+        "skipped, interrupted ones resume)"
+    )

@@ -13,8 +13,11 @@ through the inference session, then keep one weights-only checkpoint (also logge
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -37,12 +40,15 @@ from nucleiseg.errors import ConfigError, NucleisegError
 from nucleiseg.inference.checkpoint import plain, write_model_checkpoint
 from nucleiseg.inference.session import InferenceSession, InferenceSettings, iterate_split
 from nucleiseg.inference.test_pass import SessionTestPass
+from nucleiseg.locking import LockedError, exclusive
 from nucleiseg.model_card import model_card
 from nucleiseg.models.factory import check_configuration, check_head, configuration_label
 from nucleiseg.models.lit_module import SegmentationModule
 from nucleiseg.models.weights import check_imagenet_weights
+from nucleiseg.parallel import share_cpu_threads
 from nucleiseg.postprocess.instances import Postprocess
 from nucleiseg.progress import EpochLines
+from nucleiseg.protocol import differences_from_paper
 from nucleiseg.run_identity import identity_hash, run_folder, run_name
 from nucleiseg.tracking.mlflow_store import flatten, git_commit, resolve_artifact_location, tracking_uri
 from nucleiseg.tracking.summary import print_run_summary
@@ -50,6 +56,7 @@ from nucleiseg.writing import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 MODEL_CHECKPOINT = "model.ckpt"
+DONE_TAG = "nucleiseg.done"  # set after done.json: a run with all its outputs (the report's "finished")
 
 
 class RunRefused(ConfigError):
@@ -138,7 +145,7 @@ def _gpu_for_job(cfg: DictConfig) -> dict[str, Any]:
     except ValueError:
         return {}
     launcher = str(hydra_cfg.launcher.get("_target_", ""))
-    if cfg.gpu_per_job == "auto" and "joblib" not in launcher.lower():
+    if cfg.gpu_per_job == "auto" and "joblib" not in launcher.lower():  # hydra/launcher=local_parallel
         return {}
     return {"devices": [int(hydra_cfg.job.num) % torch.cuda.device_count()]}
 
@@ -165,7 +172,11 @@ def _logger(cfg: DictConfig, name: str, run_id: str | None, tags: dict[str, str]
 
 
 def _tags(cfg: DictConfig, manifest: dict, data_folder: Path, accelerator: str) -> dict[str, str]:
+    differences = differences_from_paper(cfg)
     return {
+        "protocol": "custom" if differences else "paper",
+        "protocol_differences": "; ".join(differences)[:4900],
+        "data_split": f"{cfg.data.protocol.split}-seed{cfg.data.protocol.seed}",
         "study": cfg.study,
         "encoder": cfg.encoder,
         "pretrained": str(cfg.pretrained).lower(),
@@ -195,12 +206,16 @@ def _data_info(cfg: DictConfig, manifest: dict, data_folder: Path) -> dict[str, 
 
 
 def build_module(cfg: DictConfig, manifest: dict, data_folder: Path, accelerator: str) -> SegmentationModule:
+    optimizer = instantiate(cfg.optimizer)
+    if cfg.optimizer.get("fused") is None and cuda_available(accelerator):
+        # the same Adam in fused CUDA kernels: one launch per step instead of several per parameter group
+        optimizer = functools.partial(optimizer, fused=True)
     module = SegmentationModule(
         encoder=cfg.encoder,
         pretrained=cfg.pretrained,
         smooth=cfg.loss.smooth,
         threshold=cfg.threshold,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=optimizer,
         weights_dir=cfg.model.weights_dir,
         channels_last=resolve_flag(cfg.model.channels_last, accelerator, "model.channels_last"),
         stain=manifest.get("stain"),
@@ -218,30 +233,52 @@ def build_module(cfg: DictConfig, manifest: dict, data_folder: Path, accelerator
 
 def build_datamodule(cfg: DictConfig, data_folder: Path, accelerator: str) -> NucleiDataModule:
     loader, online = cfg.data.loader, cfg.data.get("online_augment")
+    on_device = resolve_flag(loader.on_device, accelerator, "data.loader.on_device")
     return NucleiDataModule(
         data_folder,
         batch_size=loader.batch_size,
-        num_workers=loader.num_workers,
-        pin_memory=resolve_flag(loader.pin_memory, accelerator, "data.loader.pin_memory"),
+        num_workers=0 if on_device else loader.num_workers,
+        pin_memory=not on_device and resolve_flag(loader.pin_memory, accelerator, "data.loader.pin_memory"),
+        on_device=on_device,
         persistent_workers=bool(loader.persistent_workers),
         online_augment=OnlineAugment(online) if online and online.get("enabled") else None,
         distance_targets=cfg.model.head == "distance",
     )
 
 
+def checkpoint_every(cfg: DictConfig) -> int:
+    """Epochs between two ``last.ckpt`` writes (what a resume starts from): ``auto`` is every epoch on the CPU
+    (epochs take minutes) and every 5 on a GPU (a full checkpoint with optimizer state costs as much as a third
+    of a 512 px epoch there; a kill loses at most 5 epochs of ~2 s)."""
+    every = cfg.checkpoint_every_n_epochs
+    if every == "auto":
+        return 5 if cuda_available(cfg.trainer.accelerator) else 1
+    if not isinstance(every, int) or every < 1:
+        raise ConfigError(f"checkpoint_every_n_epochs={every!r}: expected auto or a whole number >= 1")
+    return every
+
+
 def training_callbacks(cfg: DictConfig, run_path: Path, has_val: bool, *extra: L.Callback) -> list[L.Callback]:
-    """The checkpoint callback first (last.ckpt for resume, best.ckpt by validation loss), then ``extra``, then
-    progress: rich bars on a terminal, one plain line per epoch in logs and files (``progress_bar``)."""
-    checkpoint = ModelCheckpoint(
-        dirpath=run_path / "checkpoints",
-        filename="best",
-        monitor="val/loss" if has_val else "train/loss",
-        mode="min",
-        save_last=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    callbacks: list[L.Callback] = [checkpoint, *extra]
+    """Checkpoints first: ``last.ckpt`` (with optimizer state, for resume) every :func:`checkpoint_every` epochs
+    and, only when ``test_checkpoint=best``, ``best.ckpt`` (weights only) by validation loss; then ``extra``,
+    then progress: rich bars on a terminal, one plain line per epoch in logs and files (``progress_bar``)."""
+    folder = run_path / "checkpoints"
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=folder, save_top_k=0, save_last=True, every_n_epochs=checkpoint_every(cfg))
+    ]
+    if cfg.test_checkpoint == "best":
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=folder,
+                filename="best",
+                monitor="val/loss" if has_val else "train/loss",
+                mode="min",
+                save_weights_only=True,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            )
+        )
+    callbacks += extra
     mode = cfg.progress_bar
     if mode == "auto":
         mode = "rich" if sys.stdout.isatty() else "plain"
@@ -284,13 +321,16 @@ def _test_pass(cfg: DictConfig, logger: MLFlowLogger) -> SessionTestPass:
     )
 
 
-def _start_logging(cfg: DictConfig, run: RunFolder, logger: MLFlowLogger, manifest: dict, resuming: bool) -> None:
+def _start_logging(cfg: DictConfig, run: RunFolder, logger: MLFlowLogger, manifest: dict, continued: bool) -> None:
     """Rank 0: the run folder's ``run.json`` and, for a new MLflow run, its params and config artifacts."""
     run.path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run.run_file, {"run_id": logger.run_id, "identity": run.identity, "name": run.name})
+    seconds = float((run.previous or {}).get("train_seconds", 0.0)) if continued else 0.0
+    write_json_atomic(
+        run.run_file, {"run_id": logger.run_id, "identity": run.identity, "name": run.name, "train_seconds": seconds}
+    )
     (run.path / "failed.json").unlink(missing_ok=True)  # an earlier failure is history once the run goes on
-    if resuming:
-        log.info("resuming %s into MLflow run %s", run.name, logger.run_id)
+    if continued and logger.experiment.get_run(logger.run_id).data.params:
+        log.info("continuing %s in MLflow run %s", run.name, logger.run_id)
         return
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger.log_hyperparams(flatten(resolved))
@@ -312,17 +352,17 @@ def _fit(trainer: L.Trainer, module, datamodule, resume_from: Path | None, name:
         raise
 
 
-def _load_test_weights(
-    cfg: DictConfig, module: SegmentationModule, checkpoint: ModelCheckpoint, run: RunFolder
-) -> Path:
-    path = checkpoint.best_model_path if cfg.test_checkpoint == "best" else checkpoint.last_model_path
-    if not path or not Path(path).is_file():
-        raise NucleisegError(
-            f"test_checkpoint={cfg.test_checkpoint}: no such checkpoint was written in {run.path / 'checkpoints'}"
-        )
-    state = torch.load(path, map_location=module.device, weights_only=True)["state_dict"]
+def _load_test_weights(cfg: DictConfig, trainer: L.Trainer, module: SegmentationModule, run: RunFolder) -> str:
+    """Give ``module`` the weights ``test_checkpoint`` names: ``last`` is the model as the last epoch left it
+    (in memory); ``best`` is loaded from ``best.ckpt``. Returns which."""
+    if cfg.test_checkpoint == "last":
+        return "last epoch"
+    best = next(c for c in trainer.checkpoint_callbacks if c.monitor is not None).best_model_path
+    if not best or not Path(best).is_file():
+        raise NucleisegError(f"test_checkpoint=best: no best.ckpt was written in {run.path / 'checkpoints'}")
+    state = torch.load(best, map_location=module.device, weights_only=True)["state_dict"]
     module.load_state_dict(state, strict=False)  # metric states and buffers not saved are kept
-    return Path(path)
+    return Path(best).name
 
 
 def _tune(cfg: DictConfig, module: SegmentationModule, datamodule: NucleiDataModule, logger: MLFlowLogger) -> None:
@@ -348,60 +388,153 @@ def _tune(cfg: DictConfig, module: SegmentationModule, datamodule: NucleiDataMod
     module.train(False)
 
 
+def _share_with_artifact(path: Path, artifact_uri: str) -> None:
+    """With a local artifact store on the same file system, make the run folder's checkpoint a hard link to
+    MLflow's copy: one file on disk instead of two (the same bytes, both paths keep working)."""
+    from urllib.parse import unquote, urlparse
+
+    if not artifact_uri.startswith("file:"):
+        return
+    stored = Path(unquote(urlparse(artifact_uri).path)) / "checkpoint" / path.name
+    if (
+        not stored.is_file()
+        or stored.stat().st_dev != path.stat().st_dev
+        or stored.stat().st_size != path.stat().st_size
+    ):
+        return
+    link = path.with_name(f".{path.name}.link")
+    link.unlink(missing_ok=True)
+    os.link(stored, link)
+    os.replace(link, path)
+
+
 def _keep_one_checkpoint(cfg: DictConfig, run: RunFolder, module: SegmentationModule, logger: MLFlowLogger) -> Path:
     """Write the weights-only ``model.ckpt`` (tuned values included), log it to MLflow, drop the training ones."""
     module.hparams["mlflow_run_id"] = logger.run_id
     path = write_model_checkpoint(run.path / "checkpoints" / MODEL_CHECKPOINT, module.model, module.hparams)
     logger.experiment.log_artifact(logger.run_id, str(path), "checkpoint")
+    _share_with_artifact(path, logger.experiment.get_run(logger.run_id).info.artifact_uri)
     if not cfg.keep_training_checkpoints:
         for name in ("last.ckpt", "best.ckpt"):  # (MODEL_CARD.md and model.ckpt stay)
             (run.path / "checkpoints" / name).unlink(missing_ok=True)
     return path
 
 
-def _train(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
+class RunClock(L.Callback):
+    """Keeps ``run.json`` current at every epoch end: training seconds summed over every session of the run
+    (a resumed run counts its earlier sessions too)."""
+
+    def __init__(self, run: RunFolder, payload: dict[str, Any]) -> None:
+        self.run, self.payload = run, payload
+        self.before = float((run.previous or {}).get("train_seconds", 0.0))
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            write_json_atomic(self.run.run_file, {**self.payload, "train_seconds": self.seconds()})
+
+
+def _mlflow_run_to_continue(cfg: DictConfig, run: RunFolder) -> str | None:
+    """The MLflow run of an unfinished earlier session of this run folder (resumed from its checkpoint, or
+    started afresh when it died before its first checkpoint), so a run folder never gets a second MLflow run."""
+    if run.previous is None or not run.previous.get("run_id"):
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(cfg.logger))
+    try:
+        client.get_run(run.previous["run_id"])
+    except MlflowException:
+        return None  # the store was reset or moved: start a new MLflow run
+    client.update_run(run.previous["run_id"], status="RUNNING")
+    if "failure_reason" in client.get_run(run.previous["run_id"]).data.tags:  # an earlier failure is history now
+        client.delete_tag(run.previous["run_id"], "failure_reason")
+    return run.previous["run_id"]
+
+
+@dataclass
+class Setup:
+    """Everything a run trains with."""
+
+    data_folder: Path
+    manifest: dict
+    datamodule: NucleiDataModule
+    module: SegmentationModule
+    logger: MLFlowLogger
+    trainer: L.Trainer
+    test_pass: SessionTestPass
+    clock: RunClock
+    resume_from: Path | None
+
+
+def _setup(cfg: DictConfig, run: RunFolder) -> Setup:
     accelerator = cfg.trainer.accelerator
-    precision = resolve_precision(cfg.trainer.precision, accelerator)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # under DDP every rank runs this function; only rank 0 prepares data and writes the run's files. The other
     # ranks are started by Lightning inside trainer.fit, after rank 0 has done both.
     is_rank_zero = rank_zero_only.rank == 0
     data_folder = prepare_dataset(cfg.data, log=log.info) if is_rank_zero else prepared_path(cfg.data)
     manifest = load_manifest(data_folder)
-    datamodule = build_datamodule(cfg, data_folder, accelerator)
-    module = build_module(cfg, manifest, data_folder, accelerator)
     resume_from = run.path / "checkpoints" / "last.ckpt"
     resuming = bool(cfg.resume) and run.previous is not None and resume_from.is_file()
-    logger = _logger(
-        cfg, run.name, run.previous["run_id"] if resuming else None, _tags(cfg, manifest, data_folder, accelerator)
-    )
+    continued = _mlflow_run_to_continue(cfg, run) if is_rank_zero and cfg.resume else None
+    logger = _logger(cfg, run.name, continued, _tags(cfg, manifest, data_folder, accelerator))
     if is_rank_zero:
-        _start_logging(cfg, run, logger, manifest, resuming)
+        _start_logging(cfg, run, logger, manifest, continued is not None)
     test_pass = _test_pass(cfg, logger)
-    callbacks = training_callbacks(cfg, run.path, manifest["counts"]["val"] > 0, test_pass)
-    trainer = build_trainer(cfg, run.path, logger, callbacks)
-    started = time.perf_counter()
+    if continued is None:
+        run.previous = None  # a new MLflow run starts its clock at zero
+    clock = RunClock(run, {"run_id": logger.run_id, "identity": run.identity, "name": run.name})
+    callbacks = training_callbacks(cfg, run.path, manifest["counts"]["val"] > 0, test_pass, clock)
+    return Setup(
+        data_folder,
+        manifest,
+        build_datamodule(cfg, data_folder, accelerator),
+        build_module(cfg, manifest, data_folder, accelerator),
+        logger,
+        build_trainer(cfg, run.path, logger, callbacks),
+        test_pass,
+        clock,
+        resume_from if resuming else None,
+    )
+
+
+def _fit_tune_test(cfg: DictConfig, run: RunFolder, setup: Setup) -> tuple[dict, dict, str]:
+    """Fit, load the weights to test, tune the post-processing on validation, test: ``(final epoch metrics,
+    test metrics, the checkpoint tested)``."""
+    trainer, module = setup.trainer, setup.module
     try:
-        _fit(trainer, module, datamodule, resume_from if resuming else None, run.name)
+        _fit(trainer, module, setup.datamodule, setup.resume_from, run.name)
         final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
-        test_path = _load_test_weights(cfg, module, callbacks[0], run)
+        tested = _load_test_weights(cfg, trainer, module, run)
         if trainer.is_global_zero:
-            _tune(cfg, module, datamodule, logger)
+            _tune(cfg, module, setup.datamodule, setup.logger)
         # a release model (data.protocol.split=none) has no held-out split: nothing to test
-        has_test = manifest["counts"]["test"] > 0
-        results = trainer.test(module, datamodule=datamodule, verbose=False)[0] if has_test else {}
+        results = {}
+        if setup.manifest["counts"]["test"] > 0:
+            results = trainer.test(module, datamodule=setup.datamodule, verbose=False)[0]
     except torch.cuda.OutOfMemoryError:
+        precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
         raise NucleisegError(
             f"CUDA out of memory training {run.name} with batch size {cfg.data.loader.batch_size} at {precision}: "
             "try a smaller data.loader.batch_size, trainer.precision=bf16-mixed (or 16-mixed), or a smaller encoder"
         ) from None
     metrics = {k: float(v) for k, v in results.items()}
-    if not trainer.is_global_zero:
-        return metrics
-    metrics.update({k: v for k, v in test_pass.results.items() if isinstance(v, float | int)})
-    metrics["train_seconds"] = time.perf_counter() - started
+    metrics.update({k: v for k, v in setup.test_pass.results.items() if isinstance(v, float | int)})
+    return final, metrics, tested
+
+
+def _finish(cfg: DictConfig, run: RunFolder, setup: Setup, final: dict, metrics: dict, tested: str) -> None:
+    """Rank 0, after the test: metrics and tags to MLflow, one checkpoint and its model card, ``done.json`` last."""
+    logger, module = setup.logger, setup.module
+    metrics["train_seconds"] = setup.clock.seconds()
+    metrics["train_images"] = float(cfg.trainer.max_epochs * setup.manifest["counts"]["train"])
     logger.log_metrics(metrics)
-    speed = test_pass.results.get("speed") or {}
+    speed = setup.test_pass.results.get("speed") or {}
     for key in ("image_size", "batch_size", "precision", "device"):
         if key in speed:
             logger.experiment.set_tag(logger.run_id, f"speed.{key}", str(speed[key]))
@@ -419,11 +552,19 @@ def _train(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
             "metrics": metrics,
             "final_epoch_metrics": final,
             "tested_weights": cfg.test_checkpoint,
-            "tested_from": test_path.name,
+            "tested_from": tested,
             "test_checkpoint": str(model_path),
         },
     )
+    logger.experiment.set_tag(logger.run_id, DONE_TAG, "true")  # the report counts a run finished only now
     print_run_summary(run.name, cfg, metrics, final, run.path, logger.run_id)
+
+
+def _train(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
+    setup = _setup(cfg, run)
+    final, metrics, tested = _fit_tune_test(cfg, run, setup)
+    if setup.trainer.is_global_zero:
+        _finish(cfg, run, setup, final, metrics, tested)
     return metrics
 
 
@@ -435,16 +576,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"dry run: would train {name} [{configuration_label(cfg.encoder, cfg.pretrained)}] in {folder}")
         return {}
     run = inspect_folder(cfg)
-    done = _read_json(run.done)
-    if done is not None and cfg.skip_finished:
-        log.info(
-            "skipping %s: finished before (MLflow run %s); skip_finished=false to train again", run.name, done["run_id"]
-        )
-        return done["metrics"]
-    if done is not None:  # training again on purpose: a fresh MLflow run, not a resume
-        run.previous = None
-        run.done.unlink()
-    return _train(cfg, run)
+    # rank 0 only: Lightning starts the other DDP ranks as processes that run this function again
+    with exclusive(run.path / ".lock", f"run folder {run.path}", enabled=rank_zero_only.rank == 0):
+        done = _read_json(run.done)
+        if done is not None and cfg.skip_finished:
+            log.info(
+                "skipping %s: finished before (MLflow run %s); skip_finished=false to retrain", run.name, done["run_id"]
+            )
+            return done["metrics"]
+        if done is not None:  # training again on purpose: a fresh MLflow run, not a resume
+            run.previous = None
+            run.done.unlink()
+        return _train(cfg, run)
 
 
 def record_failure(cfg: DictConfig, error: BaseException, status: str = "FAILED") -> None:
@@ -478,12 +621,24 @@ def _is_multirun() -> bool:
         return False
 
 
-def main(cfg: DictConfig) -> Any:
-    """The Hydra task: run, and on failure record it (MLflow FAILED + reason) before deciding what to do.
+class RunKilled(BaseException):
+    """SIGTERM (a cluster's time limit, ``kill``): the run stops now, is recorded KILLED, and can resume later."""
 
-    A single run re-raises (user errors print as one line, exit code 2). In a sweep the failure is logged and
-    the sweep goes on with the next job; the sweep summary lists it and the sweep exits non-zero at the end.
+
+def _raise_killed(signum: int, frame: Any) -> None:
+    raise RunKilled(f"stopped by signal {signal.Signals(signum).name}; re-run the same command to resume")
+
+
+def main(cfg: DictConfig) -> Any:
+    """The Hydra task: run, and on failure record it (MLflow FAILED or KILLED + reason) before deciding what to do.
+
+    A single run re-raises (user errors print as one line, exit code 2; SIGTERM exits 143, Ctrl-C 130). In a
+    sweep a failing job is logged and the sweep goes on; the sweep summary lists it and the sweep exits non-zero
+    at the end. A killed job (SIGTERM, Ctrl-C) stops the sweep on purpose: its summary so far is printed, it
+    exits 143 / 130, and the same command later resumes (finished runs are skipped).
     """
+    previous_handler = signal.signal(signal.SIGTERM, _raise_killed)
+    share_cpu_threads()
     try:
         before = time.time()
         metrics = run(cfg)
@@ -491,12 +646,24 @@ def main(cfg: DictConfig) -> Any:
         done = run_folder(cfg) / "done.json"
         if done.is_file() and done.stat().st_mtime < before:
             status = "skipped"
-        return {"status": status, "run": run_name(cfg), **metrics}
-    except KeyboardInterrupt:
-        record_failure(cfg, KeyboardInterrupt("interrupted; re-run the same command to resume"), "KILLED")
-        raise
+        run_id = json.loads(done.read_text())["run_id"] if done.is_file() else ""
+        return {"status": status, "run": run_name(cfg), "run_id": run_id, **metrics}
+    except (KeyboardInterrupt, RunKilled) as error:
+        killed = (
+            error
+            if isinstance(error, RunKilled)
+            else RunKilled("interrupted (Ctrl-C); re-run the same command to resume")
+        )
+        record_failure(cfg, killed, "KILLED")
+        code = 143 if isinstance(error, RunKilled) else 130
+        if _is_multirun():
+            from nucleiseg.hydra_callbacks import stop_sweep
+
+            stop_sweep(cfg, run_name(cfg), str(killed), code)
+        print(f"{run_name(cfg)}: {killed}", file=sys.stderr)
+        raise SystemExit(code) from None
     except Exception as error:
-        if not isinstance(error, RunRefused):
+        if not isinstance(error, RunRefused | LockedError):  # a refusal touches nothing
             record_failure(cfg, error)
         if _is_multirun():
             log.error("job %s failed: %s", run_name(cfg), error, exc_info=not isinstance(error, NucleisegError))
@@ -505,3 +672,5 @@ def main(cfg: DictConfig) -> Any:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)

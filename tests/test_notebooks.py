@@ -40,8 +40,21 @@ def test_notebook_executes(path: Path, study_store, monkeypatch):
         if cell.cell_type == "code"
         for output in cell.outputs
     )
-    assert "6 runs in study 'nbstudy'" in text
+    assert "6 runs in study 'nbstudy'" in text and "study 'nbstudy' (set NUCLEISEG_STUDY" in text
     if path.name == "results.ipynb":
         assert "best configuration: Modified U-Net (BatchNorm) (median Jaccard 0.650" in text
     else:
         assert "DenseNet-121 (ImageNet)" in text
+
+
+def test_without_a_study_named_the_latest_one_is_read(tmp_path):
+    import time
+
+    from nucleiseg.tracking.study import resolve_study
+    from tests.tracking.test_report import add_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = make_study(uri, "older")
+    time.sleep(0.01)
+    add_run(client, client.create_experiment("newer"), "unet", False, 0, 0.5, [(1.0, 1.0)])
+    assert resolve_study(uri) == "newer" and resolve_study(uri, "older") == "older"

@@ -1,6 +1,7 @@
 """Scale: DDP on CPU (two gloo processes), sweep launchers, ONNX export, the benchmark command."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -37,27 +38,59 @@ def test_ddp_on_cpu_with_two_processes(tmp_path, tracking_uri):
     assert json.loads(done.read_text())["run_id"] == runs[0].info.run_id
 
 
-def test_local_gpu_launcher_runs_a_sweep_in_parallel_workers(tmp_path):
+def test_parallel_jobs_share_one_sqlite_store_without_losing_a_run(tmp_path, tracking_uri):
+    """hydra/launcher=local_parallel: four jobs, two at a time in separate processes, all writing to one SQLite
+    MLflow store (created before the jobs, WAL mode): every run arrives whole, and the summary says how long the
+    study took, at how many images/s, and how much disk it uses."""
+    store = f"sqlite:///{tmp_path / 'parallel.db'}"  # a fresh store: the parallel jobs create nothing themselves
     result = subprocess.run(
         [
             sys.executable,
             "train.py",
             "-m",
-            "experiment=paper",
-            "hydra/launcher=local_gpus",
-            "dry_run=true",
-            "seed=0",
-            f"paths.root_dir={tmp_path}",
+            "experiment=quickstart",
+            "study=parallel",
+            "seed=0,1,2,3",
+            "hydra/launcher=local_parallel",
+            "hydra.launcher.n_jobs=2",
+            *fast_run_overrides(tmp_path, store),
+            "logger.overlays=0",
         ],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
-        env={**__import__("os").environ, "NUCLEISEG_GPUS": "2"},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
-    assert "14 planned" in result.stdout
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("parallel").experiment_id
+    runs = [r for r in client.search_runs([experiment]) if "summary" not in r.data.tags]
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert all({"test/jaccard", "train/loss", "val/loss"} <= set(r.data.metrics) for r in runs)
+    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1", "2", "3"]
+    assert re.search(
+        r"study parallel: 4 runs trained in [0-9.]+ min wall time, [0-9.]+ training images/s", result.stdout
+    )
+    assert re.search(r"disk: [0-9.]+ GiB", result.stdout)
+    [summary] = client.search_runs([experiment], filter_string="tags.summary = 'true'")
+    assert summary.data.metrics["n"] == 4
+
+
+def test_the_parallel_launcher_sizes_itself_to_the_machine(monkeypatch):
+    import torch
+
+    from nucleiseg import parallel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 16)
+    assert parallel.parallel_jobs() == 4  # 16 cores / 4 threads per job
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (75 * 2**30, 80 * 2**30))
+    assert parallel.parallel_jobs() == 2 * 7  # 75 GiB free / 10 GiB per job, on each of 2 GPUs
+    monkeypatch.setenv("NUCLEISEG_JOBS_PER_GPU", "3")
+    assert parallel.parallel_jobs() == 6
 
 
 def test_slurm_launcher_config_composes():

@@ -92,3 +92,39 @@ def test_a_typo_in_an_override_fails_before_any_work(tmp_path):
     result = _train("encoder=unet", "trainer.max_epoch=3", f"paths.root_dir={tmp_path}")
     assert result.returncode != 0 and "max_epoch" in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_sigterm_stops_a_sweep_on_purpose_and_the_same_command_goes_on(tmp_path, tracking_uri):
+    """SIGTERM during the first job of a two-job sweep: that run is KILLED, no further job starts, the sweep
+    prints its summary and exits 143; re-running the command resumes and finishes both."""
+    import signal
+    import time
+
+    command = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "experiment=quickstart",
+        "study=sweepkill",
+        "seed=0,1",
+        *_small(tmp_path, tracking_uri),
+        "trainer.max_epochs=3",
+    ]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list((tmp_path / "outputs" / "sweepkill").glob("*seed0*/run.json")):
+        time.sleep(0.2)
+    assert list((tmp_path / "outputs" / "sweepkill").glob("*seed0*/run.json")), "the first job never started"
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stdout[-2000:] + stderr[-2000:]
+    assert "sweep stopped" in stdout and "1 killed" in stdout
+    assert not list((tmp_path / "outputs" / "sweepkill").glob("*seed1*"))  # no further job started
+    client = MlflowClient(tracking_uri)
+    [killed] = client.search_runs([client.get_experiment_by_name("sweepkill").experiment_id])
+    assert killed.info.status == "KILLED"
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("sweepkill").experiment_id])]
+    per_seed = [r for r in runs if "summary" not in r.data.tags]
+    assert len(per_seed) == 2 and {r.info.status for r in per_seed} == {"FINISHED"}

@@ -258,3 +258,61 @@ def test_the_release_experiment_trains_a_distance_model_on_everything(tmp_path, 
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 2, 32, 32)
     card = (run_folder(cfg) / "checkpoints" / "MODEL_CARD.md").read_text()
     assert "head `distance`" in card and "held-out test 0" in card
+
+
+def test_sigterm_in_the_test_phase_records_a_killed_run_that_resumes(train_overrides, tracking_uri, monkeypatch):
+    """SIGTERM (a cluster's time limit) while the run is being tested: exit 143, MLflow status KILLED with the
+    reason, failed.json; the same command later finishes it in the same MLflow run, the reason cleared."""
+    import os
+    import signal
+
+    from nucleiseg.inference.test_pass import SessionTestPass
+
+    cfg = compose(train_overrides + ["study=sigterm", "trainer.max_epochs=2"])
+    original = SessionTestPass.on_test_epoch_end
+    monkeypatch.setattr(SessionTestPass, "on_test_epoch_end", lambda *args: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    assert exit_info.value.code == 143
+    [killed] = _runs(tracking_uri, "sigterm")
+    assert killed.info.status == "KILLED" and "SIGTERM" in killed.data.tags["failure_reason"]
+    folder = run_folder(cfg)
+    assert (
+        json.loads((folder / "failed.json").read_text())["status"] == "KILLED" and not (folder / "done.json").exists()
+    )
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+    seconds_before = json.loads((folder / "run.json").read_text())["train_seconds"]
+
+    monkeypatch.setattr(SessionTestPass, "on_test_epoch_end", original)
+    result = main(cfg)
+    assert result["status"] == "finished"
+    [finished] = _runs(tracking_uri, "sigterm")
+    assert finished.info.run_id == killed.info.run_id and finished.info.status == "FINISHED"
+    assert "failure_reason" not in finished.data.tags and not (folder / "failed.json").exists()
+    assert finished.data.metrics["train_seconds"] >= seconds_before  # the sessions add up
+
+
+def test_a_second_training_of_the_same_run_is_refused_and_touches_nothing(train_overrides, tracking_uri):
+    from nucleiseg.locking import exclusive
+
+    cfg = compose(train_overrides + ["study=locked"])
+    folder = run_folder(cfg)
+    with exclusive(folder / ".lock", "test"), pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    assert exit_info.value.code == 2
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"] and _runs(tracking_uri, "locked") == []
+
+
+def test_a_refused_command_never_damages_a_finished_run(train_overrides, tracking_uri, tmp_path, monkeypatch):
+    """Re-running a finished run with another test checkpoint is refused (another configuration) without
+    flipping the finished MLflow run; moving the data (NUCLEISEG_DATA) does not change the run's identity."""
+    cfg = compose(train_overrides + ["study=refusal"])
+    run(cfg)
+    [before] = _runs(tracking_uri, "refusal")
+    with pytest.raises(SystemExit):
+        main(compose(train_overrides + ["study=refusal", "test_checkpoint=best"]))
+    [after] = _runs(tracking_uri, "refusal")
+    assert after.info.status == "FINISHED" and "failure_reason" not in after.data.tags
+    assert not (run_folder(cfg) / "failed.json").exists()
+    moved = compose(train_overrides + ["study=refusal", f"paths.data_dir={tmp_path / 'elsewhere'}"])
+    assert main(moved)["status"] == "skipped"

@@ -83,8 +83,12 @@ class NucleiDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         online_augment: OnlineAugment | None = None,
         distance_targets: bool = False,
+        on_device: bool = False,
     ) -> None:
+        """``on_device``: move the cached tensors to the training device (a GPU) once at setup, so batches are
+        indexed there and nothing is copied from the host per step."""
         super().__init__()
+        self.on_device = on_device
         self.folder = Path(folder)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
@@ -95,9 +99,15 @@ class NucleiDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))
+        device = self.trainer.strategy.root_device if self.on_device and self.trainer is not None else None
         for split in wanted:
             if split not in self.splits:
-                self.splits[split] = load_split(self.folder, split, self.distance_targets)
+                pairs = load_split(self.folder, split, self.distance_targets)
+                if device is not None and device.type == "cuda":
+                    pairs = TensorPairs(
+                        *(t.to(device) if t is not None else None for t in (pairs.images, pairs.masks, pairs.distances))
+                    )
+                self.splits[split] = pairs
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -60,5 +60,5 @@ def print_sweep_summary(rows: list[dict[str, Any]], console: Console | None = No
             table.add_row(row["run"], f"[red]{row['status']}[/red]", "", "", "")
             table.add_row("", str(row.get("reason", ""))[:120], "", "", "")
     console.print(table)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "skipped", "failed", "planned")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "skipped", "failed", "killed", "planned")}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("finished", "failed")))

@@ -3,63 +3,175 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from nucleiseg.tracking.report import ReportError, table_one_order, write_report
+from nucleiseg.tracking.study import DONE_TAG
+
+TEST_METRICS = ("jaccard", "f1", "recall", "precision", "accuracy", "images_per_second")
+
+
+def add_run(client, experiment, encoder, pretrained, seed, jaccard, losses, status="FINISHED", **extra):
+    """A training run as train.py records it (tags, per-epoch losses, test metrics, the done tag)."""
+    tags = {
+        "encoder": encoder,
+        "pretrained": str(pretrained).lower(),
+        "head": extra.pop("head", "binary"),
+        "seed": str(seed),
+        "protocol": extra.pop("protocol", "paper"),
+        "protocol_differences": extra.pop("differences", ""),
+        "data_split": extra.pop("data_split", "paper-seed0"),
+    }
+    run = client.create_run(experiment, run_name=f"{encoder}-{pretrained}-{seed}", tags=tags)
+    rid = run.info.run_id
+    for epoch, (train, val) in enumerate(losses):
+        client.log_metric(rid, "train/loss", train, step=epoch)
+        client.log_metric(rid, "val/loss", val, step=epoch)
+    if status == "FINISHED" and not extra.pop("incomplete", False):
+        values = {"jaccard": jaccard, "f1": jaccard + 0.1, "recall": 0.8, "precision": 0.7, "accuracy": 0.9}
+        values["images_per_second"] = extra.pop("speed", 100.0 + seed)
+        values.update(extra)
+        for name, value in values.items():
+            client.log_metric(rid, f"test/{name}", value)
+        client.set_tag(rid, DONE_TAG, "true")
+    elif status != "FINISHED":
+        client.set_tag(rid, "failure_reason", "NonFiniteLossError: non-finite training loss")
+    client.set_terminated(rid, status)
+    return rid
 
 
 def make_study(uri: str, study: str) -> MlflowClient:
     """Three seeds of DenseNet-121 (ImageNet), two finished + one failed of the modified U-Net."""
     client = MlflowClient(uri)
     experiment = client.create_experiment(study)
-
-    def add(configuration, seed, jaccard, losses, status="FINISHED"):
-        run = client.create_run(
-            experiment, run_name=f"{configuration}-{seed}", tags={"configuration": configuration, "seed": str(seed)}
-        )
-        rid = run.info.run_id
-        for epoch, (train, val) in enumerate(losses):
-            client.log_metric(rid, "train/loss", train, step=epoch)
-            client.log_metric(rid, "val/loss", val, step=epoch)
-        if status == "FINISHED":
-            for name, value in {
-                "jaccard": jaccard,
-                "f1": jaccard + 0.1,
-                "recall": 0.8,
-                "precision": 0.7,
-                "accuracy": 0.9,
-                "images_per_second": 100.0 + seed,
-            }.items():
-                client.log_metric(rid, f"test/{name}", value)
-        else:
-            client.set_tag(rid, "failure_reason", "NonFiniteLossError: non-finite training loss")
-        client.set_terminated(rid, status)
-
-    add("DenseNet-121 (ImageNet)", 0, 0.60, [(1.0, 1.2), (0.6, 0.8)])
-    add("DenseNet-121 (ImageNet)", 1, 0.70, [(0.8, 1.0), (0.4, 0.6)])
-    add("DenseNet-121 (ImageNet)", 2, 0.50, [(0.9, 1.1), (0.5, 0.7)])
-    add("Modified U-Net (BatchNorm)", 0, 0.66, [(1.1, 1.3), (0.7, 0.9)])
-    add("Modified U-Net (BatchNorm)", 1, 0.64, [(1.0, 1.2), (0.6, 0.8)])
-    add("Modified U-Net (BatchNorm)", 2, 0.0, [(1.0, 1.2)], status="FAILED")
+    add_run(client, experiment, "densenet121", True, 0, 0.60, [(1.0, 1.2), (0.6, 0.8)], speed=30.0)
+    add_run(client, experiment, "densenet121", True, 1, 0.70, [(0.8, 1.0), (0.4, 0.6)], speed=31.0)
+    add_run(client, experiment, "densenet121", True, 2, 0.50, [(0.9, 1.1), (0.5, 0.7)], speed=32.0)
+    add_run(client, experiment, "unet_bn", False, 0, 0.66, [(1.1, 1.3), (0.7, 0.9)], speed=130.0)
+    add_run(client, experiment, "unet_bn", False, 1, 0.64, [(1.0, 1.2), (0.6, 0.8)], speed=128.0)
+    add_run(client, experiment, "unet_bn", False, 2, 0.0, [(1.0, 1.2)], status="FAILED")
     return client
 
 
-def test_report_tables_have_medians_iqr_counts_and_the_papers_values(tmp_path, tracking_uri):
+def test_report_tables_have_medians_ranges_counts_and_the_papers_values(tmp_path, tracking_uri):
     make_study(tracking_uri, "report_study")
     out = write_report(tracking_uri, "report_study", tmp_path / "report")
     table3 = pd.read_csv(out / "table3_metrics.csv").set_index("configuration")
     densenet, unet = table3.loc["DenseNet-121 (ImageNet)"], table3.loc["Modified U-Net (BatchNorm)"]
     assert densenet.jaccard == pytest.approx(0.60) and densenet.jaccard_iqr == pytest.approx(0.10)
+    assert (densenet.jaccard_min, densenet.jaccard_max) == pytest.approx((0.50, 0.70))
     assert densenet.n == 3 and densenet.n_failed == 0
     assert unet.jaccard == pytest.approx(0.65) and unet.n == 2 and unet.n_failed == 1
     assert densenet.jaccard_paper == pytest.approx(0.669) and densenet.jaccard_diff == pytest.approx(0.60 - 0.669)
-    assert unet.images_per_second_paper == pytest.approx(129.5)
+    assert bool(densenet.jaccard_in_range) and not bool(unet.jaccard_in_range)  # 0.662 outside [0.64, 0.66]
+    assert unet.images_per_second_paper == pytest.approx(129.525) and bool(unet.images_per_second_in_range)
     assert list(table3.index) == [c for c in table_one_order() if c in table3.index]  # Table I order
     table2 = pd.read_csv(out / "table2_losses.csv").set_index("configuration")
     assert table2.loc["DenseNet-121 (ImageNet)", "train_loss"] == pytest.approx(0.5)
-    assert table2.loc["DenseNet-121 (ImageNet)", "val_loss"] == pytest.approx(0.7)
+    assert table2.loc["DenseNet-121 (ImageNet)", "val_loss_paper"] == pytest.approx(0.431)
     for name in ("fig7_train_loss.png", "fig7_train_loss.svg", "fig8_val_loss.png", "fig8_val_loss.svg"):
         assert (out / name).stat().st_size > 1000
     report = (out / "report.md").read_text()
-    assert "5 finished, 1 failed" in report and "non-finite training loss" in report
-    assert "| DenseNet-121 (ImageNet) |" in report
+    assert "5 finished with all their outputs" in report and "non-finite training loss" in report
+    assert "| DenseNet-121 (ImageNet) |" in report and "0.600 [0.500-0.700] vs 0.669: -0.069 (inside)" in report
+    claims = pd.read_csv(out / "claims.csv")
+    fastest = claims[claims.claim.str.contains("fastest")].iloc[0]
+    assert fastest.holds == True and "Modified U-Net (BatchNorm): 129.000" in fastest.detail  # noqa: E712
+    best_jaccard = claims[claims.claim.str.contains("best Jaccard")].iloc[0]
+    assert best_jaccard.holds == False  # noqa: E712 - ours: the modified U-Net's 0.65 beats DenseNet's 0.60
+    assert claims[claims.claim.str.contains("random initialisation")].holds.isna().all()  # no scratch rows here
+
+
+def test_rank_agreement_over_the_published_rows(tmp_path, tracking_uri):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("report_ranks")
+    # three rows in the paper's Jaccard order (0.662 > 0.647 > 0.588), one seed each
+    for encoder, pretrained, jaccard in (("unet_bn", False, 0.70), ("resnet50", True, 0.68), ("resnet50", False, 0.62)):
+        add_run(client, experiment, encoder, pretrained, 0, jaccard, [(1.0, 1.0)])
+    out = write_report(tracking_uri, "report_ranks", tmp_path / "r")
+    agreement = pd.read_csv(out / "rank_agreement.csv").set_index("metric")
+    assert agreement.loc["jaccard", "kendall_tau"] == pytest.approx(1.0) and agreement.loc["jaccard", "n_rows"] == 3
+    claims = pd.read_csv(out / "claims.csv")
+    resnet = claims[claims.claim.str.contains("for ResNet-50 ")].iloc[0]
+    assert resnet.holds == True and "ImageNet 0.680 vs scratch 0.620" in resnet.detail  # noqa: E712
+
+
+def test_a_study_off_the_papers_protocol_is_never_compared_silently(tmp_path, tracking_uri):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("report_custom")
+    add_run(
+        client,
+        experiment,
+        "unet_bn",
+        False,
+        0,
+        0.76,
+        [(1.0, 1.0)],
+        protocol="custom",
+        differences="data.name=synthetic (paper: paper); trainer.max_epochs=3 (paper: 20)",
+    )
+    out = write_report(tracking_uri, "report_custom", tmp_path / "r")
+    table3 = pd.read_csv(out / "table3_metrics.csv")
+    assert not [c for c in table3.columns if c.endswith(("_paper", "_diff", "_in_range"))]
+    report = (out / "report.md").read_text()
+    assert "Not the paper's protocol: no comparison with the published values" in report
+    assert "trainer.max_epochs=3 (paper: 20)" in report and "vs 0.662" not in report
+
+
+def test_killed_and_incomplete_runs_are_not_counted_finished(tmp_path, tracking_uri):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("report_killed")
+    add_run(client, experiment, "unet_bn", False, 0, 0.7, [(1.0, 1.0)])
+    add_run(client, experiment, "unet_bn", False, 1, 0.7, [(1.0, 1.0)], status="KILLED")
+    add_run(client, experiment, "unet_bn", False, 2, 0.7, [(1.0, 1.0)], incomplete=True)  # FINISHED, no outputs
+    table3 = pd.read_csv(write_report(tracking_uri, "report_killed", tmp_path / "r") / "table3_metrics.csv")
+    row = table3.iloc[0]
+    assert (row.n, row.n_killed, row.n_other, row.n_failed) == (1, 1, 1, 0)
+    only_killed = client.create_experiment("report_only_killed")
+    add_run(client, only_killed, "unet_bn", False, 0, 0.7, [(1.0, 1.0)], status="KILLED")
+    with pytest.raises(ReportError, match="no finished run with all its test outputs.*KILLED"):
+        write_report(tracking_uri, "report_only_killed", tmp_path / "k")
+
+
+def test_spread_separates_the_test_split_from_the_training_seed(tmp_path, tracking_uri):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("report_spread")
+    # two splits 0.10 apart, seeds +-0.01 around each split's mean
+    for split, centre in (("paper-seed0", 0.70), ("paper-seed1", 0.60)):
+        for seed, offset in enumerate((-0.01, 0.0, 0.01)):
+            add_run(client, experiment, "unet_bn", False, seed, centre + offset, [(1.0, 1.0)], data_split=split)
+    out = write_report(tracking_uri, "report_spread", tmp_path / "r")
+    spread = pd.read_csv(out / "spread_sources.csv").iloc[0]
+    assert spread.n_splits == 2 and spread.n_runs == 6
+    assert spread.between_splits_sd == pytest.approx(0.1 / 2**0.5)  # SD of the split means 0.70 and 0.60
+    assert spread.within_split_seed_sd == pytest.approx(0.01)
+    assert (spread.split_medians_min, spread.split_medians_max) == pytest.approx((0.60, 0.70))
+    assert "Sources of spread" in (out / "report.md").read_text()
+
+
+def test_medians_go_back_to_mlflow_as_summary_runs(tmp_path, tracking_uri):
+    client = make_study(tracking_uri, "report_summaries")
+    write_report(tracking_uri, "report_summaries", tmp_path / "r1")
+    write_report(tracking_uri, "report_summaries", tmp_path / "r2")  # replaces, never duplicates
+    experiment = client.get_experiment_by_name("report_summaries").experiment_id
+    summaries = client.search_runs([experiment], filter_string="tags.summary = 'true'")
+    assert sorted(r.data.tags["configuration"] for r in summaries) == [
+        "DenseNet-121 (ImageNet)",
+        "Modified U-Net (BatchNorm)",
+    ]
+    densenet = next(r for r in summaries if r.data.tags["configuration"].startswith("DenseNet"))
+    assert densenet.data.metrics["jaccard/median"] == pytest.approx(0.60)
+    assert densenet.data.metrics["jaccard/iqr"] == pytest.approx(0.10) and densenet.data.metrics["n"] == 3
+    per_seed = [r for r in client.search_runs([experiment]) if "summary" not in r.data.tags]
+    assert len(per_seed) == 6  # untouched
+
+
+def test_loss_curves_use_whole_epochs(tmp_path, monkeypatch):
+    import nucleiseg.tracking.figures as figures
+
+    seen = []
+    monkeypatch.setattr(figures, "save", lambda figure, stem, dpi: seen.append(figure))
+    curves = pd.DataFrame({"configuration": ["U-Net"] * 3, "epoch": [0, 1, 2], "value": [1.0, 0.8, 0.7]})
+    figures.plot_curves(curves, "t", "loss", tmp_path / "f")
+    ticks = seen[0].axes[0].get_xticks()
+    assert len(ticks) and all(float(t).is_integer() for t in ticks)
 
 
 def test_existing_output_is_not_overwritten_unless_asked(tmp_path, tracking_uri):
