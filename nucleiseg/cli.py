@@ -258,7 +258,15 @@ def _predict(args: argparse.Namespace) -> int:
     cfg = _compose([*overrides, *flags])
     checkpoint = resolve_checkpoint(args.checkpoint, args.run_id, tracking_uri(cfg.logger))
     session, _ = _session(checkpoint, overrides, flags)
-    summary = predict(inputs, args.out, session, overwrite=args.overwrite, progress="none" if args.quiet else "auto")
+    from nucleiseg.slides.predict_slide import SlideSettings
+
+    slide_settings = SlideSettings.from_config(cfg.slide)
+    if args.labels:
+        slide_settings = SlideSettings(**{**slide_settings.__dict__, "labels": True})
+    progress = "none" if args.quiet else "auto"
+    summary = predict(
+        inputs, args.out, session, overwrite=args.overwrite, progress=progress, slide_settings=slide_settings
+    )
     print_summary(summary, Path(args.out))
     return 0 if summary.ok else 1
 
@@ -357,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
 
     predict = commands.add_parser("predict", help="segment your own images: masks, instances, GeoJSON, features")
-    predict.add_argument("words", nargs="+", metavar="INPUT [KEY=VALUE]", help="images or folders, and " + WORDS_HELP)
+    predict.add_argument(
+        "words", nargs="+", metavar="INPUT [KEY=VALUE]", help="images, slides or folders, and " + WORDS_HELP
+    )
     predict.add_argument("--out", required=True, help="output folder (one sub-folder per image)")
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a .ckpt written by training")
@@ -365,9 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
     predict.add_argument("--tile-size", type=int, default=None, help="sliding-window tile (multiple of 32)")
-    predict.add_argument("--mpp", type=float, default=None, help="microns per pixel of the inputs")
+    predict.add_argument(
+        "--mpp", type=float, default=None, help="microns per pixel of the inputs (slides: replaces the file's)"
+    )
     predict.add_argument("--scale", type=float, default=None, help="resample inputs by this factor for the model")
     predict.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None)
+    predict.add_argument("--labels", action="store_true", help="slides: also write labels.tif (tiled, pyramidal)")
     predict.add_argument("--quiet", action="store_true", help="no progress output")
     predict.set_defaults(handler=_predict)
 

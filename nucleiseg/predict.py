@@ -25,9 +25,11 @@ from nucleiseg.inference.export import geojson_bytes, geojson_nuclei, outline_ov
 from nucleiseg.inference.session import InferenceSession
 from nucleiseg.postprocess.features import nucleus_features, write_features
 from nucleiseg.progress import Progress
+from nucleiseg.slides.reader import SLIDE_SUFFIXES
 from nucleiseg.writing import png_bytes, tiff_bytes, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
+INPUT_SUFFIXES = tuple(dict.fromkeys(IMAGE_SUFFIXES + SLIDE_SUFFIXES))
 OUTPUTS = ("probability.tif", "mask.png", "instances.tif", "overlay.png", "nuclei.geojson", "features.csv")
 DONE, IN_PROGRESS = "done.json", ".in_progress"
 
@@ -49,7 +51,7 @@ def expand_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str,
     files, missing = [], []
     for entry in map(Path, inputs):
         if entry.is_dir():
-            files += sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += sorted(p for p in entry.iterdir() if p.suffix.lower() in INPUT_SUFFIXES and p.is_file())
         elif entry.is_file():
             files.append(entry)
         else:
@@ -100,6 +102,8 @@ def settings_fingerprint(session: InferenceSession) -> str:
 
 
 def _state(folder: Path, fingerprint: str) -> str:
+    from nucleiseg.slides.predict_slide import JOURNAL, SLIDE_OUTPUTS
+
     done = folder / DONE
     if done.is_file():
         try:
@@ -107,9 +111,9 @@ def _state(folder: Path, fingerprint: str) -> str:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return "foreign"
         return "done" if made_by == fingerprint else "other"
-    if (folder / IN_PROGRESS).exists():
+    if (folder / IN_PROGRESS).exists() or (folder / JOURNAL / "plan.json").is_file():
         return "interrupted"
-    if folder.is_dir() and any((folder / name).exists() for name in OUTPUTS):
+    if folder.is_dir() and any((folder / name).exists() for name in OUTPUTS + SLIDE_OUTPUTS):
         return "foreign"
     return "new"
 
@@ -150,6 +154,51 @@ def predict_image(
     return n_nuclei
 
 
+def predict_slide_input(
+    session: InferenceSession, path: Path, folder: Path, fingerprint: str, slide_settings, bars, overwrite: bool
+) -> int:
+    """A whole slide (or any image too large to handle whole) through the windowed path; returns nuclei."""
+    import shutil
+
+    from nucleiseg.slides.predict_slide import JOURNAL, predict_slide
+    from nucleiseg.slides.reader import open_slide
+
+    if overwrite:
+        shutil.rmtree(folder / JOURNAL, ignore_errors=True)
+        (folder / DONE).unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    slide = open_slide(path, session.settings.microns_per_pixel)
+    try:
+        result = predict_slide(slide, folder, session, slide_settings, fingerprint, bars)
+    finally:
+        slide.close()
+    write_json_atomic(folder / "slide.json", result.summary)
+    outputs = ["nuclei.geojson", "features.csv", "overview.png", "tissue.png", "slide.json"]
+    outputs += [name for name in ("features.parquet", "labels.tif") if (folder / name).is_file()]
+    write_json_atomic(
+        folder / DONE,
+        {
+            "image": path.name,
+            "n_nuclei": result.n_nuclei,
+            "outputs": outputs,
+            "fingerprint": fingerprint,
+            "settings": session.describe(),
+            "slide": {k: result.summary[k] for k in ("tissue_fraction", "windows_with_tissue", "windows_skipped")},
+        },
+    )
+    return result.n_nuclei
+
+
+def _predict_whole(session: InferenceSession, path: Path, folder: Path, fingerprint: str, bars, overwrite: bool) -> int:
+    image = read_rgb(path)
+    tiles = bars.task(f"  {path.name} tiles", session.segmenter(session.scale_for()).n_tiles(*image.shape[:2]))
+    if overwrite:
+        (folder / DONE).unlink(missing_ok=True)
+    n = predict_image(session, image, output_name(path), folder, fingerprint, tiles.advance)
+    bars.remove(tiles)
+    return n
+
+
 def warn_if_synthetic(session: InferenceSession) -> None:
     if (session.hparams.get("data") or {}).get("synthetic"):
         log.warning(
@@ -165,12 +214,20 @@ def predict(
     session: InferenceSession,
     overwrite: bool = False,
     progress: str = "auto",
+    slide_settings=None,
 ) -> PredictSummary:
-    """Predict every input image into ``out``; never raises for one bad image (it is listed in the summary)."""
+    """Predict every input image into ``out``; never raises for one bad image (it is listed in the summary).
+
+    Slides, and images too large to handle whole, go through the windowed path (:mod:`nucleiseg.slides`) with
+    ``slide_settings`` (:class:`~nucleiseg.slides.predict_slide.SlideSettings`)."""
+    from nucleiseg.slides.predict_slide import SlideSettings
+    from nucleiseg.slides.reader import is_slide
+
+    slide_settings = slide_settings or SlideSettings()
     files, missing = expand_inputs(inputs)
     summary = PredictSummary(failed=list(missing))
     if not files and not missing:
-        raise ConfigError(f"no image ({', '.join(IMAGE_SUFFIXES)}) found in {[str(i) for i in inputs]}")
+        raise ConfigError(f"no image or slide ({', '.join(INPUT_SUFFIXES)}) found in {[str(i) for i in inputs]}")
     warn_if_synthetic(session)
     fingerprint = settings_fingerprint(session)
     out = Path(out).expanduser()
@@ -187,18 +244,15 @@ def predict(
                 summary.not_written.append((path.name, why))
             else:
                 try:
-                    image = read_rgb(path)
-                    tiles = bars.task(
-                        f"  {path.name} tiles", session.segmenter(session.scale_for()).n_tiles(*image.shape[:2])
-                    )
-                    if overwrite:
-                        (folder / DONE).unlink(missing_ok=True)
-                    n = predict_image(session, image, output_name(path), folder, fingerprint, tiles.advance)
-                    bars.remove(tiles)
+                    if is_slide(path, slide_settings.min_pixels):
+                        n = predict_slide_input(session, path, folder, fingerprint, slide_settings, bars, overwrite)
+                    else:
+                        n = _predict_whole(session, path, folder, fingerprint, bars, overwrite)
                     summary.done.append((path.name, n))
                     nuclei += n
                 except (NucleisegError, OSError, MemoryError) as error:
-                    summary.failed.append((str(path), str(error)))
+                    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                    summary.failed.append((str(path), reason))
             images_task.advance(note=f"{path.name}, {nuclei} nuclei so far")
     return summary
 

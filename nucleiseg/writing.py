@@ -50,3 +50,25 @@ def tiff_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, array, compression="zlib")
     return buffer.getvalue()
+
+
+class atomic_stream:  # noqa: N801 - used like open()
+    """``with atomic_stream(path, "w") as handle:`` writes a large file piece by piece under a temporary name
+    and renames it into place only when the block ends without an error (permissions as for a new file)."""
+
+    def __init__(self, path: str | Path, mode: str = "w") -> None:
+        self.path = Path(path)
+        self.mode = mode
+        self.temporary = self.path.parent / f".{self.path.name}.{secrets.token_hex(6)}.tmp"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.temporary, self.mode.replace("w", "x"))  # closed in __exit__
+        return self.handle
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.handle.close()
+        if kind is None:
+            os.replace(self.temporary, self.path)
+        else:
+            self.temporary.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ mask conventions are handled in one place.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +24,51 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
-def _decode_with_pillow(source) -> np.ndarray:
-    with Image.open(source) as image:
-        image.load()  # forces a full decode, so a truncated file fails here and not later
+# Images decoded whole (not through the slide reader's windows) stay within Pillow's own bomb limit: twice
+# Image.MAX_IMAGE_PIXELS (about 179 megapixels, 540 MB of RGB). Larger images are slides: nucleiseg.slides.
+MAX_WHOLE_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+
+
+class TooLargeError(ImageReadError):
+    """An image is too large to decode whole (or claims to be: a decompression bomb)."""
+
+
+def _too_large(path: Path, width: int, height: int) -> TooLargeError:
+    return TooLargeError(
+        f"{path}: {width}x{height} pixels is beyond what is decoded whole ({MAX_WHOLE_PIXELS / 1e6:.0f} MP); "
+        "save it as a tiled (pyramidal) TIFF, which is read window by window (e.g. vips tiffsave IN OUT.tif "
+        "--tile --pyramid --compression jpeg)"
+    )
+
+
+def _decode_with_pillow(source, path: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            opened = Image.open(source)
+        except Image.DecompressionBombError as error:  # Pillow refuses at open past twice its limit
+            raise TooLargeError(f"{path}: {error}; save it as a tiled (pyramidal) TIFF to read it in windows") from None
+    with opened as image:
+        if image.width * image.height > MAX_WHOLE_PIXELS:
+            raise _too_large(path, image.width, image.height)
+        with warnings.catch_warnings():  # within our limit on purpose: no "decompression bomb" warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()  # forces a full decode, so a truncated file fails here and not later
         if image.mode in ("I;16", "I;16B", "I;16L"):
             return np.asarray(image, dtype=np.uint16)
         if image.mode == "P":
             image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         return np.asarray(image)
+
+
+def _decode_with_tifffile(source, path: Path) -> np.ndarray:
+    """TIFF flavours Pillow cannot decode; the size the file declares is checked before anything is decoded (a
+    few kilobytes can declare gigabytes)."""
+    with tifffile.TiffFile(source) as tiff:
+        page = tiff.pages.first
+        if page.imagewidth * page.imagelength > MAX_WHOLE_PIXELS:
+            raise _too_large(path, page.imagewidth, page.imagelength)
+        return np.asarray(page.asarray())
 
 
 def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
@@ -41,20 +79,24 @@ def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
     """
     try:
         try:
-            return _decode_with_pillow(io.BytesIO(data) if data is not None else path)
+            return _decode_with_pillow(io.BytesIO(data) if data is not None else path, path)
+        except TooLargeError:
+            raise
         except (UnidentifiedImageError, OSError, ValueError) as pillow_error:
             if path.suffix.lower() not in TIFF_SUFFIXES or isinstance(pillow_error, FileNotFoundError):
                 raise
-            return np.asarray(tifffile.imread(io.BytesIO(data) if data is not None else path))
+            return _decode_with_tifffile(io.BytesIO(data) if data is not None else path, path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
+    except TooLargeError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, tifffile.TiffFileError) as error:
         raise ImageReadError(
             f"{path}: cannot decode the image ({error}); expected a complete PNG, JPEG or TIFF file"
         ) from None
 
 
-def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
+def to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
     """Scale integer or float pixel values to uint8 (16-bit images are divided by 257, not clipped)."""
     if array.dtype == np.uint8:
         return array
@@ -86,7 +128,7 @@ def read_rgb(path: str | Path, data: bytes | None = None) -> np.ndarray:
         array = array[..., :3]
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ImageReadError(f"{path}: image of shape {array.shape}; expected HxW, HxWx3 or HxWx4")
-    return np.ascontiguousarray(_to_uint8(array, path))
+    return np.ascontiguousarray(to_uint8(array, path))
 
 
 def mask_to_instances(array: np.ndarray, path: str | Path = "<mask>") -> np.ndarray:

@@ -30,9 +30,12 @@ def outline_overlay(image: np.ndarray, instances: np.ndarray) -> np.ndarray:
     return overlay
 
 
-def instance_polygons(instances: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> dict[int, dict[str, Any]]:
+def instance_polygons(
+    instances: np.ndarray, offset: tuple[float, float] = (0.0, 0.0), scale: float = 1.0
+) -> dict[int, dict[str, Any]]:
     """``{label: GeoJSON geometry}``: the exact outline of each instance along pixel edges, in QuPath's convention
-    (pixel (x, y) is the square [x, x+1] x [y, y+1]), shifted by ``offset`` = (x0, y0).
+    (pixel (x, y) is the square [x, x+1] x [y, y+1]), scaled by ``scale`` (slide pixels per pixel of
+    ``instances``) and shifted by ``offset`` = (x0, y0).
 
     rasterio's polygonize (GDAL) traces the edges, so rasterising a polygon back at pixel centres gives the
     instance exactly, 1-pixel nuclei and holes included; pixels of one instance touching only at a corner
@@ -45,7 +48,7 @@ def instance_polygons(instances: np.ndarray, offset: tuple[float, float] = (0.0,
 
     pieces: dict[int, list] = {}
     labels = np.ascontiguousarray(instances, dtype=np.int32)  # polygonize takes int32, not int64
-    transform = Affine(1.0, 0.0, float(offset[0]), 0.0, 1.0, float(offset[1]))
+    transform = Affine(float(scale), 0.0, float(offset[0]), 0.0, float(scale), float(offset[1]))
     for geometry, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
         pieces.setdefault(int(value), []).append(shape(geometry))
     outlines = {}
@@ -67,12 +70,15 @@ def geojson_nuclei(
 
 
 def nucleus_features_geojson(
-    instances: np.ndarray, features: pd.DataFrame | None = None, offset: tuple[float, float] = (0.0, 0.0)
+    instances: np.ndarray,
+    features: pd.DataFrame | None = None,
+    offset: tuple[float, float] = (0.0, 0.0),
+    scale: float = 1.0,
 ) -> list[dict[str, Any]]:
     """The GeoJSON Features of :func:`geojson_nuclei` (a slide writes them window by window)."""
     by_id = features.set_index("instance_id") if features is not None and len(features) else None
     collection = []
-    for label, geometry in instance_polygons(instances, offset).items():
+    for label, geometry in instance_polygons(instances, offset, scale).items():
         properties: dict[str, Any] = {
             "objectType": "detection",
             "classification": {"name": "Nucleus", "color": list(NUCLEUS_RGB)},

@@ -1,0 +1,405 @@
+"""Segment every nucleus of a whole slide in bounded memory, resumable window by window.
+
+1. The slide is read at the level closest to the model's training resolution (from the slide's microns per pixel
+   and the checkpoint's; ``--mpp`` or ``--scale`` when the file has no resolution), the remaining factor resampled.
+2. Tissue is found on a low-resolution view (:mod:`nucleiseg.slides.tissue`); only windows with tissue are read.
+3. The slide is cut into square *core* windows; each is read with a margin of context on every side and
+   predicted with the inference session. A nucleus belongs to the window whose core holds its centroid, and is
+   kept whole from that window's prediction: with a margin wider than the largest nucleus, every nucleus on a
+   seam is reported exactly once and never cut.
+4. Each finished window is written to ``OUT/NAME/.windows/`` at once (its nuclei as GeoJSON features and table
+   rows, optionally its labels); a killed run continues from the windows it finished. Memory holds one window.
+5. At the end the windows are streamed into ``nuclei.geojson`` (QuPath), ``features.csv`` (+ Parquet),
+   ``overview.png`` (the slide with every nucleus marked), ``tissue.png``, optionally ``labels.tif`` (a tiled
+   pyramidal label image), ``slide.json`` and, last, ``done.json``.
+
+Coordinates in the GeoJSON and the table are level-0 pixels of the slide (what QuPath shows), lengths also in
+micrometres when the slide's pixel size is known.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from nucleiseg.data.transforms import resize_image
+from nucleiseg.errors import ConfigError
+from nucleiseg.inference.export import nucleus_features_geojson
+from nucleiseg.inference.session import InferenceSession
+from nucleiseg.postprocess.features import nucleus_features
+from nucleiseg.slides.reader import Slide, SlideError
+from nucleiseg.slides.tissue import tissue_fraction, tissue_mask
+from nucleiseg.writing import png_bytes, write_bytes_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+JOURNAL = ".windows"
+SLIDE_OUTPUTS = ("nuclei.geojson", "features.csv", "overview.png", "tissue.png", "slide.json")
+
+
+@dataclass(frozen=True)
+class SlideSettings:
+    """The ``slide`` config group: window geometry, tissue detection, optional outputs."""
+
+    window: int = 1024  # core of a window, in model pixels
+    margin: int = 96  # context around a core, in model pixels: wider than the largest nucleus
+    thumbnail: int = 2048  # longest side of the low-resolution view (tissue, overview)
+    min_tissue: float = 0.02  # share of a window's core that must be tissue for it to be predicted
+    labels: bool = False  # also write labels.tif (tiled, pyramidal, int32 nucleus ids)
+    min_pixels: int = 4096 * 4096  # a plain image larger than this goes through the windowed path too
+
+    def __post_init__(self) -> None:
+        if self.window < 64 or self.margin < 0 or self.margin * 2 >= self.window * 4:
+            raise ConfigError(
+                f"slide.window={self.window}, slide.margin={self.margin}: expected window >= 64, margin >= 0"
+            )
+        if not 0 <= self.min_tissue <= 1:
+            raise ConfigError(f"slide.min_tissue={self.min_tissue}: expected a share between 0 and 1")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> SlideSettings:
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    x: int  # core origin at the read level
+    y: int
+    width: int  # core size at the read level (smaller at the slide's right and bottom edges)
+    height: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a slide is read: level, factors between level 0, the read level and the model, window geometry."""
+
+    level: int
+    level_downsample: float  # level-0 pixels per read-level pixel
+    model_downsample: float  # level-0 pixels per model pixel (d)
+    resize: float  # model pixels per read-level pixel (r = level_downsample / d)
+    core: int  # read-level pixels
+    margin: int  # read-level pixels
+    slide_mpp: float | None
+    model_mpp: float | None
+
+    def windows(self, slide: Slide) -> list[Window]:
+        width, height = slide.level_dimensions[self.level]
+        return [
+            Window(index, x, y, min(self.core, width - x), min(self.core, height - y))
+            for index, (y, x) in enumerate(
+                (y, x) for y in range(0, height, self.core) for x in range(0, width, self.core)
+            )
+        ]
+
+
+def plan_slide(slide: Slide, session: InferenceSession, settings: SlideSettings) -> Plan:
+    """The read level and scale factors from the slide's and the model's resolution (or the user's scale)."""
+    model_mpp = (session.hparams.get("data") or {}).get("model_mpp")
+    if session.settings.scale is not None:
+        downsample = 1.0 / session.settings.scale
+    elif slide.mpp and model_mpp:
+        downsample = float(model_mpp) / slide.mpp
+    elif model_mpp:
+        raise SlideError(
+            f"{slide.path}: no resolution in the file (microns per pixel); give it with --mpp (e.g. --mpp 0.25 "
+            "for 40x) or the resampling factor with --scale"
+        )
+    else:
+        log.warning("%s: the model records no training resolution; reading at full resolution", session.source)
+        downsample = 1.0
+    level = slide.best_level(downsample)
+    level_downsample = slide.level_downsamples[level]
+    resize = level_downsample / downsample
+    core = max(16, int(round(settings.window / resize / 16)) * 16)  # a multiple of 16: the label image's tiles
+    margin = int(math.ceil(settings.margin / resize))
+    return Plan(level, level_downsample, downsample, resize, core, margin, slide.mpp, model_mpp)
+
+
+def _centroids(labels: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` (row, col) centroids of labels 1..n."""
+    count = int(labels.max())
+    if not count:
+        return np.zeros((0, 2))
+    return np.asarray(ndimage.center_of_mass(np.ones_like(labels), labels, np.arange(1, count + 1)))
+
+
+def _owned(labels: np.ndarray, core_box: tuple[float, float, float, float]) -> tuple[np.ndarray, int]:
+    """Keep the nuclei whose centroid lies in the core ``(top, left, bottom, right)``, relabelled 1..n; also
+    count kept nuclei touching the read region's edge (larger than the margin: possibly cut)."""
+    from skimage.segmentation import relabel_sequential
+
+    centres = _centroids(labels)
+    top, left, bottom, right = core_box
+    inside = (centres[:, 0] >= top) & (centres[:, 0] < bottom) & (centres[:, 1] >= left) & (centres[:, 1] < right)
+    keep = np.zeros(len(centres) + 1, bool)
+    keep[1:] = inside
+    kept = np.where(keep[labels], labels, 0)
+    kept = relabel_sequential(kept)[0].astype(np.int32)
+    edge = np.unique(np.concatenate([kept[0], kept[-1], kept[:, 0], kept[:, -1]]))
+    return kept, int((edge > 0).sum())
+
+
+def _slide_columns(frame: pd.DataFrame, window: Window, plan: Plan) -> pd.DataFrame:
+    """Window feature rows (model pixels) -> slide coordinates: level-0 pixels, and micrometres when known."""
+    d = plan.model_downsample
+    origin_x = (window.x - plan.margin) * plan.level_downsample
+    origin_y = (window.y - plan.margin) * plan.level_downsample
+    out = pd.DataFrame({"window": window.index, "local_id": frame.instance_id})
+    out["centroid_x"] = origin_x + frame.centroid_x * d
+    out["centroid_y"] = origin_y + frame.centroid_y * d
+    out["area_px"] = frame.area_px * d * d
+    out["perimeter_px"] = frame.perimeter_px * d
+    out["equivalent_diameter_px"] = frame.equivalent_diameter_px * d
+    for column in ("eccentricity", "solidity", "orientation_rad", "haematoxylin_mean", "eosin_mean"):
+        out[column] = frame[column]
+    if plan.slide_mpp:
+        out["area_um2"] = out.area_px * plan.slide_mpp**2
+        out["perimeter_um"] = out.perimeter_px * plan.slide_mpp
+        out["equivalent_diameter_um"] = out.equivalent_diameter_px * plan.slide_mpp
+    return out
+
+
+def predict_window(slide: Slide, session: InferenceSession, plan: Plan, window: Window) -> dict[str, Any]:
+    """Read, predict and separate one window; keep the nuclei it owns. Returns its journal entry."""
+    read_w, read_h = window.width + 2 * plan.margin, window.height + 2 * plan.margin
+    region = slide.read(plan.level, window.x - plan.margin, window.y - plan.margin, read_w, read_h)
+    model_h, model_w = max(1, round(read_h * plan.resize)), max(1, round(read_w * plan.resize))
+    image = region if (model_h, model_w) == (read_h, read_w) else resize_image(region, model_h, model_w)
+    labels = session.instances(session.predict(image))
+    r = plan.resize
+    core = (plan.margin * r, plan.margin * r, (plan.margin + window.height) * r, (plan.margin + window.width) * r)
+    kept, touching = _owned(labels, core)
+    features = nucleus_features(image, kept, slide.path.stem)
+    origin = ((window.x - plan.margin) * plan.level_downsample, (window.y - plan.margin) * plan.level_downsample)
+    geojson = nucleus_features_geojson(kept, None, origin, plan.model_downsample)
+    rows = _slide_columns(features, window, plan)
+    entry = {"index": window.index, "n": int(kept.max()), "touching_edge": touching, "features": geojson}
+    entry["rows"] = json.loads(rows.to_json(orient="records"))
+    if kept.max():
+        entry["labels"] = _core_labels(kept, plan, window)
+    return entry
+
+
+def _core_labels(kept: np.ndarray, plan: Plan, window: Window) -> np.ndarray:
+    """The window's core labels at the read level (nearest-neighbour back from the model's scale)."""
+    read_h, read_w = window.height + 2 * plan.margin, window.width + 2 * plan.margin
+    if kept.shape != (read_h, read_w):
+        rows = np.minimum((np.arange(read_h) * plan.resize).astype(int), kept.shape[0] - 1)
+        cols = np.minimum((np.arange(read_w) * plan.resize).astype(int), kept.shape[1] - 1)
+        kept = kept[rows][:, cols]
+    m = plan.margin
+    return kept[m : m + window.height, m : m + window.width]
+
+
+class Journal:
+    """``OUT/NAME/.windows/``: one JSON file per finished window (+ ``.npy`` labels), and the plan they share."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder / JOURNAL
+
+    def start(self, fingerprint: str, plan: Plan, tissue_windows: list[int]) -> None:
+        state = {"fingerprint": fingerprint, "plan": asdict(plan), "tissue_windows": tissue_windows}
+        found = self.state()
+        if found is not None and (found["fingerprint"] != fingerprint or found["plan"] != state["plan"]):
+            raise ConfigError(f"{self.folder}: windows of another model or other settings; pass --overwrite")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.folder / "plan.json", state)
+
+    def state(self) -> dict | None:
+        path = self.folder / "plan.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def done(self) -> set[int]:
+        return {int(p.stem[1:]) for p in self.folder.glob("W*.json")}
+
+    def write(self, entry: dict[str, Any]) -> None:
+        labels = entry.pop("labels", None)
+        if labels is not None:
+            target = self.folder / f"W{entry['index']:07d}.npy"
+            import io
+
+            buffer = io.BytesIO()
+            np.save(buffer, labels.astype(np.int32))
+            write_bytes_atomic(target, buffer.getvalue())
+        write_bytes_atomic(self.folder / f"W{entry['index']:07d}.json", json.dumps(entry).encode())
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        for path in sorted(self.folder.glob("W*.json")):
+            yield json.loads(path.read_text())
+
+    def labels(self, index: int) -> np.ndarray | None:
+        path = self.folder / f"W{index:07d}.npy"
+        return np.load(path) if path.is_file() else None
+
+
+@dataclass
+class SlideResult:
+    n_nuclei: int
+    summary: dict[str, Any]
+
+
+def _tissue_windows(slide: Slide, plan: Plan, settings: SlideSettings, windows: list[Window]):
+    thumbnail, thumb_downsample = slide.thumbnail(settings.thumbnail)
+    mask = tissue_mask(thumbnail)
+    factor = plan.level_downsample / thumb_downsample  # read-level pixels -> thumbnail pixels
+    chosen = [
+        w.index
+        for w in windows
+        if tissue_fraction(mask, (w.x * factor, w.y * factor, (w.x + w.width) * factor, (w.y + w.height) * factor))
+        >= settings.min_tissue
+    ]
+    return chosen, thumbnail, thumb_downsample, mask
+
+
+def predict_slide(
+    slide: Slide,
+    folder: Path,
+    session: InferenceSession,
+    settings: SlideSettings,
+    fingerprint: str,
+    progress,
+) -> SlideResult:
+    """Segment ``slide`` into ``folder`` (resuming the windows a killed run finished); see the module docstring."""
+    started = time.perf_counter()
+    plan = plan_slide(slide, session, settings)
+    windows = plan.windows(slide)
+    chosen, thumbnail, thumb_downsample, mask = _tissue_windows(slide, plan, settings, windows)
+    journal = Journal(folder)
+    journal.start(fingerprint, plan, chosen)
+    finished = journal.done()
+    task = progress.task(f"{slide.path.name} windows", len(chosen))
+    nuclei = sum(entry["n"] for entry in journal.entries()) if finished else 0
+    if finished:
+        task.advance(len(finished & set(chosen)), note=f"{nuclei} nuclei (resumed)")
+    for index in chosen:
+        if index in finished:
+            continue
+        entry = predict_window(slide, session, plan, windows[index])
+        if not settings.labels:
+            entry.pop("labels", None)
+        journal.write(entry)
+        nuclei += entry["n"]
+        task.advance(note=f"{nuclei} nuclei")
+    progress.remove(task)
+    seconds = time.perf_counter() - started
+    summary = {
+        "slide": str(slide.path),
+        "format": slide.format,
+        "dimensions": list(slide.dimensions),
+        "levels": len(slide.level_dimensions),
+        "microns_per_pixel": slide.mpp,
+        "plan": asdict(plan),
+        "tissue_fraction": float(mask.mean()),
+        "windows": len(windows),
+        "windows_with_tissue": len(chosen),
+        "windows_skipped": len(windows) - len(chosen),
+        "tissue_megapixels": sum(windows[i].width * windows[i].height for i in chosen) * plan.resize**2 / 1e6,
+        "seconds_this_session": seconds,
+    }
+    summary.update(assemble(folder, slide, plan, journal, thumbnail, thumb_downsample, mask, settings))
+    return SlideResult(summary["n_nuclei"], summary)
+
+
+def assemble(
+    folder: Path,
+    slide: Slide,
+    plan: Plan,
+    journal: Journal,
+    thumbnail: np.ndarray,
+    thumb_downsample: float,
+    mask: np.ndarray,
+    settings: SlideSettings,
+) -> dict[str, Any]:
+    """Stream the journal into the slide's outputs; returns counts for ``slide.json``."""
+    from nucleiseg.writing import atomic_stream
+
+    offsets: dict[int, int] = {}
+    centres: list[np.ndarray] = []
+    total, touching, first = 0, 0, True
+    parquet = _ParquetRows(folder / "features.parquet")
+    with atomic_stream(folder / "nuclei.geojson") as geojson, atomic_stream(folder / "features.csv") as table:
+        geojson.write('{"type":"FeatureCollection","features":[')
+        for entry in journal.entries():
+            offsets[entry["index"]] = total
+            rows = pd.DataFrame(entry["rows"])
+            if len(rows):
+                rows.insert(0, "nucleus_id", total + rows.pop("local_id"))
+                for feature, row in zip(entry["features"], rows.to_dict("records"), strict=True):
+                    feature["properties"]["measurements"] = {k: float(v) for k, v in row.items() if k != "window"}
+                    geojson.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
+                    first = False
+                table.write(rows.to_csv(index=False, header=total == 0))
+                parquet.append(rows)
+                centres.append(rows[["centroid_x", "centroid_y"]].to_numpy())
+            total += entry["n"]
+            touching += entry.get("touching_edge", 0)
+        geojson.write("]}")
+        if total == 0:
+            table.write("nucleus_id\n")
+    parquet.close()
+    write_bytes_atomic(folder / "tissue.png", png_bytes((mask * 255).astype(np.uint8)))
+    write_bytes_atomic(folder / "overview.png", png_bytes(_overview(thumbnail, thumb_downsample, centres)))
+    if settings.labels:
+        from nucleiseg.slides.labels import write_labels
+
+        write_labels(folder / "labels.tif", slide, plan, journal, offsets)
+    if touching:
+        log.warning(
+            "%s: %d nuclei touch the edge of their window's context: nuclei larger than slide.margin=%d model pixels "
+            "may be cut; raise slide.margin",
+            slide.path,
+            touching,
+            round(plan.margin * plan.resize),
+        )
+    return {"n_nuclei": total, "nuclei_touching_window_edge": touching}
+
+
+def _overview(thumbnail: np.ndarray, downsample: float, centres: list[np.ndarray]) -> np.ndarray:
+    """The low-resolution view with a yellow dot on every nucleus found."""
+    overview = thumbnail.copy()
+    if centres:
+        points = np.concatenate(centres) / downsample
+        cols = np.clip(points[:, 0].astype(int), 0, overview.shape[1] - 1)
+        rows = np.clip(points[:, 1].astype(int), 0, overview.shape[0] - 1)
+        overview[rows, cols] = (255, 230, 0)
+    return overview
+
+
+class _ParquetRows:
+    """features.parquet written window by window (with pyarrow; skipped without it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.writer, self.temporary = path, None, None
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            self.path = None
+
+    def append(self, rows: pd.DataFrame) -> None:
+        if self.path is None:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+        if self.writer is None:
+            self.temporary = self.path.with_name(f".{self.path.name}.tmp")
+            self.writer = pq.ParquetWriter(self.temporary, table.schema)
+        self.writer.write_table(table.cast(self.writer.schema))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            import os
+
+            self.writer.close()
+            os.replace(self.temporary, self.path)

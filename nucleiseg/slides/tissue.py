@@ -1,0 +1,36 @@
+"""Where the tissue is, on a low-resolution view of the slide: Otsu's threshold on the saturation channel (stained
+tissue is coloured, glass and background are grey or white), then morphology (closing, small specks removed,
+small holes filled). The standard first step of whole-slide pipelines (e.g. TIAToolbox's Otsu tissue masker,
+HistoQC); scikit-image does the work."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.color import rgb2hsv
+from skimage.filters import threshold_otsu
+from skimage.morphology import disk, remove_small_holes, remove_small_objects
+
+MIN_SATURATION = 0.05  # below this everywhere there is no stained tissue at all (Otsu would split the noise)
+
+
+def tissue_mask(thumbnail: np.ndarray, min_object_fraction: float = 1e-4) -> np.ndarray:
+    """``uint8 HxWx3`` low-resolution view -> boolean tissue mask of the same size."""
+    saturation = rgb2hsv(thumbnail)[..., 1]
+    if saturation.max() < MIN_SATURATION:
+        return np.zeros(saturation.shape, bool)
+    threshold = max(threshold_otsu(saturation), MIN_SATURATION)
+    mask = saturation > threshold
+    mask = ndimage.binary_closing(mask, structure=disk(2))
+    min_size = max(4, int(min_object_fraction * mask.size))
+    mask = remove_small_objects(mask, max_size=min_size - 1)
+    return remove_small_holes(mask, max_size=min_size * 4)
+
+
+def tissue_fraction(mask: np.ndarray, box: tuple[float, float, float, float]) -> float:
+    """Share of tissue in ``box`` = (left, top, right, bottom) in the mask's pixels (fractional edges)."""
+    left, top = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    right, bottom = min(mask.shape[1], int(np.ceil(box[2]))), min(mask.shape[0], int(np.ceil(box[3])))
+    if right <= left or bottom <= top:
+        return 0.0
+    return float(mask[top:bottom, left:right].mean())

@@ -1,0 +1,251 @@
+"""Whole slides: windows, tissue, seams, resume, outputs and bad files, on tiled pyramidal TIFFs written here."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+import nucleiseg.slides.predict_slide as predict_slide_module
+from nucleiseg.inference.session import InferenceSession, InferenceSettings
+from nucleiseg.predict import predict
+from nucleiseg.slides.predict_slide import SlideSettings
+from nucleiseg.slides.reader import SlideError, is_slide, open_slide
+from nucleiseg.slides.synthetic import discs_content, synthetic_pool, tissue_content, write_slide
+from tests.conftest import SHARED_DATA, requires_shared_data
+
+RADIUS = 10
+
+
+class Oracle(torch.nn.Module):
+    """A "model" that knows the answer on black-on-white images: nucleus logit from darkness."""
+
+    def forward(self, x):
+        return 40 * (0.5 - x.mean(dim=1, keepdim=True))
+
+
+def oracle_session(model_mpp=0.5, **settings) -> InferenceSession:
+    hparams = {
+        "encoder": "oracle",
+        "head": "binary",
+        "threshold": 0.5,
+        "postprocess": {"method": "components", "min_area": 3, "fill_holes": 0},
+        "data": {"model_mpp": model_mpp},
+    }
+    options = {"device": "cpu", "precision": "32-true", "tile_size": 128, **settings}
+    return InferenceSession(Oracle(), hparams, InferenceSettings(**options))
+
+
+SEAM_CENTRES = (
+    [(256.0 * k, 300.0) for k in range(1, 6)]  # on vertical window seams (level 0)
+    + [(700.0, 256.0 * k) for k in range(1, 5)]  # on horizontal seams
+    + [(512.0, 512.0), (1024.0, 768.0)]  # on window corners
+    + [(130.0, 1100.0)]  # inside a window
+)
+WINDOWS = SlideSettings(window=128, margin=16, thumbnail=512, min_tissue=0.0, labels=True)
+
+
+@pytest.fixture(scope="module")
+def seams_slide(tmp_path_factory):
+    """1600 x 1400 px at 0.25 um/px, three levels; with the model at 0.5 um/px windows are 256 level-0 px."""
+    path = tmp_path_factory.mktemp("slides") / "seams.tif"
+    return write_slide(path, 1600, 1400, discs_content(SEAM_CENTRES, RADIUS), mpp=0.25, tile=128, min_side=256)
+
+
+def _run(slide_path, out, session=None, settings=WINDOWS, **kwargs):
+    return predict([slide_path], out, session or oracle_session(), progress="none", slide_settings=settings, **kwargs)
+
+
+def test_nuclei_on_window_seams_are_reported_once_and_whole(seams_slide, tmp_path):
+    from shapely.geometry import shape
+
+    summary = _run(seams_slide, tmp_path / "out")
+    assert summary.ok and summary.done == [("seams.tif", len(SEAM_CENTRES))]
+    folder = tmp_path / "out" / "seams"
+    done = json.loads((folder / "done.json").read_text())
+    assert {"nuclei.geojson", "features.csv", "overview.png", "tissue.png", "slide.json", "labels.tif"} <= set(
+        done["outputs"]
+    )
+    slide_info = json.loads((folder / "slide.json").read_text())
+    assert slide_info["plan"]["level"] == 1 and slide_info["plan"]["resize"] == 1.0  # read at the model's 0.5 um/px
+    features = json.loads((folder / "nuclei.geojson").read_text())["features"]
+    assert len(features) == len(SEAM_CENTRES) and len({f["id"] for f in features}) == len(features)
+    # each disc once, whole: its outline (level-0 pixels, QuPath's convention) has the disc's area and centre
+    disc_area = np.sum(discs_content([(40.0, 40.0)], RADIUS)(0, 0, 80, 80)[..., 0] == 0)
+    for feature in features:
+        outline = shape(feature["geometry"])
+        assert abs(outline.area - disc_area) <= 0.05 * disc_area
+        nearest = min(np.hypot(outline.centroid.x - x, outline.centroid.y - y) for x, y in SEAM_CENTRES)
+        assert nearest < 1.5
+    table = np.genfromtxt(folder / "features.csv", delimiter=",", names=True)
+    assert len(table) == len(SEAM_CENTRES) and sorted(table["nucleus_id"]) == list(range(1, len(SEAM_CENTRES) + 1))
+    assert np.allclose(table["area_um2"], table["area_px"] * 0.25**2)  # micrometres from the slide's pixel size
+    labels = tifffile.imread(folder / "labels.tif", level=0)
+    assert labels.shape == (700, 800) and np.unique(labels[labels > 0]).size == len(SEAM_CENTRES)
+    with tifffile.TiffFile(folder / "labels.tif") as labelled:
+        assert len(labelled.series[0].levels) > 1  # pyramidal
+        reduced = labelled.series[0].levels[1].asarray()
+    assert np.array_equal(reduced, labels[::2, ::2])
+
+
+def test_a_single_level_slide_is_resampled_to_the_models_resolution(tmp_path):
+    path = write_slide(
+        tmp_path / "flat.tif", 1200, 900, discs_content(SEAM_CENTRES[:6], RADIUS), mpp=0.25, min_side=10**6
+    )
+    assert len(open_slide(path).level_dimensions) == 1
+    summary = _run(path, tmp_path / "out", settings=SlideSettings(**{**WINDOWS.__dict__, "min_pixels": 10**6}))
+    info = json.loads((tmp_path / "out" / "flat" / "slide.json").read_text())
+    assert info["plan"]["level"] == 0 and info["plan"]["resize"] == 0.5
+    assert summary.done == [("flat.tif", len([c for c in SEAM_CENTRES[:6] if c[0] < 1200 and c[1] < 900]))]
+
+
+def test_only_tissue_is_predicted(tmp_path):
+    """Synthetic H&E in one box (12% of the slide), glass elsewhere: background windows are skipped and every
+    nucleus found lies in the tissue."""
+    box = (600, 400, 1400, 1000)
+    path = write_slide(tmp_path / "tissue.tif", 2400, 2000, tissue_content(synthetic_pool(128, 4), [box]), mpp=0.5)
+    calls = []
+    original = predict_slide_module.predict_window
+    session = oracle_session(model_mpp=0.5)
+    settings = SlideSettings(window=256, margin=32, thumbnail=600, min_tissue=0.05)
+
+    def counting(*args, **kwargs):
+        calls.append(args[3].index)
+        return original(*args, **kwargs)
+
+    predict_slide_module.predict_window = counting
+    try:
+        assert _run(path, tmp_path / "out", session, settings).ok
+    finally:
+        predict_slide_module.predict_window = original
+    info = json.loads((tmp_path / "out" / "tissue" / "slide.json").read_text())
+    expected = (box[2] - box[0]) * (box[3] - box[1]) / (2400 * 2000)
+    assert abs(info["tissue_fraction"] - expected) < 0.03
+    assert info["windows_skipped"] > 0 and len(calls) == info["windows_with_tissue"] < info["windows"]
+    table = np.genfromtxt(tmp_path / "out" / "tissue" / "features.csv", delimiter=",", names=True)
+    assert len(table) > 0
+    margin = 40
+    assert (table["centroid_x"] > box[0] - margin).all() and (table["centroid_x"] < box[2] + margin).all()
+    assert (table["centroid_y"] > box[1] - margin).all() and (table["centroid_y"] < box[3] + margin).all()
+
+
+def test_a_killed_slide_run_continues_where_it_stopped(seams_slide, tmp_path, monkeypatch):
+    original = predict_slide_module.predict_window
+    calls = []
+
+    def killed_after_five(*args, **kwargs):
+        calls.append(args[3].index)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predict_slide_module, "predict_window", killed_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        _run(seams_slide, tmp_path / "out")
+    folder = tmp_path / "out" / "seams"
+    assert not (folder / "done.json").exists() and not (folder / "nuclei.geojson").exists()
+    assert len(list((folder / ".windows").glob("W*.json"))) == 5
+    calls.clear()
+    monkeypatch.setattr(
+        predict_slide_module, "predict_window", lambda *a, **k: calls.append(a[3].index) or original(*a, **k)
+    )
+    summary = _run(seams_slide, tmp_path / "out")
+    assert summary.done == [("seams.tif", len(SEAM_CENTRES))]
+    assert len(calls) == 42 - 5  # only the windows the killed run had not finished
+    again = _run(seams_slide, tmp_path / "out")
+    assert again.skipped == ["seams.tif"]  # finished: skipped, unless --overwrite
+
+
+def test_bad_slides_get_one_line_each_and_the_batch_goes_on(seams_slide, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = folder / "good.tif"
+    good.write_bytes(seams_slide.read_bytes())
+    (folder / "truncated.svs").write_bytes(seams_slide.read_bytes()[:5000])
+    (folder / "notaslide.ndpi").write_bytes(b"this is not a slide")
+    write_slide(folder / "nompp.tif", 1200, 900, discs_content(SEAM_CENTRES, RADIUS), mpp=None, min_side=256)
+    summary = _run(folder, tmp_path / "out")
+    assert [name for name, _ in summary.done] == ["good.tif"] and not summary.ok
+    reasons = dict((name.rsplit("/", 1)[-1], reason) for name, reason in summary.failed)
+    assert set(reasons) == {"truncated.svs", "notaslide.ndpi", "nompp.tif"}
+    assert all("\n" not in reason and name in reason for name, reason in reasons.items())
+    assert "--mpp" in reasons["nompp.tif"]
+    # the user's pixel size makes the same file work
+    assert _run(folder / "nompp.tif", tmp_path / "out2", oracle_session(microns_per_pixel=0.25)).ok
+    (tmp_path / "unsupported.xyz").write_bytes(b"x")
+    with pytest.raises(SlideError, match=r"unsupported\.xyz: unsupported format"):
+        open_slide(tmp_path / "unsupported.xyz")
+
+
+def test_a_large_plain_tiff_goes_through_windows_and_a_bomb_is_refused(tmp_path):
+    from nucleiseg.data.image_io import TooLargeError, read_rgb
+
+    large = np.full((4200, 4200, 3), 255, np.uint8)  # 17.6 MP: above the whole-image limit of the windowed path
+    tifffile.imwrite(tmp_path / "large.tif", large)
+    assert is_slide(tmp_path / "large.tif") and is_slide(tmp_path / "large.tif").__class__ is not None
+    # a PNG that declares 200 megapixels in a few kilobytes (Pillow's bomb): one line, no traceback
+    Image.new("1", (20000, 10000)).save(tmp_path / "bomb.png")
+    assert (tmp_path / "bomb.png").stat().st_size < 1_000_000
+    with pytest.raises(TooLargeError, match="bomb.png"):
+        read_rgb(tmp_path / "bomb.png")
+    # a TIFF whose header claims more than its bytes hold is refused before anything is decoded
+    small = tmp_path / "claims.tif"
+    tifffile.imwrite(small, np.zeros((16, 16), np.uint16), photometric="minisblack", planarconfig="contig")
+    data = bytearray(small.read_bytes())
+    with tifffile.TiffFile(small) as tiff:
+        tags = tiff.pages.first.tags
+        for name in ("ImageWidth", "ImageLength"):
+            tag = tags[name]
+            data[tag.valueoffset : tag.valueoffset + 4] = (200_000).to_bytes(4, "little")
+    small.write_bytes(bytes(data))
+    with pytest.raises(TooLargeError, match="claims.tif"):
+        read_rgb(small)
+
+
+def test_predict_cli_on_a_slide_writes_the_qupath_outputs(seams_slide, trained_run, tmp_path):
+    """The command users run, on a real model: exit code 0, the slide's outputs, --labels honoured."""
+    from nucleiseg.cli import main as cli
+
+    code = cli(
+        [
+            "predict",
+            str(seams_slide),
+            "--out",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(trained_run[3]),
+            "--quiet",
+            "--labels",
+            "--scale",
+            "0.5",
+            "slide.window=256",
+            "slide.min_tissue=0",
+        ]
+    )
+    assert code == 0
+    done = json.loads((tmp_path / "out" / "seams" / "done.json").read_text())
+    assert "labels.tif" in done["outputs"] and done["slide"]["windows_with_tissue"] > 0
+
+
+@requires_shared_data("tnbc", "Slide_01")
+@pytest.mark.realdata
+def test_a_slide_of_real_tnbc_tiles(tmp_path):
+    pool = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((SHARED_DATA / "tnbc" / "Slide_01").glob("*.png"))]
+    box = (1024, 512, 2560, 2048)
+    path = write_slide(tmp_path / "tnbc.tif", 4096, 3072, tissue_content(pool, [box]), mpp=0.25, compression="jpeg")
+    settings = SlideSettings(window=512, margin=48, thumbnail=1024, min_tissue=0.05)
+    session = oracle_session(model_mpp=0.25)
+    assert _run(path, tmp_path / "out", session, settings).ok
+    info = json.loads((tmp_path / "out" / "tnbc" / "slide.json").read_text())
+    expected = (box[2] - box[0]) * (box[3] - box[1]) / (4096 * 3072)
+    assert abs(info["tissue_fraction"] - expected) < 0.05 and info["n_nuclei"] > 50
+
+
+def test_slide_progress_lines_in_a_log(seams_slide, tmp_path, capsys):
+    """Off a terminal (a log file, nohup, SLURM): plain lines with windows done/total, nuclei so far and an ETA."""
+    predict([seams_slide], tmp_path / "out", oracle_session(), progress="plain", slide_settings=WINDOWS)
+    printed = capsys.readouterr().err
+    assert "seams.tif windows 1/42" in printed and "seams.tif windows 42/42" in printed
+    assert "12 nuclei" in printed and "ETA" in printed
