@@ -1,5 +1,7 @@
 """Train the paper's models: ``python train.py [-m] [overrides]`` (see README.md and conf/config.yaml)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -15,5 +17,18 @@ def main(cfg: DictConfig):
     return train_main(cfg)
 
 
+def check_keys() -> None:
+    """A misspelt key fails here in one line with the closest existing key (Hydra would advise ``+key=``)."""
+    overrides = [word for word in sys.argv[1:] if "=" in word and not word.startswith("-")]
+    if overrides:
+        from nucleiseg.config import misspelt_keys
+
+        problem = misspelt_keys(overrides)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+
+
 if __name__ == "__main__":
+    check_keys()
     main()

@@ -144,7 +144,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not args.no_mlflow:
         from nucleiseg.tracking.mlflow_store import tracking_uri
 
-        log_evaluation(tracking_uri(cfg.logger), args.study, session, results)
+        log_evaluation(tracking_uri(cfg.logger), args.study, session, results, cfg.logger.artifact_location)
     if args.json:
         print(json.dumps(summary_json(session, results), indent=1))
         return 0
@@ -253,7 +253,7 @@ def _predict(args: argparse.Namespace) -> int:
         ("device", "predict.device"),
     ):
         value = getattr(args, option)
-        if value not in (None, False):
+        if value is not None and value is not False:  # 0 is a value (refused below), not "not given"
             flags.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     cfg = _compose([*overrides, *flags])
     checkpoint = resolve_checkpoint(args.checkpoint, args.run_id, tracking_uri(cfg.logger))
@@ -287,6 +287,35 @@ def _benchmark(args: argparse.Namespace) -> int:
     if extra:
         raise UsageError(f"benchmark takes KEY=VALUE overrides only, not {extra}")
     return run_benchmark(args, _compose([*LOOP_DATA, *overrides]))
+
+
+def _relog(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from nucleiseg.tracking.mlflow_store import tracking_uri
+    from nucleiseg.tracking.pending import Pending
+
+    overrides, folders = split_overrides(args.words)
+    if not folders:
+        raise UsageError("relog needs the run folder(s) whose MLflow writes are pending")
+    client = MlflowClient(tracking_uri(_compose(overrides).logger))
+    for folder in map(Path, folders):
+        pending = Pending(folder)
+        if not pending.records():
+            print(f"{folder}: nothing pending")
+            continue
+        run_file = folder / "run.json"
+        if not run_file.is_file():
+            raise FileNotFoundError(f"{run_file}: not a run folder (no run.json)")
+        run_id = json.loads(run_file.read_text())["run_id"]
+        print(f"{folder}: {pending.replay(client, run_id)} pending write(s) logged to MLflow run {run_id}")
+    return 0
+
+
+def _benchmark_slide(args: argparse.Namespace) -> int:
+    from nucleiseg.slides.benchmark import run_slide_benchmark
+
+    return run_slide_benchmark(args)
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
@@ -399,6 +428,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--overwrite", action="store_true")
     bench.add_argument("--no-mlflow", action="store_true")
     bench.set_defaults(handler=_benchmark)
+
+    relog = commands.add_parser("relog", help="send a run's MLflow writes kept while the server was down")
+    relog.add_argument("words", nargs="+", metavar="RUN_DIR [KEY=VALUE]", help="run folders, and " + WORDS_HELP)
+    relog.set_defaults(handler=_relog)
+
+    slide_bench = commands.add_parser("benchmark-slide", help="whole-slide throughput and peak memory of predict")
+    slide_bench.add_argument(
+        "words", nargs="*", metavar="KEY=VALUE", help="overrides for predict (predict.scale=0.5 ...)"
+    )
+    slide_bench.add_argument("--checkpoint", required=True, help="the model to run")
+    slide_bench.add_argument("--sizes", default="10000,20000", help="synthetic slide sides in pixels (comma-separated)")
+    slide_bench.add_argument("--tissue", type=float, default=0.05, help="share of a synthetic slide that is tissue")
+    slide_bench.add_argument("--slide", action="append", help="benchmark this slide instead (repeatable)")
+    slide_bench.add_argument("--out", default=None, help="folder for benchmark_slide.csv")
+    slide_bench.set_defaults(handler=_benchmark_slide)
 
     onnx = commands.add_parser("export-onnx", help="export a checkpoint to ONNX, checked with onnxruntime")
     onnx.add_argument("checkpoint")

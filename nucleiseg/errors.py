@@ -19,3 +19,9 @@ class AnnotationError(NucleisegError):
 
 class ConfigError(NucleisegError):
     """A configuration value is invalid or an invalid combination of values."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when the message is empty), for one-line reports."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]

@@ -172,13 +172,16 @@ def summary_json(session: InferenceSession, results: Mapping[str, Any]) -> dict[
     }
 
 
-def log_evaluation(tracking: str, study: str, session: InferenceSession, results: Mapping[str, Any]) -> str:
-    """Record an evaluation as an MLflow run of experiment ``study``; return its run id."""
+def log_evaluation(
+    tracking: str, study: str, session: InferenceSession, results: Mapping[str, Any], artifacts: str | None = None
+) -> str:
+    """Record an evaluation as an MLflow run of experiment ``study`` (artifacts under ``artifacts`` when the
+    experiment is new); return its run id."""
     import mlflow
 
     from nucleiseg.tracking.mlflow_store import use_experiment
 
-    use_experiment(tracking, study)
+    use_experiment(tracking, study, artifacts)
     described = session.describe()
     with mlflow.start_run(run_name=f"evaluate-{Path(session.source).parent.parent.name}") as active:
         mlflow.set_tags(

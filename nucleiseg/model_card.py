@@ -58,7 +58,7 @@ def model_card(hparams: Mapping[str, Any], metrics: Mapping[str, float], final: 
         "| metric | value |",
         "|---|---|",
     ]
-    shown = {**{k: v for k, v in final.items() if k.startswith("val/")}, **metrics}
+    shown = {**{k: v for k, v in final.items() if k.startswith(("val/", "loss/val"))}, **metrics}
     lines += [f"| {k} | {_format(v)} |" for k, v in sorted(shown.items()) if isinstance(v, float | int)]
     lines += [
         "",

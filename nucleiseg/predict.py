@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_rgb
-from nucleiseg.errors import ConfigError, NucleisegError
+from nucleiseg.errors import ConfigError, NucleisegError, first_line
 from nucleiseg.inference.export import geojson_bytes, geojson_nuclei, outline_overlay
 from nucleiseg.inference.session import InferenceSession
 from nucleiseg.postprocess.features import nucleus_features, write_features
@@ -251,8 +251,7 @@ def predict(
                     summary.done.append((path.name, n))
                     nuclei += n
                 except (NucleisegError, OSError, MemoryError) as error:
-                    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-                    summary.failed.append((str(path), reason))
+                    summary.failed.append((str(path), first_line(error)))
             images_task.advance(note=f"{path.name}, {nuclei} nuclei so far")
     return summary
 

@@ -107,7 +107,7 @@ class _Discard:
 
 
 class EpochLines(L.Callback):
-    """Training progress as one plain line per epoch (``epoch k/n: train/loss ..., val/loss ..., elapsed, ETA``),
+    """Training progress as one plain line per epoch (``epoch k/n: loss/train ..., loss/val ..., elapsed, ETA``),
     for runs whose output goes to a file, where a progress bar prints nothing useful."""
 
     def __init__(self, stream: TextIO | None = None, clock=time.monotonic) -> None:
@@ -123,7 +123,7 @@ class EpochLines(L.Callback):
             return
         epoch, total = trainer.current_epoch + 1, trainer.max_epochs
         metrics = trainer.callback_metrics
-        shown = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in ("train/loss", "val/loss") if k in metrics)
+        shown = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in ("loss/train", "loss/val") if k in metrics)
         elapsed = self.clock() - self.started
         done = epoch - self.first_epoch
         eta = elapsed / done * (total - epoch) if done else 0.0

@@ -17,9 +17,11 @@ import functools
 import json
 import logging
 import os
+import pickle
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from nucleiseg.data.datamodule import NucleiDataModule
 from nucleiseg.data.online_augment import OnlineAugment
 from nucleiseg.data.prepare import load_manifest, prepare_dataset, prepared_path, training_resolution
 from nucleiseg.devices import cuda_available, device_name, resolve_flag, resolve_precision
-from nucleiseg.errors import ConfigError, NucleisegError
+from nucleiseg.errors import ConfigError, NucleisegError, first_line
 from nucleiseg.inference.checkpoint import plain, write_model_checkpoint
 from nucleiseg.inference.session import InferenceSession, InferenceSettings, iterate_split
 from nucleiseg.inference.test_pass import SessionTestPass
@@ -51,12 +53,13 @@ from nucleiseg.progress import EpochLines
 from nucleiseg.protocol import differences_from_paper
 from nucleiseg.run_identity import identity_hash, run_folder, run_name
 from nucleiseg.tracking.mlflow_store import flatten, git_commit, resolve_artifact_location, tracking_uri
+from nucleiseg.tracking.pending import Pending, resilient_logger
+from nucleiseg.tracking.study import DONE_TAG, SUPERSEDED_TAG
 from nucleiseg.tracking.summary import print_run_summary
 from nucleiseg.writing import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 MODEL_CHECKPOINT = "model.ckpt"
-DONE_TAG = "nucleiseg.done"  # set after done.json: a run with all its outputs (the report's "finished")
 
 
 class RunRefused(ConfigError):
@@ -159,8 +162,11 @@ def _trainer_extras(cfg: DictConfig) -> dict[str, Any]:
     return extras
 
 
-def _logger(cfg: DictConfig, name: str, run_id: str | None, tags: dict[str, str]) -> MLFlowLogger:
-    return MLFlowLogger(
+def _logger(cfg: DictConfig, name: str, run_id: str | None, tags: dict[str, str], run_dir: Path) -> MLFlowLogger:
+    """Lightning's MLflow logger, resilient: writes the server does not take wait in the run folder for
+    ``nucleiseg relog`` (see :mod:`nucleiseg.tracking.pending`)."""
+    return resilient_logger(
+        Pending(run_dir),
         experiment_name=cfg.study,
         run_name=name,
         tracking_uri=tracking_uri(cfg.logger),
@@ -263,15 +269,23 @@ def training_callbacks(cfg: DictConfig, run_path: Path, has_val: bool, *extra: L
     and, only when ``test_checkpoint=best``, ``best.ckpt`` (weights only) by validation loss; then ``extra``,
     then progress: rich bars on a terminal, one plain line per epoch in logs and files (``progress_bar``)."""
     folder = run_path / "checkpoints"
-    callbacks: list[L.Callback] = [
-        ModelCheckpoint(dirpath=folder, save_top_k=0, save_last=True, every_n_epochs=checkpoint_every(cfg))
-    ]
+    # "top 1 without a monitor" is Lightning's way to keep just the latest checkpoint, under our name last.ckpt
+    # (its save_last only writes when a top-k checkpoint was written in the same step)
+    latest = ModelCheckpoint(
+        dirpath=folder,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=checkpoint_every(cfg),
+        enable_version_counter=False,
+    )
+    callbacks: list[L.Callback] = [latest]
     if cfg.test_checkpoint == "best":
         callbacks.append(
             ModelCheckpoint(
                 dirpath=folder,
                 filename="best",
-                monitor="val/loss" if has_val else "train/loss",
+                monitor="loss/val" if has_val else "loss/train",
                 mode="min",
                 save_weights_only=True,
                 auto_insert_metric_name=False,
@@ -317,7 +331,7 @@ def _test_pass(cfg: DictConfig, logger: MLFlowLogger) -> SessionTestPass:
         iou_threshold=float(cfg.metrics.iou_threshold),
         speed=speed,
         overlays=int(cfg.logger.overlays),
-        log_artifact=lambda path, folder: logger.experiment.log_artifact(logger.run_id, str(path), folder),
+        log_artifact=logger.artifact,
     )
 
 
@@ -342,7 +356,15 @@ def _fit(trainer: L.Trainer, module, datamodule, resume_from: Path | None, name:
     import signal
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        # weights_only=True: resuming never runs pickled code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True
+        )
+    except pickle.UnpicklingError as error:
+        raise NucleisegError(
+            f"{resume_from}: cannot be loaded safely to resume ({first_line(error)}); it was not written by this "
+            "training, or was altered: delete it to train this run afresh"
+        ) from None
     except SystemExit:
         # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on; make it an interruption
         # again (recorded by main(), resumable) and give Ctrl-C back to the user
@@ -370,7 +392,7 @@ def _tune(cfg: DictConfig, module: SegmentationModule, datamodule: NucleiDataMod
     so into the checkpoint) and into MLflow."""
     if not cfg.tune.enabled or not datamodule.manifest["counts"]["val"]:
         return
-    from nucleiseg.postprocess.tuning import record_tuning, tune
+    from nucleiseg.postprocess.tuning import tune, tuning_metrics, tuning_tags
 
     settings = replace(InferenceSettings.from_config(cfg), device=str(module.device), compile=False)
     session = InferenceSession(module.model, dict(module.hparams), settings)
@@ -384,7 +406,9 @@ def _tune(cfg: DictConfig, module: SegmentationModule, datamodule: NucleiDataMod
         normalise=False,
     )
     module.hparams.update(result.hparams("val"))
-    record_tuning(logger.experiment, logger.run_id, result)
+    for key, value in tuning_tags(result, "val").items():
+        logger.tag(key, value)
+    logger.log_metrics(tuning_metrics(result, "val"))
     module.train(False)
 
 
@@ -412,8 +436,8 @@ def _keep_one_checkpoint(cfg: DictConfig, run: RunFolder, module: SegmentationMo
     """Write the weights-only ``model.ckpt`` (tuned values included), log it to MLflow, drop the training ones."""
     module.hparams["mlflow_run_id"] = logger.run_id
     path = write_model_checkpoint(run.path / "checkpoints" / MODEL_CHECKPOINT, module.model, module.hparams)
-    logger.experiment.log_artifact(logger.run_id, str(path), "checkpoint")
-    _share_with_artifact(path, logger.experiment.get_run(logger.run_id).info.artifact_uri)
+    if logger.artifact(path, "checkpoint"):
+        _share_with_artifact(path, logger.experiment.get_run(logger.run_id).info.artifact_uri)
     if not cfg.keep_training_checkpoints:
         for name in ("last.ckpt", "best.ckpt"):  # (MODEL_CARD.md and model.ckpt stay)
             (run.path / "checkpoints" / name).unlink(missing_ok=True)
@@ -481,8 +505,12 @@ def _setup(cfg: DictConfig, run: RunFolder) -> Setup:
     manifest = load_manifest(data_folder)
     resume_from = run.path / "checkpoints" / "last.ckpt"
     resuming = bool(cfg.resume) and run.previous is not None and resume_from.is_file()
+    if is_rank_zero:  # the experiment exists before Lightning's logger looks (no "not found. Creating it.")
+        from nucleiseg.tracking.mlflow_store import use_experiment
+
+        use_experiment(tracking_uri(cfg.logger), cfg.study, cfg.logger.artifact_location)
     continued = _mlflow_run_to_continue(cfg, run) if is_rank_zero and cfg.resume else None
-    logger = _logger(cfg, run.name, continued, _tags(cfg, manifest, data_folder, accelerator))
+    logger = _logger(cfg, run.name, continued, _tags(cfg, manifest, data_folder, accelerator), run.path)
     if is_rank_zero:
         _start_logging(cfg, run, logger, manifest, continued is not None)
     test_pass = _test_pass(cfg, logger)
@@ -509,7 +537,7 @@ def _fit_tune_test(cfg: DictConfig, run: RunFolder, setup: Setup) -> tuple[dict,
     trainer, module = setup.trainer, setup.module
     try:
         _fit(trainer, module, setup.datamodule, setup.resume_from, run.name)
-        final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("loss/", "train/", "val/"))}
         tested = _load_test_weights(cfg, trainer, module, run)
         if trainer.is_global_zero:
             _tune(cfg, module, setup.datamodule, setup.logger)
@@ -537,12 +565,12 @@ def _finish(cfg: DictConfig, run: RunFolder, setup: Setup, final: dict, metrics:
     speed = setup.test_pass.results.get("speed") or {}
     for key in ("image_size", "batch_size", "precision", "device"):
         if key in speed:
-            logger.experiment.set_tag(logger.run_id, f"speed.{key}", str(speed[key]))
+            logger.tag(f"speed.{key}", str(speed[key]))
     model_path = _keep_one_checkpoint(cfg, run, module, logger)
     card = run.path / "checkpoints" / "MODEL_CARD.md"
     write_bytes_atomic(card, model_card(dict(module.hparams), metrics, final, run.name).encode())
-    logger.experiment.log_artifact(logger.run_id, str(card), "checkpoint")
-    logger.experiment.set_tag(logger.run_id, "checkpoint", str(model_path))
+    logger.artifact(card, "checkpoint")
+    logger.tag("checkpoint", str(model_path))
     write_json_atomic(
         run.done,
         {
@@ -556,8 +584,14 @@ def _finish(cfg: DictConfig, run: RunFolder, setup: Setup, final: dict, metrics:
             "test_checkpoint": str(model_path),
         },
     )
-    logger.experiment.set_tag(logger.run_id, DONE_TAG, "true")  # the report counts a run finished only now
-    print_run_summary(run.name, cfg, metrics, final, run.path, logger.run_id)
+    logger.tag(DONE_TAG, "true")  # the report counts a run finished only now
+    print_run_summary(run.name, cfg, metrics, final, run.path, logger.run_id, logger.experiment_id)
+    if Pending(run.path).records():
+        print(
+            f"MLflow at {tracking_uri(cfg.logger)} did not take everything: the results are in {run.path}; "
+            f"when the server is back: nucleiseg relog {run.path}",
+            file=sys.stderr,
+        )
 
 
 def _train(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
@@ -585,6 +619,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
             return done["metrics"]
         if done is not None:  # training again on purpose: a fresh MLflow run, not a resume
+            from mlflow.tracking import MlflowClient
+
+            # the earlier run stays in MLflow for the record, out of the study's counts (one run per seed)
+            MlflowClient(tracking_uri(cfg.logger)).set_tag(done["run_id"], SUPERSEDED_TAG, "true")
             run.previous = None
             run.done.unlink()
         return _train(cfg, run)
@@ -637,6 +675,8 @@ def main(cfg: DictConfig) -> Any:
     at the end. A killed job (SIGTERM, Ctrl-C) stops the sweep on purpose: its summary so far is printed, it
     exits 143 / 130, and the same command later resumes (finished runs are skipped).
     """
+    # Lightning's own deprecation notice about torch's pytree API, on every run: not the user's to act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     previous_handler = signal.signal(signal.SIGTERM, _raise_killed)
     share_cpu_threads()
     try:

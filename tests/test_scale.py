@@ -67,7 +67,7 @@ def test_parallel_jobs_share_one_sqlite_store_without_losing_a_run(tmp_path, tra
     experiment = client.get_experiment_by_name("parallel").experiment_id
     runs = [r for r in client.search_runs([experiment]) if "summary" not in r.data.tags]
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
-    assert all({"test/jaccard", "train/loss", "val/loss"} <= set(r.data.metrics) for r in runs)
+    assert all({"test/jaccard", "loss/train", "loss/val"} <= set(r.data.metrics) for r in runs)
     assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1", "2", "3"]
     assert re.search(
         r"study parallel: 4 runs trained in [0-9.]+ min wall time, [0-9.]+ training images/s", result.stdout

@@ -15,6 +15,12 @@ def _train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
     )
 
 
+def _per_seed(client, study):
+    """The study's training runs (not the summary runs written at the end of a sweep)."""
+    experiment = client.get_experiment_by_name(study).experiment_id
+    return [r for r in client.search_runs([experiment]) if r.data.tags.get("summary") != "true"]
+
+
 def _small(tmp_path, tracking_uri):
     return [*fast_run_overrides(tmp_path, tracking_uri), "logger.overlays=0"]
 
@@ -25,7 +31,7 @@ def test_two_configs_by_two_seeds_give_four_finished_mlflow_runs(tmp_path, track
     )
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("sweep4").experiment_id])
+    runs = _per_seed(client, "sweep4")
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     assert {(r.data.tags["encoder"], r.data.tags["seed"]) for r in runs} == {
         ("unet_bn", "0"),
@@ -33,7 +39,7 @@ def test_two_configs_by_two_seeds_give_four_finished_mlflow_runs(tmp_path, track
         ("unet", "0"),
         ("unet", "1"),
     }
-    assert all("test/jaccard" in r.data.metrics and "val/loss" in r.data.metrics for r in runs)
+    assert all("test/jaccard" in r.data.metrics and "loss/val" in r.data.metrics for r in runs)
     assert all(r.data.params["encoder"] == r.data.tags["encoder"] for r in runs)
     assert "sweep summary" in result.stdout and "4 finished, 0 failed" in result.stdout
     summary = result.stdout.split("sweep summary")[1]
@@ -43,7 +49,9 @@ def test_two_configs_by_two_seeds_give_four_finished_mlflow_runs(tmp_path, track
         "experiment=quickstart", "study=sweep4", "encoder=unet_bn,unet", "seed=0,1", *_small(tmp_path, tracking_uri)
     )
     assert again.returncode == 0 and "0 finished, 4 skipped, 0 failed" in again.stdout
-    assert len(client.search_runs([client.get_experiment_by_name("sweep4").experiment_id])) == 4
+    assert len(_per_seed(client, "sweep4")) == 4
+    summaries = client.search_runs([client.get_experiment_by_name("sweep4").experiment_id], "tags.summary = 'true'")
+    assert sorted(r.data.tags["configuration"] for r in summaries) == ["Modified U-Net (BatchNorm)", "U-Net"]
 
 
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path, tracking_uri):
@@ -54,7 +62,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path, tracking_uri):
     assert result.returncode == 1
     assert "1 job(s) failed: unet_bn-imagenet-seed0" in result.stdout
     client = MlflowClient(tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("sweepfail").experiment_id])
+    runs = _per_seed(client, "sweepfail")
     assert [(r.data.tags["pretrained"], r.info.status) for r in runs] == [("false", "FINISHED")]
 
 
@@ -128,3 +136,22 @@ def test_sigterm_stops_a_sweep_on_purpose_and_the_same_command_goes_on(tmp_path,
     runs = [r for r in client.search_runs([client.get_experiment_by_name("sweepkill").experiment_id])]
     per_seed = [r for r in runs if "summary" not in r.data.tags]
     assert len(per_seed) == 2 and {r.info.status for r in per_seed} == {"FINISHED"}
+
+
+def test_the_slurm_code_path_with_submitit_on_this_machine(tmp_path, tracking_uri):
+    """hydra/launcher=slurm_local: each job its own process through the submitit plugin, as on a cluster; one
+    job fails (a plain U-Net with ImageNet weights), the other finishes, and the sweep says so and exits 1."""
+    result = _train(
+        "experiment=quickstart",
+        "study=submitit",
+        "pretrained=true,false",
+        "hydra/launcher=slurm_local",
+        *_small(tmp_path, tracking_uri),
+    )
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1 job(s) failed: unet_bn-imagenet-seed0" in result.stdout
+    assert list(tmp_path.glob("outputs/submitit/.hydra/multirun-*/.submitit/*"))  # submitit's own job folders
+    client = MlflowClient(tracking_uri)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("submitit").experiment_id])]
+    finished = [r for r in runs if "summary" not in r.data.tags]
+    assert [(r.data.tags["pretrained"], r.info.status) for r in finished] == [("false", "FINISHED")]

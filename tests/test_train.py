@@ -28,8 +28,8 @@ def test_a_run_trains_tests_and_records_everything(train_overrides, tracking_uri
     cfg = compose(train_overrides + ["study=record", "trainer.max_epochs=2"])
     metrics = run(cfg)
     assert metrics["test/images_per_second"] > 0 and 0 <= metrics["test/jaccard_image_mean"] <= 1
-    for key in ("test/jaccard", "test/f1", "test/recall", "test/precision", "test/accuracy", "test/loss"):
-        assert 0.0 <= metrics[key] <= (1.0 if key != "test/loss" else 10.0)
+    for key in ("test/jaccard", "test/f1", "test/recall", "test/precision", "test/accuracy", "loss/test"):
+        assert 0.0 <= metrics[key] <= (1.0 if key != "loss/test" else 10.0)
     for key in ("aji", "aji_plus", "pq", "dq", "sq", "object_f1"):
         assert 0.0 <= metrics[f"test/{key}_watershed"] <= 1.0
     folder = run_folder(cfg)
@@ -60,8 +60,8 @@ def test_a_run_trains_tests_and_records_everything(train_overrides, tracking_uri
     assert record.data.params["optimizer.lr"] == "0.0001" and record.data.params["loss.smooth"] == "1.0"
     assert record.data.metrics["test/jaccard"] == pytest.approx(metrics["test/jaccard"])
     client = _client(tracking_uri)
-    assert [m.step for m in client.get_metric_history(record.info.run_id, "train/loss")] == [0, 1]
-    assert [m.step for m in client.get_metric_history(record.info.run_id, "val/loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(record.info.run_id, "loss/train")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(record.info.run_id, "loss/val")] == [0, 1]
     artifacts = {a.path for a in client.list_artifacts(record.info.run_id)}
     assert {"config.yaml", "data_manifest.json", "overlays", "checkpoint"} <= artifacts
     assert len(client.list_artifacts(record.info.run_id, "overlays")) == 1
@@ -75,11 +75,11 @@ def test_same_seed_gives_the_same_loss_curve(train_overrides, tracking_uri):
     for study in ("det_a", "det_b"):
         run(compose(train_overrides + [f"study={study}", "trainer.max_epochs=2", "seed=3"]))
         [record] = _runs(tracking_uri, study)
-        curves.append([m.value for m in _client(tracking_uri).get_metric_history(record.info.run_id, "train/loss")])
+        curves.append([m.value for m in _client(tracking_uri).get_metric_history(record.info.run_id, "loss/train")])
     assert curves[0] == curves[1] and len(curves[0]) == 2
     run(compose(train_overrides + ["study=det_c", "trainer.max_epochs=2", "seed=4"]))
     [other] = _runs(tracking_uri, "det_c")
-    assert [m.value for m in _client(tracking_uri).get_metric_history(other.info.run_id, "train/loss")] != curves[0]
+    assert [m.value for m in _client(tracking_uri).get_metric_history(other.info.run_id, "loss/train")] != curves[0]
 
 
 def test_finished_runs_are_skipped_and_killed_runs_resume_into_the_same_mlflow_run(
@@ -94,8 +94,9 @@ def test_finished_runs_are_skipped_and_killed_runs_resume_into_the_same_mlflow_r
             raise KeyboardInterrupt  # as if the job were killed after epoch 2's checkpoint... before it
 
     monkeypatch.setattr(lit_module.SegmentationModule, "on_train_epoch_end", killed_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exit_info:  # Ctrl-C: recorded, exit code 130
         main(cfg)
+    assert exit_info.value.code == 130
     [killed] = _runs(tracking_uri, "resume")
     assert killed.info.status in ("FAILED", "KILLED")
     assert torch.load(run_folder(cfg) / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
@@ -104,7 +105,7 @@ def test_finished_runs_are_skipped_and_killed_runs_resume_into_the_same_mlflow_r
     metrics = run(cfg)
     [resumed] = _runs(tracking_uri, "resume")
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
-    steps = [m.step for m in _client(tracking_uri).get_metric_history(resumed.info.run_id, "train/loss")]
+    steps = [m.step for m in _client(tracking_uri).get_metric_history(resumed.info.run_id, "loss/train")]
     assert sorted(set(steps)) == [0, 1, 2]
 
     def must_not_train(*args, **kwargs):

@@ -15,8 +15,10 @@ from skimage.draw import polygon as fill_polygon
 
 from nucleiseg.errors import AnnotationError
 
-# A nucleus outline needs a few vertices; the MoNuSeg files have ~10-60 per region.
+# A nucleus outline needs a few vertices; the MoNuSeg files have ~10-60 per region. A region with more than
+# MAX_VERTICES is not a nucleus outline (rasterising it would take minutes): refused, named.
 MIN_VERTICES = 3
+MAX_VERTICES = 10_000
 
 
 def read_regions(path: str | Path) -> list[tuple[str, np.ndarray]]:
@@ -34,7 +36,12 @@ def read_regions(path: str | Path) -> list[tuple[str, np.ndarray]]:
     for index, region in enumerate(tree.getroot().iter("Region")):
         region_id = region.get("Id", f"#{index + 1}")
         vertices = []
-        for vertex in region.iter("Vertex"):
+        for count, vertex in enumerate(region.iter("Vertex")):
+            if count >= MAX_VERTICES:
+                raise AnnotationError(
+                    f"{path}: region {region_id} has more than {MAX_VERTICES} vertices; a nucleus outline has tens "
+                    "(is this a tissue annotation?)"
+                )
             try:
                 vertices.append((float(vertex.get("X")), float(vertex.get("Y"))))
             except (TypeError, ValueError):

@@ -8,6 +8,7 @@ mask conventions are handled in one place.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from skimage.segmentation import relabel_sequential
 
 from nucleiseg.errors import ImageReadError
 
+log = logging.getLogger(__name__)
+
 TIFF_SUFFIXES = (".tif", ".tiff")
 # every image file the project reads (images and masks), the one list the readers, evaluate and predict share
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -27,6 +30,10 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 # Images decoded whole (not through the slide reader's windows) stay within Pillow's own bomb limit: twice
 # Image.MAX_IMAGE_PIXELS (about 179 megapixels, 540 MB of RGB). Larger images are slides: nucleiseg.slides.
 MAX_WHOLE_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+
+
+class _NeedsTifffile(Exception):
+    """A TIFF Pillow opens but would decode wrongly (more than 8 bits per colour sample)."""
 
 
 class TooLargeError(ImageReadError):
@@ -51,6 +58,8 @@ def _decode_with_pillow(source, path: Path) -> np.ndarray:
     with opened as image:
         if image.width * image.height > MAX_WHOLE_PIXELS:
             raise _too_large(path, image.width, image.height)
+        if image.format == "TIFF" and image.mode in ("RGB", "RGBA") and max(image.tag_v2.get(258, (8,))) > 8:
+            raise _NeedsTifffile  # Pillow keeps only the high byte of 16-bit colour samples: 12-bit goes dark
         with warnings.catch_warnings():  # within our limit on purpose: no "decompression bomb" warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()  # forces a full decode, so a truncated file fails here and not later
@@ -58,6 +67,9 @@ def _decode_with_pillow(source, path: Path) -> np.ndarray:
             return np.asarray(image, dtype=np.uint16)
         if image.mode == "P":
             image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        elif image.mode == "CMYK":  # print colour spaces: four channels that are not RGB + alpha
+            log.warning("%s: CMYK image converted to RGB (colours may shift; H&E is best saved as RGB)", path)
+            image = image.convert("RGB")
         return np.asarray(image)
 
 
@@ -82,6 +94,8 @@ def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
             return _decode_with_pillow(io.BytesIO(data) if data is not None else path, path)
         except TooLargeError:
             raise
+        except _NeedsTifffile:
+            return _decode_with_tifffile(io.BytesIO(data) if data is not None else path, path)
         except (UnidentifiedImageError, OSError, ValueError) as pillow_error:
             if path.suffix.lower() not in TIFF_SUFFIXES or isinstance(pillow_error, FileNotFoundError):
                 raise
@@ -97,14 +111,21 @@ def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
 
 
 def to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
-    """Scale integer or float pixel values to uint8 (16-bit images are divided by 257, not clipped)."""
+    """Scale integer or float pixel values to uint8. Integer images are scaled from the smallest common bit
+    depth that holds their values (10-, 12-, 14- or 16-bit: a 12-bit camera image stored in 16 bits is
+    divided by 4095/255, not by 65535/255, which would leave it near-black); the log says what was done."""
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.integer):
-        top = 65535 if array.max(initial=0) > 255 else 255
-        return np.round(array.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+        largest = int(array.max(initial=0))
+        bits = next((b for b in (8, 10, 12, 14, 16) if largest < 2**b), None)
+        if bits is None or array.min(initial=0) < 0:
+            raise ImageReadError(f"{path}: pixel values {array.min()}..{largest}; expected 8- to 16-bit unsigned")
+        if bits > 8:
+            log.info("%s: %s image scaled from %d-bit (largest value %d) to 8-bit", path, array.dtype, bits, largest)
+        return np.round(array.astype(np.float64) * (255.0 / (2**bits - 1))).astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
         if array.min(initial=0) < 0 or array.max(initial=0) > 1:
             raise ImageReadError(f"{path}: float image with values outside [0, 1]; expected uint8, uint16 or [0, 1]")
@@ -131,37 +152,64 @@ def read_rgb(path: str | Path, data: bytes | None = None) -> np.ndarray:
     return np.ascontiguousarray(to_uint8(array, path))
 
 
+# A binary mask with a few stray values (anti-aliased edges, a touched-up pixel): the second value covers
+# less than this share of the foreground. An instance mask's second label covers a whole nucleus.
+STRAY_SHARE = 0.01
+
+
+def _binary(foreground: np.ndarray) -> np.ndarray:
+    return connected_components(foreground, connectivity=2).astype(np.int32)
+
+
 def mask_to_instances(array: np.ndarray, path: str | Path = "<mask>") -> np.ndarray:
     """Turn a mask array into ``int32 HxW`` instance labels.
 
-    Binary masks ({0,1}, {0,255} or bool) get one label per connected component (8-connectivity);
-    masks with more values are taken as instance labels and renumbered 1..N; colour masks get one label per colour.
+    - one foreground value, whatever it is ({0,1}, {0,255}, {0,128}, bool, one colour on black): a binary mask,
+      one label per connected component (8-connectivity);
+    - one foreground value plus stray values on under 1% of the foreground: binary too, and the log says so;
+    - otherwise instance labels (one per value, renumbered 1..N), or in colour one label per colour.
     """
     if array.ndim == 3:
         if array.shape[-1] == 4:
             array = array[..., :3]
         if array.shape[-1] == 1 or np.all(array == array[..., :1]):
             array = array[..., 0]
-        else:  # colour-coded instances: one label per distinct colour, black is background
+        else:
             colours, inverse = np.unique(array.reshape(-1, array.shape[-1]), axis=0, return_inverse=True)
-            labels = inverse.reshape(array.shape[:2]).astype(np.int64)
             background = np.flatnonzero((colours == 0).all(axis=1))
-            labels = labels + 1
+            labels = inverse.reshape(array.shape[:2]).astype(np.int64) + 1
             if background.size:
                 labels[labels == background[0] + 1] = 0
-            array = labels
+            array = labels  # colour-coded instances: one label per distinct colour, black is background
     if array.ndim != 2:
         raise ImageReadError(f"{path}: mask of shape {array.shape}; expected HxW")
-    values = np.unique(array)
-    if values.size <= 2 and set(values.tolist()) <= {0, 1, 255} or array.dtype == bool:
-        return connected_components(array > 0, connectivity=2).astype(np.int32)
+    if array.dtype == bool:
+        return _binary(array)
     if array.min() < 0:
         raise ImageReadError(f"{path}: mask has negative values; expected 0 for background and positive labels")
+    values, counts = np.unique(array[array > 0], return_counts=True)
+    if values.size == 1:
+        return _binary(array > 0)
+    if values.size > 1 and counts.max() >= (1 - STRAY_SHARE) * counts.sum():
+        log.warning(
+            "%s: read as a binary mask: value %s on %.2f%% of the nucleus pixels, %d stray value(s) on the rest",
+            path,
+            values[counts.argmax()],
+            100 * counts.max() / counts.sum(),
+            values.size - 1,
+        )
+        return _binary(array > 0)
     relabelled, _, _ = relabel_sequential(array.astype(np.int64))
     return relabelled.astype(np.int32)
 
 
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+
+
 def read_mask(path: str | Path, data: bytes | None = None) -> np.ndarray:
-    """Read a mask file as ``int32 HxW`` instance labels (see :func:`mask_to_instances`)."""
+    """Read a mask file as ``int32 HxW`` instance labels (see :func:`mask_to_instances`). Lossy formats are
+    refused: JPEG changes label values and edges (it would invent instances and move outlines)."""
     path = Path(path)
+    if path.suffix.lower() in LOSSY_SUFFIXES:
+        raise ImageReadError(f"{path}: a JPEG mask is lossy (values and edges change); save masks as PNG or TIFF")
     return mask_to_instances(_decode(path, data), path)

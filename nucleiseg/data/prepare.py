@@ -166,16 +166,46 @@ def prepared_path(data_cfg: Mapping) -> Path:
     return Path(data_cfg["prepared_root"]).expanduser() / f"{data_cfg['name']}-{config_hash(key)[:10]}"
 
 
-def prepare_dataset(data_cfg: Mapping, overwrite: bool = False, log=print) -> Path:
-    """Build (or reuse) the processed dataset described by ``data_cfg``; return its folder."""
+def lock_file(target: Path) -> Path:
+    """Where the lock of a prepared folder lives (one hidden folder of locks, reused, never removed: removing a
+    lock file would let two processes hold "the" lock at once)."""
+    return target.parent / ".locks" / f"{target.name}.lock"
+
+
+def intact(folder: Path) -> bool:
+    """Whether a prepared folder still holds what its manifest describes (content hash of every array)."""
+    try:
+        manifest = load_manifest(folder)
+        return _content_hash(folder, manifest["splits"]) == manifest["content_hash"]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return False
+
+
+def prepare_dataset(data_cfg: Mapping, overwrite: bool = False, log=print, wait: float = 3600.0) -> Path:
+    """Build (or reuse) the processed dataset described by ``data_cfg``; return its folder.
+
+    One process prepares a dataset at a time (a lock beside it; the others wait, then reuse it), and a folder is
+    reused only when its arrays still match its manifest's content hash: a damaged one is rebuilt, with a word.
+    """
+    from nucleiseg.locking import exclusive
+
     target = prepared_path(data_cfg)
-    if (target / MANIFEST).is_file() and not overwrite:
-        log(f"reusing prepared dataset {target}")
-        return target
-    protocol = _plain(data_cfg["protocol"])
     target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(lock_file(target), f"prepared dataset {target}", wait=wait):
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed run: nobody else writes now
+            shutil.rmtree(stale, ignore_errors=True)
+        if (target / MANIFEST).is_file() and not overwrite:
+            if intact(target):
+                log(f"reusing prepared dataset {target}")
+                return target
+            log(f"prepared dataset {target} does not match its manifest (damaged or edited): rebuilding it")
+            overwrite = True
+        return _build(data_cfg, target, overwrite, log)
+
+
+def _build(data_cfg: Mapping, target: Path, overwrite: bool, log) -> Path:
+    protocol = _plain(data_cfg["protocol"])
     scratch = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
     try:
         normaliser = fit_from_config(data_cfg.get("stain"))
         with ExitStack() as stack:

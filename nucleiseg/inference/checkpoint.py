@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from nucleiseg.errors import NucleisegError
+from nucleiseg.errors import NucleisegError, first_line
 from nucleiseg.models.factory import SegmentationNet, create_model
 from nucleiseg.writing import write_bytes_atomic
 
@@ -31,7 +31,7 @@ def load_checkpoint(path: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - unpickling refusals and corrupt files alike
         raise CheckpointError(
-            f"{path}: cannot load safely as a checkpoint ({str(error).splitlines()[0][:200]}); "
+            f"{path}: cannot load safely as a checkpoint ({first_line(error)}); "
             "expected a .ckpt written by nucleiseg training"
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
@@ -53,7 +53,7 @@ def load_checkpoint(path: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise CheckpointError(
-            f"{path}: weights do not fit encoder={hparams['encoder']} ({str(error).splitlines()[0][:200]})"
+            f"{path}: weights do not fit encoder={hparams['encoder']} ({first_line(error)})"
         ) from None
     return model.eval(), hparams
 

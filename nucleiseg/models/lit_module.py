@@ -28,7 +28,8 @@ def foreground(mask: torch.Tensor) -> torch.Tensor:
 class SegmentationModule(L.LightningModule):
     """Wraps :func:`create_model` for training and validation.
 
-    Metric keys: ``train/loss`` (and ``train/bce``, ``train/dice_loss``, ``train/distance_loss``), ``val/loss``,
+    Metric keys: ``loss/train``, ``loss/val``, ``loss/test`` (the paper's loss: one "loss" section at the top of
+    MLflow's charts), ``train/bce``, ``train/dice_loss``, ``train/distance_loss``,
     ``val/jaccard`` ... Everything a checkpoint needs for inference is a hyper-parameter: encoder, head,
     threshold, stain normaliser, post-processing (tuned values replace the config's) and the training data.
     """
@@ -83,7 +84,7 @@ class SegmentationModule(L.LightningModule):
     def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int) -> None:
         for name, value in losses.items():
             self.log(
-                f"{stage}/{name}",
+                f"loss/{stage}" if name == "loss" else f"{stage}/{name}",
                 value,
                 on_step=False,
                 on_epoch=True,
@@ -109,12 +110,20 @@ class SegmentationModule(L.LightningModule):
         losses, _, _ = self._shared_step(batch)
         self._log_losses("test", {"loss": losses["loss"]}, batch["image"].shape[0])
 
-    def on_train_epoch_end(self) -> None:
+    def _check_finite(self) -> None:
         if int(self._nonfinite_steps):
             raise NonFiniteLossError(
                 f"non-finite training loss in {int(self._nonfinite_steps)} step(s) of epoch {self.current_epoch}; "
                 "the last good checkpoint is kept. Try a lower lr or trainer.precision=32-true"
             )
+
+    def on_validation_start(self) -> None:
+        # checkpoints are written at the end of validation: the check comes first, so a bad epoch is never saved
+        if self.trainer.training:
+            self._check_finite()
+
+    def on_train_epoch_end(self) -> None:
+        self._check_finite()
         # MLflow's x axis for epoch-level metrics is the epoch, so loss curves line up across runs
         self.log("step", float(self.current_epoch), on_step=False, on_epoch=True, sync_dist=True)
 

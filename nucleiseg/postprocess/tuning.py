@@ -106,12 +106,24 @@ def tune(
     return TuningResult(best[1], best[2], objective, best[0], untuned, len(predictions), trials)
 
 
-def record_tuning(client, run_id: str, result: TuningResult, split: str = "val") -> None:
-    """The chosen values as tags ``tuned.*`` of MLflow run ``run_id`` (tags, not params: tuning again on
-    demand replaces them) and the objective before and after as metrics ``SPLIT/OBJECTIVE_tuned|untuned``."""
+def tuning_tags(result: TuningResult, split: str = "val") -> dict[str, str]:
+    """The chosen values as MLflow tags ``tuned.*`` (tags, not params: tuning again on demand replaces them)."""
     tags = {f"tuned.{k}": str(v) for k, v in result.postprocess.as_dict().items()}
     tags.update({"tuned.threshold": str(result.threshold), "tuned.on": split, "tuned.objective": result.objective})
-    for key, value in tags.items():
+    return tags
+
+
+def tuning_metrics(result: TuningResult, split: str = "val") -> dict[str, float]:
+    """The objective before and after tuning: ``SPLIT/OBJECTIVE_tuned`` and ``SPLIT/OBJECTIVE_untuned``."""
+    return {
+        f"{split}/{result.objective}_tuned": result.score,
+        f"{split}/{result.objective}_untuned": result.untuned_score,
+    }
+
+
+def record_tuning(client, run_id: str, result: TuningResult, split: str = "val") -> None:
+    """:func:`tuning_tags` and :func:`tuning_metrics` written to MLflow run ``run_id``."""
+    for key, value in tuning_tags(result, split).items():
         client.set_tag(run_id, key, value)
-    client.log_metric(run_id, f"{split}/{result.objective}_tuned", result.score)
-    client.log_metric(run_id, f"{split}/{result.objective}_untuned", result.untuned_score)
+    for key, value in tuning_metrics(result, split).items():
+        client.log_metric(run_id, key, value)

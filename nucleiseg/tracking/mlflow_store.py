@@ -33,14 +33,25 @@ def tracking_uri(logger_cfg: Mapping) -> str:
     return resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or logger_cfg["tracking_uri"])
 
 
+# MLflow 3's UI asks each experiment whether it is GenAI or model training; ours are model training. (The UI of
+# MLflow 3.17 follows its own "workflow type" switch instead: the README shows the URL that opens the runs table.)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def use_experiment(uri: str, name: str, artifact_location: str | None = None) -> None:
     """Point the ``mlflow`` fluent API at experiment ``name`` of the store at ``uri``, creating it (with
     ``artifact_location`` when given) when it does not exist yet."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(resolve_tracking_uri(uri))
     if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=resolve_artifact_location(artifact_location))
+        try:
+            mlflow.create_experiment(
+                name, artifact_location=resolve_artifact_location(artifact_location), tags=EXPERIMENT_TAGS
+            )
+        except MlflowException:  # created meanwhile by a parallel job: use it
+            pass
     mlflow.set_experiment(name)
 
 

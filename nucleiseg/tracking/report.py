@@ -246,10 +246,12 @@ def write_report(
             tables[name].to_csv(scratch / file, index=False)
         pd.DataFrame(tables["claims"]).to_csv(scratch / "claims.csv", index=False)
         runs.drop(columns=["checkpoint", "data_folder"]).to_csv(scratch / "runs.csv", index=False)
-        for key, number, word in (("train/loss", 7, "training"), ("val/loss", 8, "validation")):
+        for key, number, word in (("loss/train", 7, "train"), ("loss/val", 8, "val")):
             curves = loss_curves(client, runs, key)
+            if curves.empty:  # studies logged before the loss keys moved under loss/
+                curves = loss_curves(client, runs, f"{word}/loss")
             plot_curves(
-                curves, f"{study}: {word} loss (median over seeds)", "loss", scratch / f"fig{number}_{key[:-5]}_loss"
+                curves, f"{study}: {word} loss (median over seeds)", "loss", scratch / f"fig{number}_{word}_loss"
             )
         sections = _sections(study, runs, tables, comparable, differences)
         if figure_configurations:

@@ -23,8 +23,9 @@ TABLE2_METRICS = ("train_loss", "val_loss")
 INSTANCE_NAMES = ("aji", "aji_plus", "pq", "object_f1")
 INSTANCE_METRICS = tuple(f"{name}_{method}" for method in METHODS for name in INSTANCE_NAMES)
 COUNT_METRICS = tuple(f"{kind}_{method}" for method in METHODS for kind in ("n_true_nuclei", "n_predicted_nuclei"))
-DONE_TAG = "nucleiseg.done"
-SUMMARY_TAG = "summary"
+DONE_TAG = "nucleiseg.done"  # set after done.json: a run with all its outputs (the report's "finished")
+SUMMARY_TAG = "summary"  # the medians of a configuration written back to MLflow (not a run of the study)
+SUPERSEDED_TAG = "nucleiseg.superseded"  # a finished run trained again on purpose (skip_finished=false)
 
 
 class ReportError(NucleisegError):
@@ -66,8 +67,8 @@ def load_runs(tracking_uri: str, study: str) -> tuple[pd.DataFrame, Any]:
     rows = []
     for run in client.search_runs([experiment.experiment_id], max_results=50000):
         tags, metrics = run.data.tags, run.data.metrics
-        if tags.get(SUMMARY_TAG) == "true":
-            continue
+        if tags.get(SUMMARY_TAG) == "true" or tags.get(SUPERSEDED_TAG) == "true":
+            continue  # summaries are not runs; a superseded run was trained again (skip_finished=false)
         pretrained = tags.get("pretrained") == "true"
         rows.append(
             {
@@ -88,8 +89,9 @@ def load_runs(tracking_uri: str, study: str) -> tuple[pd.DataFrame, Any]:
                 "checkpoint": tags.get("checkpoint"),
                 "data_folder": tags.get("data_folder"),
                 "failure_reason": tags.get("failure_reason", ""),
-                "train_loss": metrics.get("train/loss"),
-                "val_loss": metrics.get("val/loss"),
+                # loss/train, loss/val (earlier versions logged train/loss, val/loss)
+                "train_loss": metrics.get("loss/train", metrics.get("train/loss")),
+                "val_loss": metrics.get("loss/val", metrics.get("val/loss")),
                 **{name: metrics.get(f"test/{name}") for name in TABLE3_METRICS + INSTANCE_METRICS + COUNT_METRICS},
                 **{key: value for key, value in tags.items() if key.startswith("tuned.")},
             }

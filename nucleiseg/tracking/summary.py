@@ -14,7 +14,7 @@ SHOWN = (
     "test/recall",
     "test/precision",
     "test/accuracy",
-    "test/loss",
+    "loss/test",
     "test/aji_components",
     "test/aji_watershed",
     "test/pq_watershed",
@@ -23,14 +23,27 @@ SHOWN = (
 )
 
 
+def ui_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI page of an experiment's runs table. MLflow 3's UI opens experiments on its GenAI pages
+    unless the URL asks for model training (the experiment tag it once read is ignored since 3.x)."""
+    return f"{host}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def print_run_summary(
-    name: str, cfg: Any, metrics: dict, final: dict, run_dir: Path, run_id: str, console: Console | None = None
+    name: str,
+    cfg: Any,
+    metrics: dict,
+    final: dict,
+    run_dir: Path,
+    run_id: str,
+    experiment_id: str | None = None,
+    console: Console | None = None,
 ) -> None:
     console = console or Console()
     table = Table(title=f"run {name} (study {cfg.study})", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("train/loss", "val/loss"):
+    for key in ("loss/train", "loss/val"):
         if key in final:
             table.add_row(f"final {key}", f"{final[key]:.4f}")
     for key in SHOWN:
@@ -39,6 +52,8 @@ def print_run_summary(
     table.add_row("train time", f"{metrics.get('train_seconds', float('nan')):.1f} s")
     console.print(table)
     console.print(f"checkpoints: {run_dir / 'checkpoints'}   MLflow run: {run_id}")
+    if experiment_id is not None:
+        console.print(f"MLflow UI (after `mlflow ui`): {ui_url(experiment_id)}")
 
 
 def print_sweep_summary(rows: list[dict[str, Any]], console: Console | None = None) -> None:

@@ -22,8 +22,8 @@ def add_run(client, experiment, encoder, pretrained, seed, jaccard, losses, stat
     run = client.create_run(experiment, run_name=f"{encoder}-{pretrained}-{seed}", tags=tags)
     rid = run.info.run_id
     for epoch, (train, val) in enumerate(losses):
-        client.log_metric(rid, "train/loss", train, step=epoch)
-        client.log_metric(rid, "val/loss", val, step=epoch)
+        client.log_metric(rid, "loss/train", train, step=epoch)
+        client.log_metric(rid, "loss/val", val, step=epoch)
     if status == "FINISHED" and not extra.pop("incomplete", False):
         values = {"jaccard": jaccard, "f1": jaccard + 0.1, "recall": 0.8, "precision": 0.7, "accuracy": 0.9}
         values["images_per_second"] = extra.pop("speed", 100.0 + seed)

@@ -1,0 +1,101 @@
+"""``nucleiseg benchmark-slide``: whole-slide throughput and peak memory, measured on the real command.
+
+Writes a synthetic pyramidal slide of the sizes asked (a centred square of synthetic H&E covering the tissue
+fraction, glass elsewhere), or takes the user's slide, and runs ``nucleiseg predict`` on it in a child process:
+wall time, tissue megapixels per second (at the model's resolution), nuclei per second and the child's peak
+resident memory. Several sizes with the same tissue area show whether memory grows with the slide (it should not).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nucleiseg.slides.synthetic import synthetic_pool, tissue_content, write_slide
+
+
+def synthetic_slide(path: Path, size: int, tissue: float, mpp: float = 0.25) -> Path:
+    """A ``size`` x ``size`` slide, ``tissue`` of it H&E (a centred square), at ``mpp``, JPEG tiles."""
+    side = int(size * math.sqrt(tissue))
+    start = (size - side) // 2
+    content = tissue_content(synthetic_pool(256, 8), [(start, start, start + side, start + side)])
+    return write_slide(path, size, size, content, mpp=mpp, compression="jpeg")
+
+
+def measure(slide: Path, checkpoint: str, out: Path, extra: list[str]) -> dict:
+    """Run ``nucleiseg predict`` on ``slide`` in a child process; its time, throughput and peak memory (that
+    child's own maximum resident set, from ``wait4``)."""
+    command = [sys.executable, "-m", "nucleiseg.cli", "predict", str(slide), "--out", str(out)]
+    command += ["--checkpoint", checkpoint, "--quiet", *extra]
+    with tempfile.TemporaryFile() as errors:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(f"predict failed on {slide}: {errors.read().decode()[-1500:]}")
+    peak = usage.ru_maxrss  # kilobytes on Linux
+    info = json.loads((out / slide.stem / "slide.json").read_text())
+    return {
+        "slide": slide.name,
+        "width": info["dimensions"][0],
+        "height": info["dimensions"][1],
+        "tissue_fraction": info["tissue_fraction"],
+        "windows": info["windows"],
+        "windows_with_tissue": info["windows_with_tissue"],
+        "seconds": seconds,
+        "tissue_megapixels": info["tissue_megapixels"],
+        "tissue_megapixels_per_second": info["tissue_megapixels"] / seconds,
+        "nuclei": info["n_nuclei"],
+        "nuclei_per_second": info["n_nuclei"] / seconds,
+        "peak_rss_mb": peak / 1024,
+    }
+
+
+def run_slide_benchmark(args) -> int:
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-slide-bench-") as scratch:
+        scratch = Path(scratch)
+        slides = [Path(s) for s in args.slide] if args.slide else []
+        for size in [] if args.slide else [int(s) for s in args.sizes.split(",")]:
+            print(f"writing a {size} x {size} slide ({args.tissue:.0%} tissue)...", file=sys.stderr)
+            slides.append(synthetic_slide(scratch / f"synthetic-{size}.tif", size, args.tissue))
+        for slide in slides:
+            rows.append(measure(slide, args.checkpoint, scratch / f"out-{slide.stem}", args.words))
+            print(f"{slide.name}: {rows[-1]['seconds']:.0f} s, peak {rows[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    table = Table(title="nucleiseg benchmark-slide")
+    columns = [
+        "slide",
+        "width",
+        "height",
+        "tissue_fraction",
+        "windows_with_tissue",
+        "seconds",
+        "tissue_megapixels_per_second",
+        "nuclei",
+        "nuclei_per_second",
+        "peak_rss_mb",
+    ]
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="left" if column == "slide" else "right")
+    for row in rows:
+        table.add_row(*(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    Console().print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(out / "benchmark_slide.csv", index=False)
+        print(f"written: {out / 'benchmark_slide.csv'}")
+    return 0

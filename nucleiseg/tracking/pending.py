@@ -1,0 +1,129 @@
+"""When the tracking server is down or refuses a write, a run keeps going and loses nothing.
+
+Every write to MLflow during and after training goes through :class:`Pending`: a write that fails is appended to
+``RUN_DIR/mlflow_pending.jsonl`` (metrics with their step, tags, artifacts copied beside it, the final status)
+and the run carries on: its checkpoint and ``done.json`` are on disk either way. ``nucleiseg relog RUN_DIR``
+replays the file into the run's MLflow run once the server is back, and removes it when everything is there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+PENDING = "mlflow_pending.jsonl"
+PENDING_ARTIFACTS = "mlflow_pending_artifacts"
+
+
+def tracking_errors() -> tuple[type[BaseException], ...]:
+    """What a tracking store raises when it is unreachable or refuses a write."""
+    from mlflow.exceptions import MlflowException
+
+    errors: list[type[BaseException]] = [MlflowException, OSError, TimeoutError]
+    try:
+        import requests
+
+        errors.append(requests.RequestException)
+    except ImportError:  # pragma: no cover - requests comes with mlflow
+        pass
+    return tuple(errors)
+
+
+class Pending:
+    """The run folder's record of MLflow writes that did not go through (see the module docstring)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / PENDING
+        self.warned = False
+
+    def add(self, kind: str, **payload: Any) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"kind": kind, "time": time.time(), **payload}) + "\n")
+
+    def attempt(self, kind: str, write: Callable[[], Any], **payload: Any) -> bool:
+        """Run ``write``; when the store fails, keep ``payload`` for later and warn once. True if written."""
+        try:
+            write()
+            return True
+        except tracking_errors() as error:
+            if kind == "artifact":  # the file may be temporary (an overlay): keep a copy beside the record
+                kept = self.run_dir / PENDING_ARTIFACTS / f"{len(self.records())}-{Path(payload['path']).name}"
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(payload["path"], kept)
+                payload = {**payload, "path": str(kept)}
+            self.add(kind, **payload)
+            if not self.warned:
+                log.warning(
+                    "MLflow did not take a write (%s); the run goes on and keeps it in %s for `nucleiseg relog %s`",
+                    str(error).splitlines()[0][:160] if str(error) else type(error).__name__,
+                    self.path,
+                    self.run_dir,
+                )
+                self.warned = True
+            return False
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def replay(self, client, run_id: str) -> int:
+        """Write every kept record to MLflow run ``run_id``; the file goes only when all went through."""
+        from mlflow.entities import Metric
+
+        records = self.records()
+        for record in records:
+            kind = record["kind"]
+            if kind == "metrics":
+                stamp = int(record["time"] * 1000)
+                metrics = [Metric(k, float(v), stamp, record.get("step") or 0) for k, v in record["metrics"].items()]
+                client.log_batch(run_id, metrics=metrics)
+            elif kind == "tags":
+                for key, value in record["tags"].items():
+                    client.set_tag(run_id, key, value)
+            elif kind == "artifact":
+                client.log_artifact(run_id, record["path"], record.get("folder"))
+            elif kind == "status":
+                client.set_terminated(run_id, record["status"])
+        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir / PENDING_ARTIFACTS, ignore_errors=True)
+        return len(records)
+
+
+def resilient_logger(pending: Pending, **kwargs):
+    """Lightning's MLFlowLogger whose writes during and after training go through ``pending``: an unreachable
+    tracking server never stops a run. ``tag`` and ``artifact`` are the run's other writes, kept the same way."""
+    from lightning.pytorch.loggers import MLFlowLogger
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    class ResilientMLFlowLogger(MLFlowLogger):
+        @rank_zero_only
+        def log_metrics(self, metrics, step=None) -> None:
+            values = {k: float(v) for k, v in metrics.items()}
+            pending.attempt("metrics", lambda: MLFlowLogger.log_metrics(self, metrics, step), metrics=values, step=step)
+
+        @rank_zero_only
+        def finalize(self, status: str = "success") -> None:
+            final = {"success": "FINISHED", "failed": "FAILED", "finished": "FINISHED"}.get(status, status)
+            pending.attempt("status", lambda: MLFlowLogger.finalize(self, status), status=final)
+
+        def tag(self, key: str, value: str) -> bool:
+            return pending.attempt("tags", lambda: self.experiment.set_tag(self.run_id, key, value), tags={key: value})
+
+        def artifact(self, path: Path, folder: str | None = None) -> bool:
+            return pending.attempt(
+                "artifact",
+                lambda: self.experiment.log_artifact(self.run_id, str(path), folder),
+                path=str(path),
+                folder=folder,
+            )
+
+    return ResilientMLFlowLogger(**kwargs)
