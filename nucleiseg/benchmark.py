@@ -458,9 +458,9 @@ def run_benchmark(args: argparse.Namespace, cfg: DictConfig) -> int:
 def _log_benchmark(cfg: DictConfig, measurements: list[Measurement], text: str) -> None:
     import mlflow
 
-    from nucleiseg.tracking.mlflow_store import tracking_uri, use_experiment
+    from nucleiseg.tracking.mlflow_store import artifact_location, tracking_uri, use_experiment
 
-    use_experiment(tracking_uri(cfg.logger), "benchmark", cfg.logger.artifact_location)
+    use_experiment(tracking_uri(cfg.logger), "benchmark", artifact_location(cfg.logger))
     first = measurements[0]
     with mlflow.start_run(run_name=f"benchmark-{first.image_size}px"):
         mlflow.set_tags(

@@ -142,9 +142,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         speed=speed,
     )
     if not args.no_mlflow:
-        from nucleiseg.tracking.mlflow_store import tracking_uri
+        from nucleiseg.tracking.mlflow_store import artifact_location, tracking_uri
 
-        log_evaluation(tracking_uri(cfg.logger), args.study, session, results, cfg.logger.artifact_location)
+        log_evaluation(tracking_uri(cfg.logger), args.study, session, results, artifact_location(cfg.logger))
     if args.json:
         print(json.dumps(summary_json(session, results), indent=1))
         return 0

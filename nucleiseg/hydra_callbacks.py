@@ -55,12 +55,12 @@ class SweepSummary(Callback):
     """Prepares the tracking store before a sweep and summarises it after (see the module docstring)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from nucleiseg.tracking.mlflow_store import tracking_uri
+        from nucleiseg.tracking.mlflow_store import artifact_location, tracking_uri
 
         sweep_dir = Path(config.hydra.sweep.dir)
         write_json_atomic(sweep_dir / START_FILE, {"started": time.time()})
         if not config.get("dry_run"):
-            prepare_store(tracking_uri(config.logger), config.study, config.logger.artifact_location)
+            prepare_store(tracking_uri(config.logger), config.study, artifact_location(config.logger))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig

@@ -52,8 +52,8 @@ from nucleiseg.postprocess.instances import Postprocess
 from nucleiseg.progress import EpochLines
 from nucleiseg.protocol import differences_from_paper
 from nucleiseg.run_identity import identity_hash, run_folder, run_name
-from nucleiseg.tracking.mlflow_store import flatten, git_commit, resolve_artifact_location, tracking_uri
-from nucleiseg.tracking.pending import Pending, resilient_logger
+from nucleiseg.tracking.mlflow_store import artifact_location, flatten, git_commit, tracking_uri
+from nucleiseg.tracking.pending import Pending, resilient_logger, tracking_errors
 from nucleiseg.tracking.study import DONE_TAG, SUPERSEDED_TAG
 from nucleiseg.tracking.summary import print_run_summary
 from nucleiseg.writing import write_bytes_atomic, write_json_atomic
@@ -171,7 +171,7 @@ def _logger(cfg: DictConfig, name: str, run_id: str | None, tags: dict[str, str]
         run_name=name,
         tracking_uri=tracking_uri(cfg.logger),
         tags=tags,
-        artifact_location=resolve_artifact_location(cfg.logger.artifact_location),
+        artifact_location=artifact_location(cfg.logger),
         run_id=run_id,
         log_model=False,
     )
@@ -437,7 +437,10 @@ def _keep_one_checkpoint(cfg: DictConfig, run: RunFolder, module: SegmentationMo
     module.hparams["mlflow_run_id"] = logger.run_id
     path = write_model_checkpoint(run.path / "checkpoints" / MODEL_CHECKPOINT, module.model, module.hparams)
     if logger.artifact(path, "checkpoint"):
-        _share_with_artifact(path, logger.experiment.get_run(logger.run_id).info.artifact_uri)
+        try:
+            _share_with_artifact(path, logger.experiment.get_run(logger.run_id).info.artifact_uri)
+        except tracking_errors():  # the server went away: the two copies stay two copies
+            pass
     if not cfg.keep_training_checkpoints:
         for name in ("last.ckpt", "best.ckpt"):  # (MODEL_CARD.md and model.ckpt stay)
             (run.path / "checkpoints" / name).unlink(missing_ok=True)
@@ -508,7 +511,7 @@ def _setup(cfg: DictConfig, run: RunFolder) -> Setup:
     if is_rank_zero:  # the experiment exists before Lightning's logger looks (no "not found. Creating it.")
         from nucleiseg.tracking.mlflow_store import use_experiment
 
-        use_experiment(tracking_uri(cfg.logger), cfg.study, cfg.logger.artifact_location)
+        use_experiment(tracking_uri(cfg.logger), cfg.study, artifact_location(cfg.logger))
     continued = _mlflow_run_to_continue(cfg, run) if is_rank_zero and cfg.resume else None
     logger = _logger(cfg, run.name, continued, _tags(cfg, manifest, data_folder, accelerator), run.path)
     if is_rank_zero:

@@ -28,6 +28,15 @@ def resolve_artifact_location(location: str | None) -> str | None:
     return Path(location).expanduser().resolve().as_uri()
 
 
+def artifact_location(logger_cfg: Mapping) -> str | None:
+    """Where new experiments keep their artifacts: ``logger.artifact_location`` for a local store; nothing for a
+    tracking server, which serves them itself (``mlflow-artifacts:``), so every machine reaches them."""
+    uri = tracking_uri(logger_cfg)
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return resolve_artifact_location(logger_cfg["artifact_location"])
+
+
 def tracking_uri(logger_cfg: Mapping) -> str:
     """The store runs go to: ``MLFLOW_TRACKING_URI`` when set, else ``logger.tracking_uri`` (made absolute)."""
     return resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or logger_cfg["tracking_uri"])

@@ -89,6 +89,11 @@ class Pending:
             elif kind == "tags":
                 for key, value in record["tags"].items():
                     client.set_tag(run_id, key, value)
+            elif kind == "params":
+                logged = client.get_run(run_id).data.params
+                for key, value in record["params"].items():
+                    if key not in logged:  # params are write-once in MLflow; the same ones come at every stage
+                        client.log_param(run_id, key, value)
             elif kind == "artifact":
                 client.log_artifact(run_id, record["path"], record.get("folder"))
             elif kind == "status":
@@ -109,6 +114,13 @@ def resilient_logger(pending: Pending, **kwargs):
         def log_metrics(self, metrics, step=None) -> None:
             values = {k: float(v) for k, v in metrics.items()}
             pending.attempt("metrics", lambda: MLFlowLogger.log_metrics(self, metrics, step), metrics=values, step=step)
+
+        @rank_zero_only
+        def log_hyperparams(self, params) -> None:
+            from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+            values = {k: str(v)[:250] for k, v in _flatten_dict(_convert_params(params)).items()}
+            pending.attempt("params", lambda: MLFlowLogger.log_hyperparams(self, params), params=values)
 
         @rank_zero_only
         def finalize(self, status: str = "success") -> None:

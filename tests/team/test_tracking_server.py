@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -38,18 +39,22 @@ def postgres(tmp_path_factory):
     if not PG_BIN:
         pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql; .ci/run does)")
     bin_dir = Path(PG_BIN[-1]).parent
-    root = tmp_path_factory.mktemp("pg")
+    # not under pytest's temporary folder: that one is private to its owner, and the server runs as postgres
+    root = Path(tempfile.mkdtemp(prefix="nucleiseg-pg-"))
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir()
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
         shutil.chown(sockets, "postgres")
     port = free_port()
-    subprocess.run(
+    initdb = subprocess.run(
         as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "nucleiseg"]),
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if initdb.returncode:
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {initdb.stderr.strip()[-2000:]}")
     options = f"-p {port} -k {sockets} -h 127.0.0.1"
     subprocess.run(
         as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "start", "-l", str(root / "log")]),
@@ -67,6 +72,7 @@ def postgres(tmp_path_factory):
         subprocess.run(
             as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]), capture_output=True
         )
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class MlflowServer:
@@ -97,9 +103,9 @@ class MlflowServer:
             "--workers",
             "1",
         ]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        self.log = self.artifacts.parent / f"mlflow-server-{self.port}.log"
+        with self.log.open("ab") as output:  # the server's own output, shown if it does not come up
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
@@ -109,7 +115,8 @@ class MlflowServer:
             except OSError:
                 time.sleep(0.5)
         self.stop()
-        raise RuntimeError("mlflow server did not start within 180 s")
+        tail = self.log.read_text()[-3000:]
+        raise RuntimeError(f"mlflow server did not start within 180 s: {tail}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
