@@ -20,10 +20,14 @@ configurations). Numbers are measurements, never pass/fail checks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import logging
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -184,11 +188,29 @@ class EpochClock(L.Callback):
             self.epochs += 1
 
 
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Lightning's and MLflow's set-up lines and Lightning's pytree notice, which train.py's logging config also
+    hides: the benchmark prints its own table, not theirs."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "mlflow", "alembic")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
 def _loop(cfg: DictConfig, scratch: Path) -> tuple[float, int]:
     """Images/s of train.py's real loop for ``cfg`` (after the first epoch), and training images per epoch."""
     from lightning.pytorch.loggers import MLFlowLogger
 
     from nucleiseg.data.prepare import load_manifest, prepare_dataset
+    from nucleiseg.tracking.mlflow_store import use_experiment
     from nucleiseg.train import build_datamodule, build_module, build_trainer, training_callbacks
 
     folder = prepare_dataset(cfg.data, log=lambda line: None)
@@ -197,11 +219,14 @@ def _loop(cfg: DictConfig, scratch: Path) -> tuple[float, int]:
     L.seed_everything(0, verbose=False)
     datamodule = build_datamodule(cfg, folder, accelerator)
     module = build_module(cfg, manifest, folder, accelerator)
-    logger = MLFlowLogger("benchmark-loop", run_name=cfg.encoder, tracking_uri=f"sqlite:///{scratch / 'loop.db'}")
-    clock = EpochClock()
-    callbacks = training_callbacks(cfg, scratch / cfg.encoder, manifest["counts"]["val"] > 0, clock)
-    trainer = build_trainer(cfg, scratch / cfg.encoder, logger, callbacks)
-    trainer.fit(module, datamodule=datamodule)
+    with _quiet_libraries():
+        store = f"sqlite:///{scratch / 'loop.db'}"
+        use_experiment(store, "benchmark-loop", None)
+        logger = MLFlowLogger("benchmark-loop", run_name=cfg.encoder, tracking_uri=store)
+        clock = EpochClock()
+        callbacks = training_callbacks(cfg, scratch / cfg.encoder, manifest["counts"]["val"] > 0, clock)
+        trainer = build_trainer(cfg, scratch / cfg.encoder, logger, callbacks)
+        trainer.fit(module, datamodule=datamodule)
     per_epoch = manifest["counts"]["train"]
     return per_epoch * clock.epochs / clock.seconds, per_epoch
 
