@@ -92,6 +92,14 @@ def _data_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_synthetic(args: argparse.Namespace) -> int:
+    from nucleiseg.data.synthetic import write_synthetic_folder
+
+    out = write_synthetic_folder(args.to, args.count, args.size, args.seed, args.overwrite)
+    print(f"{args.count} synthetic tiles in {out / 'images'}, their instance labels in {out / 'masks'}")
+    return 0
+
+
 def _data_prepare(args: argparse.Namespace) -> int:
     from nucleiseg.data.prepare import load_manifest, prepare_dataset
 
@@ -354,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--to", required=True, help="folder to download into (e.g. data)")
     download.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds")
     download.set_defaults(handler=_data_download)
+
+    synthetic = data_commands.add_parser("synthetic", help="write synthetic H&E tiles + instance masks to try on")
+    synthetic.add_argument("--to", required=True, help="folder for images/ and masks/")
+    synthetic.add_argument("--count", type=int, default=4, help="number of tiles")
+    synthetic.add_argument("--size", type=int, default=256, help="tile side in pixels")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--overwrite", action="store_true", help="replace the tiles of an earlier call")
+    synthetic.set_defaults(handler=_data_synthetic)
 
     prepare = data_commands.add_parser("prepare", help="build the processed dataset of a data config")
     prepare.add_argument("words", nargs="*", metavar="KEY=VALUE", help=WORDS_HELP + " (data=paper ...)")
