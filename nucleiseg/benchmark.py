@@ -192,10 +192,12 @@ class EpochClock(L.Callback):
 def _quiet_libraries() -> Iterator[None]:
     """Lightning's and MLflow's set-up lines and Lightning's pytree notice, which train.py's logging config also
     hides: the benchmark prints its own table, not theirs."""
+    from nucleiseg.train import PYTREE_NOTICE
+
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "mlflow", "alembic")]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        warnings.filterwarnings("ignore", message=PYTREE_NOTICE)
         for logger in loggers:
             logger.setLevel(logging.WARNING)
         try:

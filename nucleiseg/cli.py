@@ -9,6 +9,7 @@ A value given this way replaces what the checkpoint carries (threshold, post-pro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -270,7 +271,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     slide_settings = SlideSettings.from_config(cfg.slide)
     if args.labels:
-        slide_settings = SlideSettings(**{**slide_settings.__dict__, "labels": True})
+        slide_settings = dataclasses.replace(slide_settings, labels=True)
     progress = "none" if args.quiet else "auto"
     summary = predict(
         inputs, args.out, session, overwrite=args.overwrite, progress=progress, slide_settings=slide_settings

@@ -79,7 +79,7 @@ def misspelt_keys(overrides: list[str]) -> str | None:
     known = _leaf_keys(cfg)
     for override in parsed:
         key = override.key_or_group
-        if override.is_add() or override.is_delete() or key.split("/")[0].split(".")[0] in ("hydra",) or key in GROUPS:
+        if override.is_add() or override.is_delete() or key.split("/")[0].split(".")[0] == "hydra" or key in GROUPS:
             continue
         if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)

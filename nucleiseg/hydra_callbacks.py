@@ -109,7 +109,7 @@ def study_figures(config: DictConfig, rows: list[dict[str, Any]], sweep_dir: Pat
     used = disk_usage([study_dir, *[artifacts / run_id for run_id in run_ids]])
     return (
         f"study {config.study}: {len(trained)} runs trained in {wall / 60:.1f} min wall time, "
-        f"{images / wall if wall == wall and wall > 0 else float('nan'):.1f} training images/s over the sweep; "
+        f"{images / wall if wall > 0 else float('nan'):.1f} training images/s over the sweep; "
         f"disk: {used / 2**30:.2f} GiB (run folders and their MLflow artifacts, hard links counted once)"
     )
 

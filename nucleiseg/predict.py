@@ -160,7 +160,7 @@ def predict_slide_input(
     """A whole slide (or any image too large to handle whole) through the windowed path; returns nuclei."""
     import shutil
 
-    from nucleiseg.slides.predict_slide import JOURNAL, predict_slide
+    from nucleiseg.slides.predict_slide import JOURNAL, SLIDE_OUTPUTS, predict_slide
     from nucleiseg.slides.reader import open_slide
 
     if overwrite:
@@ -173,7 +173,7 @@ def predict_slide_input(
     finally:
         slide.close()
     write_json_atomic(folder / "slide.json", result.summary)
-    outputs = ["nuclei.geojson", "features.csv", "overview.png", "tissue.png", "slide.json"]
+    outputs = list(SLIDE_OUTPUTS)
     outputs += [name for name in ("features.parquet", "labels.tif") if (folder / name).is_file()]
     write_json_atomic(
         folder / DONE,

@@ -353,8 +353,6 @@ def _start_logging(cfg: DictConfig, run: RunFolder, logger: MLFlowLogger, manife
 
 
 def _fit(trainer: L.Trainer, module, datamodule, resume_from: Path | None, name: str) -> None:
-    import signal
-
     try:
         # weights_only=True: resuming never runs pickled code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
         trainer.fit(
@@ -472,15 +470,15 @@ def _mlflow_run_to_continue(cfg: DictConfig, run: RunFolder) -> str | None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri(cfg.logger))
+    client, run_id = MlflowClient(tracking_uri(cfg.logger)), run.previous["run_id"]
     try:
-        client.get_run(run.previous["run_id"])
+        earlier = client.get_run(run_id)
     except MlflowException:
         return None  # the store was reset or moved: start a new MLflow run
-    client.update_run(run.previous["run_id"], status="RUNNING")
-    if "failure_reason" in client.get_run(run.previous["run_id"]).data.tags:  # an earlier failure is history now
-        client.delete_tag(run.previous["run_id"], "failure_reason")
-    return run.previous["run_id"]
+    client.update_run(run_id, status="RUNNING")
+    if "failure_reason" in earlier.data.tags:  # an earlier failure is history now
+        client.delete_tag(run_id, "failure_reason")
+    return run_id
 
 
 @dataclass
@@ -662,6 +660,10 @@ def _is_multirun() -> bool:
         return False
 
 
+# Lightning's own deprecation notice about torch's pytree API, on every run: not the user's to act on
+PYTREE_NOTICE = r".*isinstance\(treespec, LeafSpec\).*"
+
+
 class RunKilled(BaseException):
     """SIGTERM (a cluster's time limit, ``kill``): the run stops now, is recorded KILLED, and can resume later."""
 
@@ -678,8 +680,7 @@ def main(cfg: DictConfig) -> Any:
     at the end. A killed job (SIGTERM, Ctrl-C) stops the sweep on purpose: its summary so far is printed, it
     exits 143 / 130, and the same command later resumes (finished runs are skipped).
     """
-    # Lightning's own deprecation notice about torch's pytree API, on every run: not the user's to act on
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=PYTREE_NOTICE)
     previous_handler = signal.signal(signal.SIGTERM, _raise_killed)
     share_cpu_threads()
     try:

@@ -89,17 +89,21 @@ def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
     Pillow reads PNG/JPEG and the common TIFFs (including the LZW ones MoNuSeg ships); tifffile takes over for
     TIFF flavours Pillow cannot decode (multi-sample 16-bit, planar, BigTIFF).
     """
+
+    def source():  # a fresh stream for each decoder that tries
+        return io.BytesIO(data) if data is not None else path
+
     try:
         try:
-            return _decode_with_pillow(io.BytesIO(data) if data is not None else path, path)
+            return _decode_with_pillow(source(), path)
         except TooLargeError:
             raise
         except _NeedsTifffile:
-            return _decode_with_tifffile(io.BytesIO(data) if data is not None else path, path)
+            return _decode_with_tifffile(source(), path)
         except (UnidentifiedImageError, OSError, ValueError) as pillow_error:
             if path.suffix.lower() not in TIFF_SUFFIXES or isinstance(pillow_error, FileNotFoundError):
                 raise
-            return _decode_with_tifffile(io.BytesIO(data) if data is not None else path, path)
+            return _decode_with_tifffile(source(), path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except TooLargeError:

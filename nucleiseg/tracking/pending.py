@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nucleiseg.errors import first_line
+
 log = logging.getLogger(__name__)
 PENDING = "mlflow_pending.jsonl"
 PENDING_ARTIFACTS = "mlflow_pending_artifacts"
@@ -63,7 +65,7 @@ class Pending:
             if not self.warned:
                 log.warning(
                     "MLflow did not take a write (%s); the run goes on and keeps it in %s for `nucleiseg relog %s`",
-                    str(error).splitlines()[0][:160] if str(error) else type(error).__name__,
+                    first_line(error, 160),
                     self.path,
                     self.run_dir,
                 )
