@@ -19,6 +19,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from nucleiseg.data.split import SPLIT_MODES, carve_validation, split_by_patient
 from nucleiseg.data.stain import StainNormaliser, fit_from_config
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_sources
 from nucleiseg.data.tnbc import find_tnbc
-from nucleiseg.data.transforms import augment_pair, resize_pair
+from nucleiseg.data.transforms import augment_pair, rescale_pair, resize_pair, tile_pair
 from nucleiseg.errors import ConfigError
 
 MANIFEST = "manifest.json"
@@ -61,23 +62,29 @@ def config_hash(config: Mapping) -> str:
 
 
 def collect_sources(sources_cfg: Mapping, stack: ExitStack) -> dict[str, list[SourceImage]]:
-    """Read every configured dataset: ``{"tnbc": [...], "monuseg": [...]}`` (zips are opened inside ``stack``)."""
+    """Read every configured dataset: ``{"tnbc": [...], "monuseg": [...]}`` (zips are opened inside ``stack``),
+    each source image carrying its dataset's configured pixel size."""
     collected: dict[str, list[SourceImage]] = {}
     for key, cfg in sources_cfg.items():
         if cfg is None:
             continue
+        mpp = cfg.get("microns_per_pixel")
         if key == "tnbc":
-            collected["tnbc"] = find_tnbc(stack.enter_context(dataset_folder(cfg["root"], "tnbc")))
+            found = {"tnbc": find_tnbc(stack.enter_context(dataset_folder(cfg["root"], "tnbc")))}
         elif key == "monuseg":
-            collected["monuseg"] = find_monuseg(
-                stack.enter_context(dataset_folder(cfg["root"], "monuseg")), cfg.get("mask_dir")
-            )
+            found = {
+                "monuseg": find_monuseg(stack.enter_context(dataset_folder(cfg["root"], "monuseg")), cfg.get("mask_dir"))
+            }
         elif key == "synthetic":
             spec = SyntheticSpec(height=cfg["tile_size"], width=cfg["tile_size"], n_nuclei=cfg["n_nuclei"])
-            collected["tnbc"] = synthetic_sources("tnbc", list(cfg["tnbc_images_per_slide"]), spec, cfg["seed"])
-            collected["monuseg"] = synthetic_sources("monuseg", [1] * cfg["monuseg_images"], spec, cfg["seed"])
+            found = {
+                "tnbc": synthetic_sources("tnbc", list(cfg["tnbc_images_per_slide"]), spec, cfg["seed"]),
+                "monuseg": synthetic_sources("monuseg", [1] * cfg["monuseg_images"], spec, cfg["seed"]),
+            }
         else:
             raise ConfigError(f"data.sources.{key}: unknown dataset; expected tnbc, monuseg or synthetic")
+        for dataset, sources in found.items():
+            collected[dataset] = [replace(source, microns_per_pixel=mpp) for source in sources]
     return collected
 
 
@@ -111,39 +118,58 @@ def _augmentations(split: str, protocol: Mapping) -> list[str]:
     return (["identity"] + names) if protocol["include_originals"] or not names else names
 
 
+def model_tiles(
+    source: SourceImage, image: np.ndarray, mask: np.ndarray, protocol: Mapping
+) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int] | None]]:
+    """A source pair at the model's scale: ``[(image, mask, tile origin)]``.
+
+    The paper's protocol (``mpp: null``) squashes every image to ``image_size`` square, whatever its pixel size
+    (TNBC stays at 0.25 um/px, MoNuSeg 1000 px becomes 0.49 um/px). With ``protocol.mpp`` every source is first
+    resampled from its own pixel size to that one, so a nucleus is as many model pixels wide whichever dataset
+    it comes from, then cut into ``image_size`` tiles (crops covering the image, padded when smaller)."""
+    size, mpp = protocol["image_size"], protocol.get("mpp")
+    if mpp is None:
+        return [(*resize_pair(image, mask, size), None)]
+    if not source.microns_per_pixel:
+        raise ConfigError(
+            f"data.protocol.mpp={mpp}: data.sources.{source.dataset}.microns_per_pixel is not set; expected the "
+            "dataset's pixel size in micrometres (0.25 for 40x scans)"
+        )
+    image, mask = rescale_pair(image, mask, float(source.microns_per_pixel) / float(mpp))
+    return tile_pair(image, mask, size)
+
+
 def _write_split(
     folder: Path, split: str, sources: list[SourceImage], protocol: Mapping, normaliser: StainNormaliser | None = None
 ) -> list[dict]:
-    size = protocol["image_size"]
     augmentations = _augmentations(split, protocol)
-    n = len(sources) * len(augmentations)
-    folder.mkdir(parents=True)
-    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-    masks = np.lib.format.open_memmap(folder / "masks.npy", mode="w+", dtype=np.int32, shape=(n, size, size))
-    records, index = [], 0
+    images, masks, records = [], [], []
     for source in sources:
         image, mask = source.load()
         source_size = [int(image.shape[0]), int(image.shape[1])]
         if normaliser is not None:
             image = normaliser(image, str(source.image_path))
-        image, mask = resize_pair(image, mask, size)
-        for augmentation in augmentations:
-            images[index], masks[index] = augment_pair(image, mask, augmentation)
-            records.append(
-                {
-                    "index": index,
+        for tile_image, tile_mask, origin in model_tiles(source, image, mask, protocol):
+            for augmentation in augmentations:
+                pair_image, pair_mask = augment_pair(tile_image, tile_mask, augmentation)
+                record = {
+                    "index": len(records),
                     "source_id": source.source_id,
                     "dataset": source.dataset,
                     "patient": source.patient,
                     "augmentation": augmentation,
                     "source_size": source_size,
-                    "n_nuclei": int(len(np.unique(masks[index])) - 1),
+                    "n_nuclei": int(len(np.unique(pair_mask)) - 1),
                 }
-            )
-            index += 1
-    images.flush()
-    masks.flush()
-    del images, masks
+                if origin is not None:  # physical-scale protocol: where the tile lies in the resampled image
+                    record["tile"] = list(origin)
+                images.append(pair_image)
+                masks.append(pair_mask)
+                records.append(record)
+    size = protocol["image_size"]
+    folder.mkdir(parents=True)
+    np.save(folder / "images.npy", np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8))
+    np.save(folder / "masks.npy", np.stack(masks) if masks else np.zeros((0, size, size), np.int32))
     return records
 
 
@@ -269,19 +295,28 @@ def load_manifest(folder: str | Path) -> dict:
 def training_resolution(manifest: Mapping[str, Any], sources_cfg: Mapping) -> dict[str, Any]:
     """How each dataset was resampled for training, from a manifest: ``dataset_scale`` (model pixels per source
     pixel), ``dataset_mpp`` (micrometres per model pixel, where the source's pixel size is configured) and
-    ``model_mpp``, the resolution of the test dataset (the target domain; else the first dataset known)."""
-    size = manifest["config"]["protocol"]["image_size"]
+    ``model_mpp``: the protocol's ``mpp`` when it sets one (every dataset at that scale), else the resolution of
+    the test dataset (the target domain; else the first dataset known)."""
+    protocol = manifest["config"]["protocol"]
+    size, target = protocol["image_size"], protocol.get("mpp")
     widths: dict[str, list[int]] = {}
     for records in manifest["splits"].values():
         for record in records:
             if "source_size" in record:
                 widths.setdefault(record["dataset"], []).append(record["source_size"][1])
+    native = {dataset: _source_mpp(sources_cfg, dataset) for dataset in sorted(widths)}
+    if target is not None:
+        scale = {dataset: float(mpp) / float(target) for dataset, mpp in native.items() if mpp}
+        mpp = {dataset: float(target) for dataset in scale}
+        return {"dataset_scale": scale, "dataset_mpp": mpp, "model_mpp": float(target)}
     scale = {dataset: float(size / np.median(values)) for dataset, values in sorted(widths.items())}
-    mpp = {}
-    for dataset, factor in scale.items():
-        native = (sources_cfg.get(dataset) or {}).get("microns_per_pixel") if dataset in sources_cfg else None
-        if native:
-            mpp[dataset] = float(native) / factor
-    test_dataset = manifest["config"]["protocol"].get("test_dataset")
+    mpp = {dataset: float(native[dataset]) / factor for dataset, factor in scale.items() if native.get(dataset)}
+    test_dataset = protocol.get("test_dataset")
     model_mpp = mpp.get(test_dataset, next(iter(mpp.values()), None))
     return {"dataset_scale": scale, "dataset_mpp": mpp, "model_mpp": model_mpp}
+
+
+def _source_mpp(sources_cfg: Mapping, dataset: str) -> float | None:
+    """The configured pixel size of ``dataset`` (the synthetic source stands for both datasets)."""
+    cfg = sources_cfg.get(dataset) or sources_cfg.get("synthetic") or {}
+    return cfg.get("microns_per_pixel")

@@ -26,6 +26,7 @@ class SourceImage:
     annotation_path: Path
     _load_image: Callable[[Path], np.ndarray] = field(repr=False, compare=False)
     _load_mask: Callable[[Path, tuple[int, int]], np.ndarray] = field(repr=False, compare=False)
+    microns_per_pixel: float | None = None  # the dataset's pixel size as configured (data.sources.NAME)
 
     @property
     def source_id(self) -> str:

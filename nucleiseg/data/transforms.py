@@ -36,12 +36,48 @@ def _mask_array(tensor: torch.Tensor) -> np.ndarray:
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resize to ``size x size``: area interpolation for the image, nearest neighbour for the labels."""
+    """Resize to ``size x size`` (the paper's protocol): area interpolation for the image, nearest neighbour for
+    the labels."""
     if image.shape[:2] == (size, size):
         return image, mask
     resized_image = KT.resize(_image_tensor(image), (size, size), interpolation="area")
     resized_mask = KT.resize(_mask_tensor(mask), (size, size), interpolation="nearest")
     return _image_array(resized_image), _mask_array(resized_mask)
+
+
+def rescale_pair(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a pair by ``factor`` (model pixels per source pixel), keeping its aspect: area interpolation
+    when shrinking and bilinear when enlarging for the image, nearest neighbour for the labels."""
+    height, width = max(1, round(mask.shape[0] * factor)), max(1, round(mask.shape[1] * factor))
+    if (height, width) == mask.shape:
+        return image, mask
+    resized_mask = KT.resize(_mask_tensor(mask), (height, width), interpolation="nearest")
+    return resize_image(image, height, width), _mask_array(resized_mask)
+
+
+def tile_origins(length: int, size: int) -> list[int]:
+    """Origins of the fewest ``size``-long tiles that cover ``length``, spread evenly (neighbours overlap by less
+    than a tile); ``[0]`` when the length fits in one tile."""
+    if length <= size:
+        return [0]
+    count = -(-length // size)
+    return [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
+def tile_pair(image: np.ndarray, mask: np.ndarray, size: int) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
+    """Cut a pair into ``size x size`` tiles covering it (crops, never a squash): ``[(image, mask, (top, left))]``.
+    A side shorter than ``size`` is padded at the bottom/right with white (slide background) and no nucleus."""
+    height, width = mask.shape
+    tiles = []
+    for top in tile_origins(height, size):
+        for left in tile_origins(width, size):
+            crop_image = np.full((size, size, 3), 255, np.uint8)
+            crop_mask = np.zeros((size, size), np.int32)
+            part_image = image[top : top + size, left : left + size]
+            crop_image[: part_image.shape[0], : part_image.shape[1]] = part_image
+            crop_mask[: part_image.shape[0], : part_image.shape[1]] = mask[top : top + size, left : left + size]
+            tiles.append((crop_image, relabel_sequential(crop_mask)[0].astype(np.int32), (top, left)))
+    return tiles
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:

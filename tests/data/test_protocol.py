@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,76 @@ def test_real_paper_protocol_gives_165_training_pairs(tmp_path):
     n_sources = {k: len(v) for k, v in manifest["source_images"].items()}
     assert n_sources["train"] + n_sources["val"] == 55
     assert json.dumps(manifest["config"]["protocol"]["augment"]) == '["hflip", "vflip", "rotate45"]'
+
+
+def _disc_sources(root: Path, tnbc_side: int, monuseg_side: int, diameter_px: int) -> tuple[Path, Path, Path]:
+    """One TNBC-layout and one MoNuSeg-layout image (both 0.25 um/px) with one disc of ``diameter_px``."""
+    from PIL import Image
+
+    def draw(side: int) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = np.ogrid[:side, :side]
+        disc = (rows - side // 4) ** 2 + (cols - side // 4) ** 2 <= (diameter_px / 2) ** 2  # in one tile
+        image = np.full((side, side, 3), 230, np.uint8)
+        image[disc] = (90, 60, 150)
+        return image, (disc * 255).astype(np.uint8)
+
+    tnbc, monuseg, masks = root / "tnbc", root / "monuseg", root / "monuseg_masks"
+    for folder in (tnbc / "Slide_01", tnbc / "GT_01", monuseg / "Tissue Images", masks):
+        folder.mkdir(parents=True)
+    image, mask = draw(tnbc_side)
+    Image.fromarray(image).save(tnbc / "Slide_01" / "01_1.png")
+    Image.fromarray(mask).save(tnbc / "GT_01" / "01_1.png")
+    image, mask = draw(monuseg_side)
+    name = "TCGA-11-1111-01Z-00-DX1"
+    Image.fromarray(image).save(monuseg / "Tissue Images" / f"{name}.tif")
+    Image.fromarray(mask).save(masks / f"{name}.png")
+    return tnbc, monuseg, masks
+
+
+def _nucleus_areas(tmp_path: Path, sources: tuple[Path, Path, Path], *protocol: str) -> tuple[dict, dict]:
+    tnbc, monuseg, masks = sources
+    cfg = compose(
+        [
+            f"paths.root_dir={tmp_path}",
+            f"data.sources.tnbc.root={tnbc}",
+            f"data.sources.monuseg.root={monuseg}",
+            f"data.sources.monuseg.mask_dir={masks}",
+            "data.protocol.split=none",
+            "data.protocol.val_fraction=0",
+            "data.protocol.augment=[]",
+            *protocol,
+        ]
+    ).data
+    folder = prepare_dataset(cfg)
+    manifest = load_manifest(folder)
+    stored = np.load(folder / "train" / "masks.npy")
+    areas: dict[str, list[int]] = {}
+    for record in manifest["splits"]["train"]:
+        counts = np.bincount(stored[record["index"]].ravel())[1:]
+        areas.setdefault(record["dataset"], []).extend(int(c) for c in counts if c)
+    return areas, manifest
+
+
+def test_physical_scale_gives_a_nucleus_the_same_size_from_both_datasets(tmp_path):
+    """A 6 um nucleus (24 px at 0.25 um/px) in a 64 px TNBC-like image and a 128 px MoNuSeg-like one. The paper's
+    squash to 64 px leaves the TNBC one at 24 px and shrinks the MoNuSeg one to 12; data.protocol.mpp=0.5 gives
+    both 12 px (about 113 px of area), and cuts the larger image into tiles instead of squashing it."""
+    sources = _disc_sources(tmp_path / "raw", 64, 128, 24)
+    paper, _ = _nucleus_areas(tmp_path / "paper", sources, "data.protocol.image_size=64")
+    assert paper["tnbc"][0] > 3 * paper["monuseg"][0]
+    physical, manifest = _nucleus_areas(
+        tmp_path / "mpp", sources, "data.protocol.image_size=32", "data.protocol.mpp=0.5"
+    )
+    expected = np.pi * 6**2  # diameter 12 model pixels
+    assert len(physical["tnbc"]) == 1 and len(physical["monuseg"]) == 1  # the disc lies in one tile of four
+    for dataset in ("tnbc", "monuseg"):
+        assert physical[dataset][0] == pytest.approx(expected, rel=0.15)
+    assert manifest["config"]["protocol"]["mpp"] == 0.5
+    monuseg_tiles = [r for r in manifest["splits"]["train"] if r["dataset"] == "monuseg"]
+    assert sorted(tuple(r["tile"]) for r in monuseg_tiles) == [(0, 0), (0, 32), (32, 0), (32, 32)]
+
+
+def test_physical_scale_needs_each_source_pixel_size(tmp_path):
+    sources = _disc_sources(tmp_path / "raw", 64, 128, 24)
+    with pytest.raises(ConfigError, match=r"data.sources.tnbc.microns_per_pixel is not set"):
+        _nucleus_areas(tmp_path, sources, "data.protocol.mpp=0.5", "data.sources.tnbc.microns_per_pixel=null")

@@ -101,3 +101,41 @@ def test_an_empty_prediction_gives_no_nuclei_and_zero_scores():
     metrics.update(two_discs()[1][:32, :32], labels)
     scores = metrics.compute()
     assert scores["aji"] == scores["pq"] == scores["aji_plus"] == 0.0 and scores["n_predicted_nuclei"] == 0
+
+
+def test_min_area_applies_to_the_nuclei_the_separation_makes():
+    """A disc joined by a neck to a 3x3 knob: the watershed gives the knob its own small piece. The component is
+    large, so filtering components (what earlier versions did) kept that 1-3 px "nucleus"; the rule is for the
+    final nuclei."""
+    rows, cols = np.ogrid[:40, :60]
+    mask = (rows - 20) ** 2 + (cols - 20) ** 2 <= 100
+    mask[20, 30:40] = True  # a one-pixel neck
+    mask[19:22, 40:43] = True  # the knob
+    loose = separate_instances(mask, settings=Postprocess(method="watershed", min_distance=1, smoothing=0, min_area=0))
+    assert np.bincount(loose.ravel())[1:].min() < 30  # the split does make a small piece here
+    labels = separate_instances(
+        mask, settings=Postprocess(method="watershed", min_distance=1, smoothing=0, min_area=30, fill_holes=0)
+    )
+    areas = np.bincount(labels.ravel())[1:]
+    assert labels.max() >= 1 and areas.min() >= 30
+    assert labels[20, 20] > 0 and labels[20, 41] == 0  # the disc kept, the knob dropped
+
+
+def test_holes_are_filled_per_nucleus_and_concavities_are_not():
+    labels = np.zeros((30, 40), np.int32)
+    rows, cols = np.ogrid[:30, :40]
+    labels[(rows - 15) ** 2 + (cols - 12) ** 2 <= 64] = 1
+    labels[14:16, 11:13] = 2  # a 4 px piece inside nucleus 1: dropped by min_area, its place filled
+    labels[2:12, 26:36] = 3
+    labels[4:12, 29:33] = 0  # a notch open at the bottom of nucleus 3's box: a concavity, not a hole
+    from nucleiseg.postprocess.instances import final_nuclei
+
+    out = final_nuclei(labels, Postprocess(min_area=10, fill_holes=30))
+    assert out.max() == 2
+    assert out[15, 12] == out[10, 12] > 0  # the hole left by the dropped piece belongs to its nucleus
+    assert out[8, 30] == 0  # the notch stays background
+    big_hole = np.zeros((30, 30), np.int32)
+    big_hole[(np.ogrid[:30, :30][0] - 15) ** 2 + (np.ogrid[:30, :30][1] - 15) ** 2 <= 144] = 1
+    big_hole[10:20, 10:20] = 0  # 100 px: larger than fill_holes
+    assert final_nuclei(big_hole, Postprocess(min_area=0, fill_holes=30))[15, 15] == 0
+    assert final_nuclei(big_hole, Postprocess(min_area=0, fill_holes=100))[15, 15] == 1
