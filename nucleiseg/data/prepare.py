@@ -72,9 +72,8 @@ def collect_sources(sources_cfg: Mapping, stack: ExitStack) -> dict[str, list[So
         if key == "tnbc":
             found = {"tnbc": find_tnbc(stack.enter_context(dataset_folder(cfg["root"], "tnbc")))}
         elif key == "monuseg":
-            found = {
-                "monuseg": find_monuseg(stack.enter_context(dataset_folder(cfg["root"], "monuseg")), cfg.get("mask_dir"))
-            }
+            folder = stack.enter_context(dataset_folder(cfg["root"], "monuseg"))
+            found = {"monuseg": find_monuseg(folder, cfg.get("mask_dir"))}
         elif key == "synthetic":
             spec = SyntheticSpec(height=cfg["tile_size"], width=cfg["tile_size"], n_nuclei=cfg["n_nuclei"])
             found = {
