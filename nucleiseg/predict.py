@@ -2,10 +2,13 @@
 
 For each input image ``NAME`` the folder ``OUT/NAME/`` receives ``probability.tif``, ``mask.png``,
 ``instances.tif``, ``overlay.png``, ``nuclei.geojson``, ``features.csv`` (+ ``.parquet`` with pyarrow) and,
-last, ``done.json``. Each file is written under a temporary name and renamed. Re-running the command skips
-images whose ``done.json`` was made by the same model and settings (resume); a folder marked ``.in_progress`` by
-an interrupted run is completed. Outputs of another model or other settings, or found without either marker,
-are left alone unless ``--overwrite``.
+last, ``done.json``, which names the input (size and content hash), the model and the settings. An image's
+outputs are written beside the folder and moved in when all are ready; a slide's windows are journaled in it.
+
+Re-running the command skips an input whose ``done.json`` was made from the same content by the same model and
+settings, and resumes a slide's unfinished windows; outputs of another input (another file under the same name),
+model or settings, or of unknown origin, are left alone unless ``--overwrite``, which replaces exactly the files
+predict writes. One ``predict`` at a time writes into an output folder (a lock beside the outputs).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +25,7 @@ import numpy as np
 
 from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_rgb
 from nucleiseg.errors import ConfigError, NucleisegError, first_line
-from nucleiseg.inference.export import geojson_bytes, geojson_nuclei, outline_overlay
+from nucleiseg.inference.export import geojson_bytes, geojson_nuclei, outline_overlay, warning_banner
 from nucleiseg.inference.session import InferenceSession
 from nucleiseg.postprocess.features import nucleus_features, write_features
 from nucleiseg.progress import Progress
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 INPUT_SUFFIXES = tuple(dict.fromkeys(IMAGE_SUFFIXES + SLIDE_SUFFIXES))
 OUTPUTS = ("probability.tif", "mask.png", "instances.tif", "overlay.png", "nuclei.geojson", "features.csv")
 DONE, IN_PROGRESS = "done.json", ".in_progress"
+LOCK = ".nucleiseg-predict.lock"
 
 
 @dataclass
@@ -101,111 +106,202 @@ def settings_fingerprint(session: InferenceSession) -> str:
     return digest.hexdigest()
 
 
-def _state(folder: Path, fingerprint: str) -> str:
-    from nucleiseg.slides.predict_slide import JOURNAL, SLIDE_OUTPUTS
+OWNED = (*OUTPUTS, "features.parquet", DONE, IN_PROGRESS)  # images; a slide's are SLIDE_OWNED
+
+
+def owned_names() -> tuple[str, ...]:
+    """Every file and folder ``predict`` writes in ``OUT/NAME/``: what ``--overwrite`` replaces, nothing else."""
+    from nucleiseg.slides.predict_slide import SLIDE_OWNED
+
+    return tuple(dict.fromkeys(OWNED + SLIDE_OWNED))
+
+
+def clear_outputs(folder: Path) -> list[str]:
+    """Remove what predict wrote in ``folder``; return the names of files it did not write (kept, and said)."""
+    import shutil
+
+    if not folder.is_dir():
+        return []
+    owned = set(owned_names())
+    for name in owned:
+        target = folder / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    kept = sorted(p.name for p in folder.iterdir() if p.name not in owned and not p.name.startswith(".nucleiseg"))
+    if kept:
+        log.warning("%s: kept %s, not written by nucleiseg predict", folder, ", ".join(kept))
+    return kept
+
+
+@dataclass(frozen=True)
+class State:
+    """What ``OUT/NAME/`` holds for one input: ``new``, ``done`` (by the same input, model and settings),
+    ``interrupted`` (resumable), ``other`` (another input, model or settings: ``why``) or ``foreign``."""
+
+    kind: str
+    why: str = ""
+
+
+def folder_state(folder: Path, fingerprint: str, identity: dict, labels: bool = False) -> State:
+    """Whether ``folder``'s outputs were made from this input (its content, not its name), by this model with
+    these settings; ``labels``: a finished slide without ``labels.tif`` is resumed to add it."""
+    from nucleiseg.input_identity import describe_input, same_input
+    from nucleiseg.slides.predict_slide import JOURNAL
 
     done = folder / DONE
     if done.is_file():
         try:
-            made_by = json.loads(done.read_text()).get("fingerprint")
+            record = json.loads(done.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return "foreign"
-        return "done" if made_by == fingerprint else "other"
-    if (folder / IN_PROGRESS).exists() or (folder / JOURNAL / "plan.json").is_file():
-        return "interrupted"
-    if folder.is_dir() and any((folder / name).exists() for name in OUTPUTS + SLIDE_OUTPUTS):
-        return "foreign"
-    return "new"
+            return State("foreign", "of unknown origin (unreadable done.json)")
+        if not same_input(record.get("input"), identity):
+            return State("other", f"made from another input: {describe_input(record.get('input'))}")
+        if record.get("fingerprint") != fingerprint:
+            return State("other", "made by another model or other settings")
+        if labels and "slide" in record and "labels.tif" not in record.get("outputs", []):
+            return State("interrupted")
+        return State("done")
+    plan = folder / JOURNAL / "plan.json"
+    if plan.is_file():
+        try:
+            record = json.loads(plan.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return State("foreign", "of unknown origin (unreadable journal)")
+        if not same_input(record.get("input"), identity):
+            return State("other", f"holds unfinished windows of another input: {describe_input(record.get('input'))}")
+        if record.get("fingerprint") != fingerprint:
+            return State("other", "holds unfinished windows of another model or other settings")
+        return State("interrupted")
+    if (folder / IN_PROGRESS).exists():
+        return State("foreign", "left unfinished by an earlier version")
+    if folder.is_dir() and any((folder / name).exists() for name in owned_names()):
+        return State("foreign", "of unknown origin")
+    return State("new")
 
 
 def predict_image(
-    session: InferenceSession, image: np.ndarray, name: str, folder: Path, fingerprint: str, progress=None
+    session: InferenceSession,
+    image: np.ndarray,
+    name: str,
+    folder: Path,
+    fingerprint: str,
+    identity: dict | None = None,
+    progress=None,
 ) -> int:
-    """Write every output of one image into ``folder``; return the number of nuclei found."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / IN_PROGRESS).touch()
-    started = time.perf_counter()
-    prediction = session.predict(image, session.scale_for(), progress=progress)
-    instances = session.instances(prediction)
-    mpp = session.settings.microns_per_pixel
-    features = nucleus_features(image, instances, name, mpp)
-    write_bytes_atomic(folder / "probability.tif", tiff_bytes(prediction.probability.astype(np.float32)))
-    mask = ((prediction.probability >= session.threshold) * 255).astype(np.uint8)
-    write_bytes_atomic(folder / "mask.png", png_bytes(mask))
-    write_bytes_atomic(folder / "instances.tif", tiff_bytes(instances.astype(np.int32)))
-    write_bytes_atomic(folder / "overlay.png", png_bytes(outline_overlay(image, instances)))
-    write_bytes_atomic(folder / "nuclei.geojson", geojson_bytes(geojson_nuclei(instances, features)))
-    written = write_features(features, folder / "features.csv")
-    n_nuclei = int(instances.max())
-    write_json_atomic(
-        folder / DONE,
-        {
+    """Write every output of one image into ``folder``; return the number of nuclei found.
+
+    The outputs are written into a scratch folder beside it and moved in only when all are ready: the folder
+    then holds exactly this run's files (an earlier run's are removed first), ``done.json`` last."""
+    import shutil
+
+    scratch = folder.parent / f".{folder.name}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        started = time.perf_counter()
+        prediction = session.predict(image, session.scale_for(), progress=progress)
+        instances = session.instances(prediction)
+        features = nucleus_features(image, instances, name, session.settings.microns_per_pixel)
+        write_bytes_atomic(scratch / "probability.tif", tiff_bytes(prediction.probability.astype(np.float32)))
+        write_bytes_atomic(
+            scratch / "mask.png", png_bytes((session.binarise(prediction.probability) * 255).astype(np.uint8))
+        )
+        write_bytes_atomic(scratch / "instances.tif", tiff_bytes(instances.astype(np.int32)))
+        overlay = outline_overlay(image, instances)
+        if session.trained_on_synthetic:
+            overlay = warning_banner(overlay, "model trained on synthetic tiles: not for real tissue")
+        write_bytes_atomic(scratch / "overlay.png", png_bytes(overlay))
+        write_bytes_atomic(scratch / "nuclei.geojson", geojson_bytes(geojson_nuclei(instances, features)))
+        written = [p.name for p in write_features(features, scratch / "features.csv")]
+        outputs = [*(n for n in OUTPUTS if n != "features.csv"), *written]
+        n_nuclei = int(instances.max())
+        record = {
             "image": name,
+            "input": identity,
             "n_nuclei": n_nuclei,
             "height": image.shape[0],
             "width": image.shape[1],
             "seconds": time.perf_counter() - started,
-            "outputs": list(OUTPUTS) + [p.name for p in written[1:]],
+            "outputs": outputs,
             "fingerprint": fingerprint,
             "settings": session.describe(),
-        },
-    )
-    (folder / IN_PROGRESS).unlink(missing_ok=True)
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        clear_outputs(folder)
+        for output in outputs:
+            os.replace(scratch / output, folder / output)
+        write_json_atomic(folder / DONE, record)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return n_nuclei
 
 
 def predict_slide_input(
-    session: InferenceSession, path: Path, folder: Path, fingerprint: str, slide_settings, bars, overwrite: bool
+    session: InferenceSession,
+    path: Path,
+    folder: Path,
+    fingerprint: str,
+    identity: dict,
+    slide_settings,
+    bars,
+    fresh: bool,
 ) -> int:
-    """A whole slide (or any image too large to handle whole) through the windowed path; returns nuclei."""
-    import shutil
-
-    from nucleiseg.slides.predict_slide import JOURNAL, SLIDE_OUTPUTS, predict_slide
+    """A whole slide (or any image too large to handle whole) through the windowed path; returns nuclei.
+    ``fresh``: start over (what was in ``folder`` is removed first); else resume the journal's windows."""
+    from nucleiseg.slides.predict_slide import predict_slide
     from nucleiseg.slides.reader import open_slide
 
-    if overwrite:
-        shutil.rmtree(folder / JOURNAL, ignore_errors=True)
-        (folder / DONE).unlink(missing_ok=True)
+    if fresh:
+        clear_outputs(folder)
+    (folder / DONE).unlink(missing_ok=True)  # written again, last, when this run has finished
     folder.mkdir(parents=True, exist_ok=True)
     slide = open_slide(path, session.settings.microns_per_pixel)
     try:
-        result = predict_slide(slide, folder, session, slide_settings, fingerprint, bars)
+        result = predict_slide(slide, folder, session, slide_settings, fingerprint, bars, identity)
     finally:
         slide.close()
-    write_json_atomic(folder / "slide.json", result.summary)
-    outputs = list(SLIDE_OUTPUTS)
-    outputs += [name for name in ("features.parquet", "labels.tif") if (folder / name).is_file()]
+    summary = result.summary
+    write_json_atomic(folder / "slide.json", summary)
+    log.info(
+        "%s: tissue %.1f%% of the slide; %d of %d windows predicted, %d without tissue skipped; %d nuclei",
+        path.name,
+        100 * summary["tissue_fraction"],
+        summary["windows_with_tissue"],
+        summary["windows"],
+        summary["windows_skipped"],
+        result.n_nuclei,
+    )
     write_json_atomic(
         folder / DONE,
         {
             "image": path.name,
+            "input": identity,
             "n_nuclei": result.n_nuclei,
-            "outputs": outputs,
+            "outputs": [*result.outputs, "slide.json"],
             "fingerprint": fingerprint,
             "settings": session.describe(),
-            "slide": {k: result.summary[k] for k in ("tissue_fraction", "windows_with_tissue", "windows_skipped")},
+            "slide": {k: summary[k] for k in ("tissue_fraction", "windows_with_tissue", "windows_skipped")},
         },
     )
     return result.n_nuclei
 
 
-def _predict_whole(session: InferenceSession, path: Path, folder: Path, fingerprint: str, bars, overwrite: bool) -> int:
+def _predict_whole(session: InferenceSession, path: Path, folder: Path, fingerprint: str, identity: dict, bars) -> int:
     image = read_rgb(path)
     tiles = bars.task(f"  {path.name} tiles", session.segmenter(session.scale_for()).n_tiles(*image.shape[:2]))
-    if overwrite:
-        (folder / DONE).unlink(missing_ok=True)
-    n = predict_image(session, image, output_name(path), folder, fingerprint, tiles.advance)
+    n = predict_image(session, image, output_name(path), folder, fingerprint, identity, tiles.advance)
     bars.remove(tiles)
     return n
 
 
-def warn_if_synthetic(session: InferenceSession) -> None:
-    if (session.hparams.get("data") or {}).get("synthetic"):
-        log.warning(
-            "%s was trained on synthetic tiles (data=synthetic): a smoke-test model, not one for real H&E images; "
-            "train on the real data (data=paper) or use experiment=release",
-            session.source,
-        )
+def _failure(path: Path, error: Exception) -> str:
+    """One line for a failed input: our errors say what they are; anything else also names its type."""
+    log.debug("%s failed", path, exc_info=error)
+    if isinstance(error, NucleisegError | OSError | MemoryError):
+        return first_line(error)
+    return f"{path}: {type(error).__name__}: {first_line(error)}; the file may be damaged or of an unsupported kind"
 
 
 def predict(
@@ -219,7 +315,10 @@ def predict(
     """Predict every input image into ``out``; never raises for one bad image (it is listed in the summary).
 
     Slides, and images too large to handle whole, go through the windowed path (:mod:`nucleiseg.slides`) with
-    ``slide_settings`` (:class:`~nucleiseg.slides.predict_slide.SlideSettings`)."""
+    ``slide_settings`` (:class:`~nucleiseg.slides.predict_slide.SlideSettings`). One ``predict`` at a time
+    writes into ``out`` (a lock; a second is refused with the first one's process id)."""
+    from nucleiseg.input_identity import input_identity
+    from nucleiseg.locking import exclusive
     from nucleiseg.slides.predict_slide import SlideSettings
     from nucleiseg.slides.reader import is_slide
 
@@ -228,30 +327,35 @@ def predict(
     summary = PredictSummary(failed=list(missing))
     if not files and not missing:
         raise ConfigError(f"no image or slide ({', '.join(INPUT_SUFFIXES)}) found in {[str(i) for i in inputs]}")
-    warn_if_synthetic(session)
+    session.warn_if_synthetic("your images")
     fingerprint = settings_fingerprint(session)
     out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
     nuclei = 0
-    with Progress(progress) as bars:
+    with exclusive(out / LOCK, f"output folder {out}"), Progress(progress) as bars:
         images_task = bars.task("images", len(files))
         for path in files:
             folder = out / output_name(path)
-            state = _state(folder, fingerprint)
-            if state == "done" and not overwrite:
-                summary.skipped.append(path.name)
-            elif state in ("foreign", "other") and not overwrite:
-                why = "made by another model or other settings" if state == "other" else "of unknown origin"
-                summary.not_written.append((path.name, why))
-            else:
-                try:
-                    if is_slide(path, slide_settings.min_pixels):
-                        n = predict_slide_input(session, path, folder, fingerprint, slide_settings, bars, overwrite)
+            try:
+                identity = input_identity(path)
+                slide = is_slide(path, slide_settings.min_pixels)
+                state = folder_state(folder, fingerprint, identity, labels=slide and slide_settings.labels)
+                if state.kind == "done" and not overwrite:
+                    summary.skipped.append(path.name)
+                elif state.kind in ("foreign", "other") and not overwrite:
+                    summary.not_written.append((path.name, state.why))
+                else:
+                    if slide:
+                        fresh = overwrite or state.kind != "interrupted"
+                        n = predict_slide_input(
+                            session, path, folder, fingerprint, identity, slide_settings, bars, fresh
+                        )
                     else:
-                        n = _predict_whole(session, path, folder, fingerprint, bars, overwrite)
+                        n = _predict_whole(session, path, folder, fingerprint, identity, bars)
                     summary.done.append((path.name, n))
                     nuclei += n
-                except (NucleisegError, OSError, MemoryError) as error:
-                    summary.failed.append((str(path), first_line(error)))
+            except Exception as error:  # noqa: BLE001 - one bad input is reported and the batch goes on
+                summary.failed.append((str(path), _failure(path, error)))
             images_task.advance(note=f"{path.name}, {nuclei} nuclei so far")
     return summary
 

@@ -69,7 +69,7 @@ def test_geojson_is_what_qupath_imports_and_outlines_are_exact(trained_run, inpu
         properties = feature["properties"]
         assert properties["objectType"] == "detection"
         assert properties["classification"]["name"] == "Nucleus" and len(properties["classification"]["color"]) == 3
-        label = int(properties["measurements"]["instance_id"])
+        label = int(properties["measurements"]["nucleus_id"])
         # QuPath's pixel convention: pixel (x, y) is the square [x, x+1] x [y, y+1]; the outline encloses exactly
         # the nucleus's pixel centres
         inside = shapely.contains_xy(shape(feature["geometry"]), cols + 0.5, rows + 0.5)
@@ -111,8 +111,8 @@ def test_interruption_then_resume_leaves_one_complete_set(trained_run, inputs, t
     monkeypatch.setattr(predict_module, "write_features", crash_on_second_image)
     with pytest.raises(KeyboardInterrupt):
         predict([inputs], out, session, progress="none")
-    assert (out / "small" / "done.json").is_file() and not (out / "wide" / "done.json").exists()
-    assert (out / "wide" / ".in_progress").exists()
+    assert (out / "small" / "done.json").is_file() and not (out / "wide").exists()
+    assert not (out / ".wide.partial").exists()  # the interrupted image's scratch is cleaned up
     first_done = (out / "small" / "done.json").read_text()
 
     monkeypatch.setattr(predict_module, "write_features", original)
@@ -221,3 +221,95 @@ def test_watershed_separates_predicted_touching_nuclei(trained_run, tmp_path):
         for method in found:
             found[method] += session.instances(prediction, method).max()
     assert found["components"] < found["watershed"] <= truth_total * 1.2
+
+
+def _two_inputs_named_alike(tmp_path):
+    """``one/x.png`` and ``other/x.png``: two different images under one name."""
+    for folder, seed in (("one", 21), ("other", 22)):
+        (tmp_path / folder).mkdir()
+        image, _ = synthetic_tile(SyntheticSpec(64, 64, n_nuclei=8), seed)
+        Image.fromarray(image).save(tmp_path / folder / "x.png")
+    return tmp_path / "one" / "x.png", tmp_path / "other" / "x.png"
+
+
+def test_another_file_under_the_same_name_is_not_taken_for_done(trained_run, tmp_path):
+    first, second = _two_inputs_named_alike(tmp_path)
+    out, session = tmp_path / "out", _session(trained_run)
+    assert predict([first], out, session, progress="none").ok
+    summary = predict([second], out, session, progress="none")
+    assert not summary.skipped and not summary.ok
+    [(name, why)] = summary.not_written
+    assert name == "x.png" and "another input" in why and str(first.resolve()) in why
+    done = json.loads((out / "x" / "done.json").read_text())
+    assert done["input"]["path"] == str(first.resolve())  # still the first image's outputs, untouched
+    # the same content under another path is the same input: done
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "x.png").write_bytes(first.read_bytes())
+    assert predict([tmp_path / "copy" / "x.png"], out, session, progress="none").skipped == ["x.png"]
+    replaced = predict([second], out, session, overwrite=True, progress="none")
+    assert replaced.ok and json.loads((out / "x" / "done.json").read_text())["input"]["path"] == str(second.resolve())
+
+
+def test_overwrite_leaves_exactly_the_new_runs_files(trained_run, tmp_path):
+    """A stale file of an earlier run (labels.tif, features.parquet of a run that found nuclei) never survives an
+    overwrite, nor appears in done.json; a file nucleiseg did not write is kept."""
+    first, _ = _two_inputs_named_alike(tmp_path)
+    out, session = tmp_path / "out", _session(trained_run)
+    assert predict([first], out, session, progress="none").ok
+    (out / "x" / "labels.tif").write_bytes(b"left by a slide run")
+    (out / "x" / "features.parquet").write_bytes(b"an earlier table")
+    (out / "x" / "notes.txt").write_text("the user's notes")
+    Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(first)  # now an image without nuclei
+    summary = predict([first], out, session, overwrite=True, progress="none")
+    assert summary.done == [("x.png", 0)]
+    done = json.loads((out / "x" / "done.json").read_text())
+    assert "labels.tif" not in done["outputs"] and not (out / "x" / "labels.tif").exists()
+    assert sorted(p.name for p in (out / "x").iterdir()) == sorted([*done["outputs"], "done.json", "notes.txt"])
+    assert (out / "x" / "notes.txt").read_text() == "the user's notes"
+    assert len((out / "x" / "features.csv").read_text().splitlines()) == 1  # the header: no nucleus
+    if (out / "x" / "features.parquet").exists():
+        import pandas as pd
+
+        assert len(pd.read_parquet(out / "x" / "features.parquet")) == 0
+
+
+@pytest.mark.parametrize("compression", ["zlib", "jpeg", "zstd", "packbits"])
+def test_a_truncated_tiff_between_good_images_fails_alone(trained_run, inputs, tmp_path, compression):
+    image, _ = synthetic_tile(SyntheticSpec(96, 96, n_nuclei=8), 5)
+    tifffile.imwrite(inputs / "cut.tif", image, compression=compression, photometric="rgb")
+    data = (inputs / "cut.tif").read_bytes()
+    (inputs / "cut.tif").write_bytes(data[: len(data) * 2 // 3])
+    summary = predict([inputs], tmp_path / "out", _session(trained_run), progress="none")
+    assert sorted(name for name, _ in summary.done) == ["small.tif", "wide.png"]
+    [(name, reason)] = summary.failed
+    assert name.endswith("cut.tif") and "truncated" in reason and "\n" not in reason
+    assert not (tmp_path / "out" / "cut").exists()
+
+
+def test_a_damaged_compressed_tiff_is_one_line(tmp_path):
+    from nucleiseg.data.image_io import read_rgb
+    from nucleiseg.errors import ImageReadError
+
+    image, _ = synthetic_tile(SyntheticSpec(96, 96, n_nuclei=8), 5)
+    tifffile.imwrite(tmp_path / "bad.tif", image, compression="zlib", photometric="rgb")
+    with tifffile.TiffFile(tmp_path / "bad.tif") as tiff:
+        offset = tiff.pages.first.dataoffsets[0]
+    data = bytearray((tmp_path / "bad.tif").read_bytes())
+    data[offset + 10 : offset + 400] = b"\xff" * 390  # the deflate stream damaged, the file complete
+    (tmp_path / "bad.tif").write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match=r"bad\.tif: cannot decode the image"):
+        read_rgb(tmp_path / "bad.tif")
+
+
+def test_two_predicts_into_one_folder_are_refused(trained_run, inputs, tmp_path, capsys):
+    from nucleiseg.locking import LockedError, exclusive
+    from nucleiseg.predict import LOCK
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with exclusive(out / LOCK, "the first predict"):
+        with pytest.raises(LockedError, match="in use by another process"):
+            predict([inputs], out, _session(trained_run), progress="none")
+        code = cli(["predict", str(inputs), "--out", str(out), "--checkpoint", str(trained_run[3]), "--quiet"])
+    assert code == 2 and "in use by another process (pid" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK]  # the second touched nothing

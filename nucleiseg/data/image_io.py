@@ -83,6 +83,24 @@ def _decode_with_tifffile(source, path: Path) -> np.ndarray:
         return np.asarray(page.asarray())
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _check_complete_tiff(source, path: Path) -> None:
+    """A TIFF cut short (an interrupted download or copy) is refused before decoding: decoders fill what is missing
+    with grey (JPEG) or fail with codec-specific errors. Every strip or tile of the first image must lie inside
+    the file."""
+    with tifffile.TiffFile(source) as tiff:
+        size = tiff.filehandle.size
+        page = tiff.pages.first
+        for index, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts, strict=False)):
+            if offset + count > size:
+                raise ImageReadError(
+                    f"{path}: truncated TIFF ({'tile' if page.is_tiled else 'strip'} {index} ends at byte "
+                    f"{offset + count:,}, the file has {size:,}); download or copy it again"
+                )
+
+
 def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
     """Decode ``path`` (or ``data``, named by ``path``) to a NumPy array, raising ImageReadError on failure.
 
@@ -94,6 +112,10 @@ def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
         return io.BytesIO(data) if data is not None else path
 
     try:
+        with open(path, "rb") if data is None else io.BytesIO(data) as handle:
+            is_tiff = handle.read(4) in TIFF_MAGIC
+        if is_tiff:
+            _check_complete_tiff(source(), path)
         try:
             return _decode_with_pillow(source(), path)
         except TooLargeError:
@@ -106,11 +128,12 @@ def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
             return _decode_with_tifffile(source(), path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
-    except TooLargeError:
+    except ImageReadError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, tifffile.TiffFileError) as error:
+    except Exception as error:  # noqa: BLE001 - codecs (imagecodecs, libtiff, zlib) raise their own types
         raise ImageReadError(
-            f"{path}: cannot decode the image ({error}); expected a complete PNG, JPEG or TIFF file"
+            f"{path}: cannot decode the image ({type(error).__name__}: {str(error)[:160]}); expected a complete PNG, "
+            "JPEG or TIFF file"
         ) from None
 
 

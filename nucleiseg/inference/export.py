@@ -30,6 +30,19 @@ def outline_overlay(image: np.ndarray, instances: np.ndarray) -> np.ndarray:
     return overlay
 
 
+def warning_banner(image: np.ndarray, text: str) -> np.ndarray:
+    """``uint8 HxWx3`` with ``text`` in white on a red band across its top (a picture that must not be taken
+    for what it is not says so itself)."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(image)
+    draw = ImageDraw.Draw(picture)
+    band = min(image.shape[0], 14)
+    draw.rectangle((0, 0, image.shape[1], band), fill=(200, 0, 0))
+    draw.text((2, 1), text, fill=(255, 255, 255))
+    return np.asarray(picture)
+
+
 def instance_polygons(
     instances: np.ndarray, offset: tuple[float, float] = (0.0, 0.0), scale: float = 1.0
 ) -> dict[int, dict[str, Any]]:
@@ -76,7 +89,7 @@ def nucleus_features_geojson(
     scale: float = 1.0,
 ) -> list[dict[str, Any]]:
     """The GeoJSON Features of :func:`geojson_nuclei` (a slide writes them window by window)."""
-    by_id = features.set_index("instance_id") if features is not None and len(features) else None
+    by_id = features.set_index("nucleus_id") if features is not None and len(features) else None
     collection = []
     for label, geometry in instance_polygons(instances, offset, scale).items():
         properties: dict[str, Any] = {
@@ -87,7 +100,7 @@ def nucleus_features_geojson(
         if by_id is not None and label in by_id.index:
             row = by_id.loc[label]
             properties["measurements"] = {
-                "instance_id": float(label),  # the nucleus's label in instances.tif
+                "nucleus_id": float(label),  # the nucleus's label in instances.tif
                 **{k: float(row[k]) for k in row.index if k not in ("image",) and np.isscalar(row[k])},
             }
         collection.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": geometry, "properties": properties})

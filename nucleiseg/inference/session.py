@@ -27,7 +27,7 @@ from nucleiseg.devices import resolve_device, resolve_flag, resolve_inference_pr
 from nucleiseg.errors import ConfigError
 from nucleiseg.inference.tiling import Segmenter
 from nucleiseg.metrics.scoring import Scorer
-from nucleiseg.postprocess.instances import Postprocess, methods_for, separate_instances
+from nucleiseg.postprocess.instances import Postprocess, binarise, methods_for, separate_instances
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,24 @@ class InferenceSession:
     ) -> Prediction:
         """``uint8 HxWx3`` of any size -> :class:`Prediction` at the input's size."""
         return Prediction.from_maps(self.segmenter(scale, normalise).predict(image, progress))
+
+    def binarise(self, probability: np.ndarray) -> np.ndarray:
+        """The nucleus mask ``bool HxW`` of a probability map at the session's threshold."""
+        return binarise(probability, self.threshold)
+
+    @property
+    def trained_on_synthetic(self) -> bool:
+        return bool((self.hparams.get("data") or {}).get("synthetic"))
+
+    def warn_if_synthetic(self, applied_to: str) -> None:
+        """One warning when a smoke-test model (trained on synthetic tiles) is applied to real data."""
+        if self.trained_on_synthetic:
+            log.warning(
+                "%s was trained on synthetic tiles (data=synthetic): a smoke-test model, not one for %s; use the "
+                "default model (no --model), train on the real data (data=paper) or use experiment=release",
+                self.source,
+                applied_to,
+            )
 
     def instances(self, prediction: Prediction, method: str | None = None) -> np.ndarray:
         """Instance labels ``int32 HxW`` of a prediction, with the session's post-processing (or ``method``)."""

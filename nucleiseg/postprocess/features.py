@@ -1,5 +1,10 @@
 """Per-nucleus measurements for counting and morphometry: one row per instance.
 
+One schema for images and slides (a script reads either): ``image`` (the input's name), ``nucleus_id`` (its
+label in ``instances.tif`` / ``labels.tif`` and in the GeoJSON's measurements), centroid, shape and stain
+columns, ``*_um*`` columns when the pixel size is known; slide tables add ``window`` and give coordinates in
+level-0 slide pixels.
+
 Shape descriptors come from scikit-image ``regionprops``; stain intensities from colour deconvolution
 (``skimage.color.rgb2hed``, Ruifrok & Johnston): mean haematoxylin (nuclear chromatin) and eosin optical
 density inside each nucleus. Lengths are in pixels, and also in micrometres when the pixel size is known.
@@ -19,7 +24,7 @@ from nucleiseg.writing import write_bytes_atomic
 
 COLUMNS = [
     "image",
-    "instance_id",
+    "nucleus_id",
     "centroid_x",
     "centroid_y",
     "area_px",
@@ -64,7 +69,7 @@ def nucleus_features(
     frame = pd.DataFrame(
         {
             "image": image_name,
-            "instance_id": table["label"],
+            "nucleus_id": table["label"],
             "centroid_x": table["centroid-1"],
             "centroid_y": table["centroid-0"],
             "area_px": table["area"],

@@ -80,8 +80,16 @@ def methods_for(head: str) -> tuple[str, ...]:
     return METHODS if head == "distance" else METHODS[:2]
 
 
+def binarise(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """The one rule that makes a nucleus mask of a probability map: ``probability >= threshold`` (a boolean
+    mask passes through). Masks, nuclei, overlays and every metric (whole split and per image) use it."""
+    if probability.dtype == bool:
+        return probability.copy()
+    return probability >= threshold
+
+
 def _foreground(probability: np.ndarray, threshold: float, settings: Postprocess) -> np.ndarray:
-    foreground = probability >= threshold if probability.dtype != bool else probability.copy()
+    foreground = binarise(probability, threshold)
     if settings.fill_holes:
         foreground = remove_small_holes(foreground, max_size=settings.fill_holes)
     if settings.min_area:

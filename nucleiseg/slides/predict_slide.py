@@ -44,6 +44,7 @@ from nucleiseg.writing import png_bytes, write_bytes_atomic, write_json_atomic
 log = logging.getLogger(__name__)
 JOURNAL = ".windows"
 SLIDE_OUTPUTS = ("nuclei.geojson", "features.csv", "overview.png", "tissue.png", "slide.json")
+SLIDE_OWNED = (*SLIDE_OUTPUTS, "features.parquet", "labels.tif", JOURNAL)  # what --overwrite replaces
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def _slide_columns(frame: pd.DataFrame, window: Window, plan: Plan) -> pd.DataFr
     d = plan.model_downsample
     origin_x = (window.x - plan.margin) * plan.level_downsample
     origin_y = (window.y - plan.margin) * plan.level_downsample
-    out = pd.DataFrame({"window": window.index, "local_id": frame.instance_id})
+    out = pd.DataFrame({"local_id": frame.nucleus_id, "window": window.index})
     out["centroid_x"] = origin_x + frame.centroid_x * d
     out["centroid_y"] = origin_y + frame.centroid_y * d
     out["area_px"] = frame.area_px * d * d
@@ -167,6 +168,14 @@ def _slide_columns(frame: pd.DataFrame, window: Window, plan: Plan) -> pd.DataFr
         out["perimeter_um"] = out.perimeter_px * plan.slide_mpp
         out["equivalent_diameter_um"] = out.equivalent_diameter_px * plan.slide_mpp
     return out
+
+
+def slide_columns(plan: Plan) -> list[str]:
+    """The columns of a slide's table (see :mod:`nucleiseg.postprocess.features` for the shared schema)."""
+    from nucleiseg.postprocess.features import COLUMNS
+
+    columns = ["image", "nucleus_id", "window", *COLUMNS[2:]]
+    return columns + (["area_um2", "perimeter_um", "equivalent_diameter_um"] if plan.slide_mpp else [])
 
 
 def predict_window(slide: Slide, session: InferenceSession, plan: Plan, window: Window) -> dict[str, Any]:
@@ -186,32 +195,41 @@ def predict_window(slide: Slide, session: InferenceSession, plan: Plan, window: 
     entry = {"index": window.index, "n": int(kept.max()), "touching_edge": touching, "features": geojson}
     entry["rows"] = json.loads(rows.to_json(orient="records"))
     if kept.max():
-        entry["labels"] = _core_labels(kept, plan, window)
+        entry["labels"] = _read_level_labels(kept, plan, window)
     return entry
 
 
-def _core_labels(kept: np.ndarray, plan: Plan, window: Window) -> np.ndarray:
-    """The window's core labels at the read level (nearest-neighbour back from the model's scale)."""
+def _read_level_labels(kept: np.ndarray, plan: Plan, window: Window) -> np.ndarray:
+    """The nuclei a window owns, whole, over its whole read region (core and margin) at the read level
+    (nearest-neighbour back from the model's scale): a nucleus across a core seam is kept entire, as in the
+    GeoJSON, and :mod:`nucleiseg.slides.labels` paints it across the seam."""
     read_h, read_w = window.height + 2 * plan.margin, window.width + 2 * plan.margin
     if kept.shape != (read_h, read_w):
         rows = np.minimum((np.arange(read_h) * plan.resize).astype(int), kept.shape[0] - 1)
         cols = np.minimum((np.arange(read_w) * plan.resize).astype(int), kept.shape[1] - 1)
         kept = kept[rows][:, cols]
-    m = plan.margin
-    return kept[m : m + window.height, m : m + window.width]
+    return kept
 
 
 class Journal:
-    """``OUT/NAME/.windows/``: one JSON file per finished window (+ ``.npy`` labels), and the plan they share."""
+    """``OUT/NAME/.windows/``: one JSON file per finished window (+ ``.npz`` labels), and the plan they share,
+    which names the input (size and content hash), the model and settings (fingerprint) and the geometry."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder / JOURNAL
 
-    def start(self, fingerprint: str, plan: Plan, tissue_windows: list[int]) -> None:
-        state = {"fingerprint": fingerprint, "plan": asdict(plan), "tissue_windows": tissue_windows}
+    def start(self, fingerprint: str, plan: Plan, tissue_windows: list[int], identity: dict | None = None) -> None:
+        from nucleiseg.input_identity import describe_input, same_input
+
+        state = {"fingerprint": fingerprint, "plan": asdict(plan), "tissue_windows": tissue_windows, "input": identity}
         found = self.state()
-        if found is not None and (found["fingerprint"] != fingerprint or found["plan"] != state["plan"]):
-            raise ConfigError(f"{self.folder}: windows of another model or other settings; pass --overwrite")
+        if found is not None:
+            if identity is not None and not same_input(found.get("input"), identity):
+                raise ConfigError(
+                    f"{self.folder}: windows of another input ({describe_input(found.get('input'))}); pass --overwrite"
+                )
+            if found["fingerprint"] != fingerprint or found["plan"] != state["plan"]:
+                raise ConfigError(f"{self.folder}: windows of another model or other settings; pass --overwrite")
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.folder / "plan.json", state)
 
@@ -219,18 +237,28 @@ class Journal:
         path = self.folder / "plan.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def done(self) -> set[int]:
-        return {int(p.stem[1:]) for p in self.folder.glob("W*.json")}
+    def done(self, with_labels: bool = False) -> set[int]:
+        """Windows finished (with their labels, when ``with_labels``: a run that adds ``labels.tif`` redoes the
+        windows an earlier run finished without them)."""
+        finished = set()
+        for path in self.folder.glob("W*.json"):
+            index = int(path.stem[1:])
+            if (
+                not with_labels
+                or (self.folder / f"W{index:07d}.npz").is_file()
+                or not json.loads(path.read_text())["n"]
+            ):
+                finished.add(index)
+        return finished
 
     def write(self, entry: dict[str, Any]) -> None:
+        import io
+
         labels = entry.pop("labels", None)
         if labels is not None:
-            target = self.folder / f"W{entry['index']:07d}.npy"
-            import io
-
             buffer = io.BytesIO()
-            np.save(buffer, labels.astype(np.int32))
-            write_bytes_atomic(target, buffer.getvalue())
+            np.savez_compressed(buffer, labels=labels.astype(np.int32))
+            write_bytes_atomic(self.folder / f"W{entry['index']:07d}.npz", buffer.getvalue())
         write_bytes_atomic(self.folder / f"W{entry['index']:07d}.json", json.dumps(entry).encode())
 
     def entries(self) -> Iterator[dict[str, Any]]:
@@ -238,14 +266,19 @@ class Journal:
             yield json.loads(path.read_text())
 
     def labels(self, index: int) -> np.ndarray | None:
-        path = self.folder / f"W{index:07d}.npy"
-        return np.load(path) if path.is_file() else None
+        """A window's nuclei over its read region (core + margin), or None when it has none."""
+        path = self.folder / f"W{index:07d}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as stored:
+            return stored["labels"]
 
 
 @dataclass
 class SlideResult:
     n_nuclei: int
     summary: dict[str, Any]
+    outputs: list[str]  # the files this run wrote (slide.json and done.json are written after)
 
 
 def _tissue_windows(slide: Slide, plan: Plan, settings: SlideSettings, windows: list[Window]):
@@ -268,6 +301,7 @@ def predict_slide(
     settings: SlideSettings,
     fingerprint: str,
     progress,
+    identity: dict | None = None,
 ) -> SlideResult:
     """Segment ``slide`` into ``folder`` (resuming the windows a killed run finished); see the module docstring."""
     started = time.perf_counter()
@@ -275,10 +309,10 @@ def predict_slide(
     windows = plan.windows(slide)
     chosen, thumbnail, thumb_downsample, mask = _tissue_windows(slide, plan, settings, windows)
     journal = Journal(folder)
-    journal.start(fingerprint, plan, chosen)
-    finished = journal.done()
+    journal.start(fingerprint, plan, chosen, identity)
+    finished = journal.done(with_labels=settings.labels)
     task = progress.task(f"{slide.path.name} windows", len(chosen))
-    nuclei = sum(entry["n"] for entry in journal.entries()) if finished else 0
+    nuclei = sum(entry["n"] for entry in journal.entries() if entry["index"] in finished)
     if finished:
         task.advance(len(finished & set(chosen)), note=f"{nuclei} nuclei (resumed)")
     for index in chosen:
@@ -306,8 +340,9 @@ def predict_slide(
         "tissue_megapixels": sum(windows[i].width * windows[i].height for i in chosen) * plan.resize**2 / 1e6,
         "seconds_this_session": seconds,
     }
-    summary.update(assemble(folder, slide, plan, journal, thumbnail, thumb_downsample, mask, settings))
-    return SlideResult(summary["n_nuclei"], summary)
+    counts, outputs = assemble(folder, slide, plan, journal, thumbnail, thumb_downsample, mask, settings)
+    summary.update(counts)
+    return SlideResult(summary["n_nuclei"], summary, outputs)
 
 
 def assemble(
@@ -319,8 +354,8 @@ def assemble(
     thumb_downsample: float,
     mask: np.ndarray,
     settings: SlideSettings,
-) -> dict[str, Any]:
-    """Stream the journal into the slide's outputs; returns counts for ``slide.json``."""
+) -> tuple[dict[str, Any], list[str]]:
+    """Stream the journal into the slide's outputs; returns counts for ``slide.json`` and the files written."""
     from nucleiseg.writing import atomic_stream
 
     offsets: dict[int, int] = {}
@@ -334,8 +369,10 @@ def assemble(
             rows = pd.DataFrame(entry["rows"])
             if len(rows):
                 rows.insert(0, "nucleus_id", total + rows.pop("local_id"))
+                rows.insert(0, "image", slide.path.stem)
                 for feature, row in zip(entry["features"], rows.to_dict("records"), strict=True):
-                    feature["properties"]["measurements"] = {k: float(v) for k, v in row.items() if k != "window"}
+                    measured = {k: float(v) for k, v in row.items() if k not in ("window", "image")}
+                    feature["properties"]["measurements"] = measured
                     geojson.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
                     first = False
                 table.write(rows.to_csv(index=False, header=total == 0))
@@ -345,14 +382,17 @@ def assemble(
             touching += entry.get("touching_edge", 0)
         geojson.write("]}")
         if total == 0:
-            table.write("nucleus_id\n")
-    parquet.close()
+            table.write(",".join(slide_columns(plan)) + "\n")
+    outputs = ["nuclei.geojson", "features.csv", "tissue.png", "overview.png"]
+    if parquet.close():
+        outputs.append("features.parquet")
     write_bytes_atomic(folder / "tissue.png", png_bytes((mask * 255).astype(np.uint8)))
     write_bytes_atomic(folder / "overview.png", png_bytes(_overview(thumbnail, thumb_downsample, centres)))
     if settings.labels:
         from nucleiseg.slides.labels import write_labels
 
         write_labels(folder / "labels.tif", slide, plan, journal, offsets)
+        outputs.append("labels.tif")
     if touching:
         log.warning(
             "%s: %d nuclei touch the edge of their window's context: nuclei larger than slide.margin=%d model pixels "
@@ -361,7 +401,7 @@ def assemble(
             touching,
             round(plan.margin * plan.resize),
         )
-    return {"n_nuclei": total, "nuclei_touching_window_edge": touching}
+    return {"n_nuclei": total, "nuclei_touching_window_edge": touching}, outputs
 
 
 def _overview(thumbnail: np.ndarray, downsample: float, centres: list[np.ndarray]) -> np.ndarray:
@@ -397,9 +437,12 @@ class _ParquetRows:
             self.writer = pq.ParquetWriter(self.temporary, table.schema)
         self.writer.write_table(table.cast(self.writer.schema))
 
-    def close(self) -> None:
-        if self.writer is not None:
-            import os
+    def close(self) -> bool:
+        """Finish the file; whether one was written (a slide without nuclei gets none: its CSV has the header)."""
+        if self.writer is None:
+            return False
+        import os
 
-            self.writer.close()
-            os.replace(self.temporary, self.path)
+        self.writer.close()
+        os.replace(self.temporary, self.path)
+        return True

@@ -249,3 +249,79 @@ def test_slide_progress_lines_in_a_log(seams_slide, tmp_path, capsys):
     printed = capsys.readouterr().err
     assert "seams.tif windows 1/42" in printed and "seams.tif windows 42/42" in printed
     assert "12 nuclei" in printed and "ETA" in printed
+
+
+def test_labels_tif_holds_each_nucleus_whole_as_the_geojson(seams_slide, tmp_path):
+    """labels.tif (read level: 2 level-0 pixels per pixel here) against the GeoJSON outlines: every nucleus,
+    those across window seams included, has exactly the pixels its outline encloses."""
+    import shapely
+    from shapely.geometry import shape
+
+    assert _run(seams_slide, tmp_path / "out").ok
+    folder = tmp_path / "out" / "seams"
+    labels = tifffile.imread(folder / "labels.tif", level=0)
+    rows, cols = np.mgrid[: labels.shape[0], : labels.shape[1]]
+    for feature in json.loads((folder / "nuclei.geojson").read_text())["features"]:
+        nucleus = int(feature["properties"]["measurements"]["nucleus_id"])
+        outline = shape(feature["geometry"])
+        x0, y0, x1, y1 = (int(v) // 2 for v in outline.bounds)
+        box = (slice(max(0, y0 - 2), y1 + 3), slice(max(0, x0 - 2), x1 + 3))
+        inside = shapely.contains_xy(outline, 2 * cols[box] + 1, 2 * rows[box] + 1)
+        assert np.array_equal(inside, labels[box] == nucleus), nucleus
+        assert (labels == nucleus).sum() == inside.sum()
+
+
+def test_a_resumed_slide_must_be_the_same_slide(tmp_path, monkeypatch):
+    """Kill a run on A/s.tif, then predict B/s.tif (another slide, same name and resolution) into the same folder:
+    refused, never finished with A's nuclei; --overwrite starts afresh with B's."""
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    first = write_slide(tmp_path / "A" / "s.tif", 1024, 768, discs_content(SEAM_CENTRES[:4], RADIUS), mpp=0.25)
+    other = [(x + 60.0, y + 40.0) for x, y in SEAM_CENTRES[4:10]]
+    second = write_slide(tmp_path / "B" / "s.tif", 1024, 768, discs_content(other, RADIUS), mpp=0.25)
+    original, calls = predict_slide_module.predict_window, []
+
+    def killed_after_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predict_slide_module, "predict_window", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        _run(first, tmp_path / "out")
+    monkeypatch.setattr(predict_slide_module, "predict_window", original)
+    summary = _run(second, tmp_path / "out")
+    assert not summary.ok and not summary.done and not (tmp_path / "out" / "s" / "done.json").exists()
+    [(name, why)] = summary.not_written
+    assert name == "s.tif" and "another input" in why and str(first.resolve()) in why
+    summary = _run(second, tmp_path / "out", overwrite=True)
+    inside = [c for c in other if c[0] < 1024 and c[1] < 768]
+    assert summary.ok and summary.done == [("s.tif", len(inside))]
+    table = np.genfromtxt(tmp_path / "out" / "s" / "features.csv", delimiter=",", names=True)
+    for x, y in zip(table["centroid_x"], table["centroid_y"], strict=True):
+        assert min(np.hypot(x - cx, y - cy) for cx, cy in inside) < 1.5  # B's nuclei, none of A's
+    assert json.loads((tmp_path / "out" / "s" / "done.json").read_text())["input"]["path"] == str(second.resolve())
+
+
+def test_labels_come_and_go_with_what_was_asked(seams_slide, tmp_path, caplog):
+    """--labels on a slide finished without it adds labels.tif (not "skipped"); --overwrite without --labels
+    leaves no labels.tif of the earlier run, nor lists one in done.json. The tissue share is printed."""
+    import logging
+
+    plain = SlideSettings(**{**WINDOWS.__dict__, "labels": False})
+    with caplog.at_level(logging.INFO, logger="nucleiseg"):
+        assert _run(seams_slide, tmp_path / "out", settings=plain).ok
+    assert "seams.tif: tissue" in caplog.text and "without tissue skipped" in caplog.text
+    folder = tmp_path / "out" / "seams"
+    assert not (folder / "labels.tif").exists()
+    with_labels = _run(seams_slide, tmp_path / "out", settings=WINDOWS)
+    assert with_labels.done == [("seams.tif", len(SEAM_CENTRES))] and (folder / "labels.tif").is_file()
+    assert "labels.tif" in json.loads((folder / "done.json").read_text())["outputs"]
+    again = _run(seams_slide, tmp_path / "out", settings=plain, overwrite=True)
+    assert again.ok and not (folder / "labels.tif").exists()
+    done = json.loads((folder / "done.json").read_text())
+    assert "labels.tif" not in done["outputs"]
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(
+        [*done["outputs"], "done.json"]
+    )
