@@ -54,20 +54,72 @@ NAME_EXCLUDED_PREFIXES = ("paths.", "logger.", "hydra.", "hydra/")
 MAX_NAME_SUFFIX = 48
 
 
-def _naming_overrides() -> str:
+def _naming_override_list() -> list[str]:
     try:
         from hydra.core.hydra_config import HydraConfig
 
         overrides = list(HydraConfig.get().overrides.task)
     except ValueError:  # composed outside a Hydra app (tests, notebooks): no command line
-        return ""
-    kept = sorted(
+        return []
+    return sorted(
         o
         for o in overrides
         if (key := o.split("=", 1)[0].lstrip("+~")) not in NAME_EXCLUDED_KEYS
         and not key.startswith(NAME_EXCLUDED_PREFIXES)
     )
-    return ",".join(kept)
+
+
+def _naming_overrides() -> str:
+    return ",".join(_naming_override_list())
+
+
+# What makes runs seeds of one configuration in a study: everything they compute with, except the seeds and the
+# TNBC split (the report separates split and seed spread) and settings of where or how fast they ran.
+NOT_CONFIGURATION = (
+    "seed",
+    "study",
+    "deterministic",
+    "checkpoint_every_n_epochs",
+    "test_checkpoint",
+    "speed",
+    "predict",
+    "slide",
+    "data.protocol.seed",
+    "data.protocol.split",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.precision",
+    "trainer.deterministic",
+    "data.loader.num_workers",
+    "data.loader.pin_memory",
+    "data.loader.persistent_workers",
+    "data.loader.on_device",
+    "model.channels_last",
+    "model.compile",
+    "model.register_as",
+)
+SPLIT_OVERRIDES = ("data.protocol.seed", "data.protocol.split")
+
+
+def configuration_hash(cfg: DictConfig) -> str:
+    """Hash of what a configuration computes, the same for all its seeds and TNBC splits (the report groups runs
+    by it: seeds of one configuration are never pooled with runs that changed, say, ``optimizer.lr``)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = {k: v for k, v in plain.items() if k not in VOLATILE_KEYS}
+    for dotted in NOT_CONFIGURATION:
+        *parents, leaf = dotted.split(".")
+        node = plain
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return config_hash(_without_locations(plain))
+
+
+def variant_label(cfg: DictConfig | None = None) -> str:
+    """The overrides that make a run's configuration differ from its study's (``optimizer.lr=0.001``), without
+    the seeds and splits: how the report names a variant beside the configuration's own name."""
+    return ",".join(o for o in _naming_override_list() if o.split("=", 1)[0].lstrip("+~") not in SPLIT_OVERRIDES)
 
 
 def run_name(cfg: DictConfig) -> str:

@@ -51,7 +51,7 @@ from nucleiseg.parallel import share_cpu_threads
 from nucleiseg.postprocess.instances import Postprocess
 from nucleiseg.progress import EpochLines
 from nucleiseg.protocol import differences_from_paper
-from nucleiseg.run_identity import identity_hash, run_folder, run_name
+from nucleiseg.run_identity import configuration_hash, identity_hash, run_folder, run_name, variant_label
 from nucleiseg.tracking.mlflow_store import artifact_location, flatten, git_commit, tracking_uri
 from nucleiseg.tracking.pending import Pending, resilient_logger, tracking_errors
 from nucleiseg.tracking.study import DONE_TAG, SUPERSEDED_TAG
@@ -189,6 +189,8 @@ def _tags(cfg: DictConfig, manifest: dict, data_folder: Path, accelerator: str) 
         "seed": str(cfg.seed),
         "head": cfg.model.head,
         "configuration": configuration_label(cfg.encoder, cfg.pretrained),
+        "configuration_hash": configuration_hash(cfg),
+        "variant": variant_label(cfg),
         "git_commit": git_commit(Path(__file__).parent),
         "data_manifest_hash": manifest["content_hash"],
         "data_name": manifest["name"],

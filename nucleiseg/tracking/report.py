@@ -25,7 +25,15 @@ import pandas as pd
 
 from nucleiseg.postprocess.instances import METHODS
 from nucleiseg.tracking.figures import plot_curves, prediction_figure
-from nucleiseg.tracking.paper import COMPARED, PUBLISHED, check_claims, compare, rank_agreement, read_published
+from nucleiseg.tracking.paper import (
+    COMPARED,
+    PUBLISHED,
+    check_claims,
+    compare,
+    paper_rows,
+    rank_agreement,
+    read_published,
+)
 from nucleiseg.tracking.spread import decompose, split_table
 from nucleiseg.tracking.study import (
     COUNT_METRICS,
@@ -42,6 +50,7 @@ from nucleiseg.tracking.study import (
     table_one_order,
 )
 from nucleiseg.tracking.summary_runs import write_summary_runs
+from nucleiseg.writing import write_json_atomic
 
 __all__ = ["ReportError", "load_runs", "table_one_order", "write_report"]
 
@@ -198,12 +207,70 @@ def build_tables(runs: pd.DataFrame, published: pd.DataFrame | None) -> dict:
         "table2_display": display(table2, TABLE2_METRICS, comparable),
         "table3_display": display(table3, TABLE3_METRICS, comparable),
         "agreement": rank_agreement(both, COMPARED) if comparable else pd.DataFrame(),
-        "claims": check_claims(table3),
+        "claims": check_claims(table3, paper_rows(published)),
         "spread": decompose(runs),
         "splits": split_table(runs),
         "instances": instance_table(runs),
         "tuned": tuned_table(runs),
     }
+
+
+MARKER = ".nucleiseg-report.json"  # which files of its folder the report wrote: what --overwrite may replace
+
+
+def _check_out(out: Path, overwrite: bool) -> list[str]:
+    """The files an earlier report wrote in ``out`` (which ``overwrite`` replaces, leaving any other file there);
+    refuses a non-empty folder without ``overwrite``, and with it a folder no report created (``--out .
+    --overwrite`` never empties the current folder)."""
+    import json
+
+    if not out.exists() or not any(out.iterdir()):
+        return []
+    if not overwrite:
+        raise ReportError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    marker = out / MARKER
+    if not marker.is_file():
+        found = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
+        raise ReportError(
+            f"{out} was not created by nucleiseg report (it holds {shown}); --overwrite replaces only an earlier "
+            "report's files: choose a new or empty --out"
+        )
+    return list(json.loads(marker.read_text()).get("files", []))
+
+
+def _install(scratch: Path, out: Path, earlier: list[str]) -> None:
+    """Move the new report's files into ``out`` (the earlier report's files replaced or removed, nothing else
+    touched), the marker last."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(p.name for p in scratch.iterdir())
+    for name in set(earlier) - set(files):
+        (out / name).unlink(missing_ok=True)
+    for name in files:
+        os.replace(scratch / name, out / name)
+    write_json_atomic(out / MARKER, {"files": files})
+
+
+def _write_tables(tables: dict, runs: pd.DataFrame, scratch: Path) -> list[str]:
+    """The CSV files (a table without rows is not written: its section in report.md says so); returns which."""
+    written = []
+    for name, file in (
+        ("table2", "table2_losses.csv"),
+        ("table3", "table3_metrics.csv"),
+        ("instances", "table4_instances.csv"),
+        ("agreement", "rank_agreement.csv"),
+        ("spread", "spread_sources.csv"),
+        ("splits", "splits.csv"),
+        ("tuned", "tuned_postprocess.csv"),
+    ):
+        if len(tables[name]):
+            tables[name].to_csv(scratch / file, index=False)
+            written.append(file)
+    pd.DataFrame(tables["claims"]).to_csv(scratch / "claims.csv", index=False)
+    runs.drop(columns=["checkpoint", "data_folder", "variant_key"], errors="ignore").to_csv(
+        scratch / "runs.csv", index=False
+    )
+    return written
 
 
 def write_report(
@@ -217,10 +284,10 @@ def write_report(
     settings=None,
     summary_runs: bool = True,
 ) -> Path:
-    """Write tables and figures of ``study`` into ``out`` (a new folder unless ``overwrite``); return it."""
-    out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ReportError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    """Write tables and figures of ``study`` into ``out`` (a new or empty folder, or with ``overwrite`` the
+    folder of an earlier report, whose own files only are replaced); return it."""
+    out = Path(out).expanduser().resolve()
+    earlier = _check_out(out, overwrite)
     runs, client = load_runs(tracking_uri, study)
     if runs.empty or not runs.finished.any():
         counts = runs.status.value_counts().to_dict() if not runs.empty else {}
@@ -234,18 +301,7 @@ def write_report(
     scratch.mkdir(parents=True)
     try:
         tables = build_tables(runs, published)
-        for name, file in (
-            ("table2", "table2_losses.csv"),
-            ("table3", "table3_metrics.csv"),
-            ("instances", "table4_instances.csv"),
-            ("agreement", "rank_agreement.csv"),
-            ("spread", "spread_sources.csv"),
-            ("splits", "splits.csv"),
-            ("tuned", "tuned_postprocess.csv"),
-        ):
-            tables[name].to_csv(scratch / file, index=False)
-        pd.DataFrame(tables["claims"]).to_csv(scratch / "claims.csv", index=False)
-        runs.drop(columns=["checkpoint", "data_folder"]).to_csv(scratch / "runs.csv", index=False)
+        _write_tables(tables, runs, scratch)
         for key, number, word in (("loss/train", 7, "train"), ("loss/val", 8, "val")):
             curves = loss_curves(client, runs, key)
             if curves.empty:  # studies logged before the loss keys moved under loss/
@@ -260,10 +316,7 @@ def write_report(
         (scratch / "report.md").write_text("\n".join(sections))
         if summary_runs:
             write_summary_runs(client, study, runs)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(scratch, out)
-    except BaseException:
+        _install(scratch, out, earlier)
+    finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        raise
     return out

@@ -8,6 +8,7 @@ the study and are left out.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,8 @@ def load_runs(tracking_uri: str, study: str) -> tuple[pd.DataFrame, Any]:
                 "data_split": tags.get("data_split", "paper-seed0"),
                 "protocol": tags.get("protocol", "unknown"),
                 "protocol_differences": tags.get("protocol_differences", ""),
+                "variant": _variant(run.info.run_name or "", tags),
+                "variant_key": tags.get("configuration_hash") or _variant(run.info.run_name or "", tags),
                 "checkpoint": tags.get("checkpoint"),
                 "data_folder": tags.get("data_folder"),
                 "failure_reason": tags.get("failure_reason", ""),
@@ -103,7 +106,36 @@ def load_runs(tracking_uri: str, study: str) -> tuple[pd.DataFrame, Any]:
             frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(float)
     if "finished" in frame:
         frame["finished"] = frame["finished"].astype(bool)
+    if "variant" in frame:
+        frame["configuration"] = name_variants(frame)
     return frame, client
+
+
+def _variant(run_name: str, tags: dict[str, str]) -> str:
+    """The run's variant: its ``variant`` tag, else (runs logged before the tag) the overrides its name carries
+    after ``ENCODER-imagenet|scratch-seedK-`` (the seeds and TNBC split left out)."""
+    if "variant" in tags:
+        return tags["variant"]
+    found = re.match(r"^[\w.]+-(?:imagenet|scratch)-seed\d+-(.+)$", run_name)
+    if not found:
+        return ""
+    parts = [p for p in found.group(1).split(",") if not p.startswith(("data.protocol.seed=", "data.protocol.split="))]
+    return ",".join(parts)
+
+
+def name_variants(frame: pd.DataFrame) -> pd.Series:
+    """Row labels that keep apart runs of different configurations: the configuration's name, plus
+    ``[overrides]`` for a variant, plus ``(config HASH)`` where two variants would still share a label."""
+    labels = [f"{c} [{v}]" if v else c for c, v in zip(frame["configuration"], frame["variant"], strict=True)]
+    keys = pd.DataFrame({"label": labels, "key": frame["variant_key"].fillna("")})
+    shared = keys.groupby("label")["key"].nunique()
+    return pd.Series(
+        [
+            f"{label} (config {key[:8]})" if shared[label] > 1 else label
+            for label, key in zip(keys.label, keys.key, strict=True)
+        ],
+        index=frame.index,
+    )
 
 
 def order_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -176,6 +208,8 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
             return "-" if np.isnan(value) else f"{value:.{digits}f}"
         return "-" if value is None else str(value)
 
+    if frame.empty:
+        return "_No rows: no finished run reports these values._"
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
