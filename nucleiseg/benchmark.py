@@ -435,9 +435,9 @@ def markdown(measurements: list[Measurement], when: str, hours: float) -> str:
 def run_benchmark(args: argparse.Namespace, cfg: DictConfig) -> int:
     """The ``nucleiseg benchmark`` command: measure, print a table, write Markdown + CSV, log to MLflow."""
     import pandas as pd
-    from rich.console import Console
     from rich.table import Table
 
+    from nucleiseg.console import make_console
     from nucleiseg.models.factory import check_configuration
     from nucleiseg.writing import write_bytes_atomic
 
@@ -462,12 +462,14 @@ def run_benchmark(args: argparse.Namespace, cfg: DictConfig) -> int:
     )
     measurements = benchmark(cfg, options, log=lambda line: print(line, file=sys.stderr))
     hours = projected_study_hours(measurements, cfg)
-    table = Table(title=f"nucleiseg benchmark: {measurements[0].device}, {options.image_size}x{options.image_size}")
+    title = f"nucleiseg benchmark: {measurements[0].device}, {options.image_size}x{options.image_size}"
+    table = Table()
     for title, _ in COLUMNS:
         table.add_column(title, justify="left" if title == "configuration" else "right")
     for row in as_table(measurements):
         table.add_row(*(_cell(row[key]) for _, key in COLUMNS))
-    console = Console()
+    console = make_console()
+    console.print(title)
     console.print(table)
     console.print(f"images/s; projected 140-run study: {hours:.2f} h")
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

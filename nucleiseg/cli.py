@@ -157,74 +157,56 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary_json(session, results), indent=1))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"evaluation of {extra[0]} on {results['evaluated_on']}")
+    from nucleiseg.console import make_console
+
+    console = make_console()
+    console.print(f"evaluation of {extra[0]} on {results['evaluated_on']}")
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in results.items():
         if isinstance(value, float | int):
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+    console.print(table)
     described = session.describe()
     print(f"threshold {session.threshold}, post-processing {session.postprocess.as_dict()} ({described['tuned_on']})")
     return 0
 
 
 def _tune_postprocess(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
     from nucleiseg.evaluate import split_source
-    from nucleiseg.inference.checkpoint import update_hyperparameters
     from nucleiseg.inference.session import iterate_split
-    from nucleiseg.postprocess.tuning import record_tuning, tune
+    from nucleiseg.retune import retune
+    from nucleiseg.tracking.mlflow_store import tracking_uri
 
     overrides, extra = split_overrides(args.words)
-    if len(extra) != 1:
+    checkpoints = extra + ([args.model] if args.model else [])
+    if len(checkpoints) != 1:
         raise UsageError(
-            f"tune-postprocess takes one checkpoint and KEY=VALUE overrides; got {extra or 'no checkpoint'}"
+            f"tune-postprocess takes one model (--model CKPT) and KEY=VALUE overrides; got {checkpoints or 'none'}"
         )
     if args.split == "test":
         raise UsageError("tuning on the test split would leak it into the model; use --split val (or train)")
-    session, cfg = _session(extra[0], overrides)
+    checkpoint = Path(checkpoints[0]).expanduser()
+    session, cfg = _session(checkpoint, overrides)
     folder, normalise = split_source(session, _data_folder(overrides))
-    grid = cfg.tune.grid.get(session.postprocess.method) or {}
-    from omegaconf import OmegaConf
-
-    result = tune(
+    summary = retune(
         session,
+        checkpoint,
         iterate_split(folder, args.split),
-        OmegaConf.to_container(grid),
+        OmegaConf.to_container(cfg.tune.grid.get(session.postprocess.method) or {}),
         args.objective or cfg.tune.objective,
         float(cfg.metrics.iou_threshold),
         normalise,
+        args.split,
+        out=Path(args.out).expanduser() if args.out else None,
+        tracking_uri=None if args.no_mlflow else tracking_uri(cfg.logger),
     )
-    previous = update_hyperparameters(extra[0], result.hparams(args.split))
-    run_id = session.hparams.get("mlflow_run_id")
-    if run_id and not args.no_mlflow:
-        from mlflow.tracking import MlflowClient
-
-        from nucleiseg.tracking.mlflow_store import tracking_uri
-
-        client = MlflowClient(tracking_uri(cfg.logger))
-        record_tuning(client, run_id, result, args.split)
-        if Path(extra[0]).name == "model.ckpt":  # a finished run's checkpoint: its stored copy gets the values too
-            client.log_artifact(run_id, extra[0], "checkpoint")
-    print(
-        json.dumps(
-            {
-                "checkpoint": extra[0],
-                "tuned_on": args.split,
-                "n_images": result.n_images,
-                "objective": result.objective,
-                "score": result.score,
-                "untuned_score": result.untuned_score,
-                "postprocess": result.postprocess.as_dict(),
-                "threshold": result.threshold,
-                "previous": previous.get("postprocess"),
-            },
-            indent=1,
-        )
-    )
+    print(json.dumps(summary, indent=1))
     return 0
 
 
@@ -390,10 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     tuning = commands.add_parser("tune-postprocess", help="tune the post-processing on validation, into the ckpt")
-    tuning.add_argument("words", nargs="+", metavar="CKPT [KEY=VALUE]", help="a .ckpt, then " + WORDS_HELP)
+    tuning.add_argument("words", nargs="*", metavar="CKPT [KEY=VALUE]", help="a .ckpt, then " + WORDS_HELP)
     tuning.add_argument("--objective", choices=["aji", "aji_plus", "pq"], default=None, help="default: tune.objective")
     tuning.add_argument("--split", default="val", help="split to tune on (val; never test)")
     tuning.add_argument("--no-mlflow", action="store_true", help="do not record the values in the training run")
+    tuning.add_argument("--model", default=None, help="the checkpoint to tune (or give it as the first word)")
+    tuning.add_argument(
+        "--out", default=None, help="write the re-tuned model to this new file; the checkpoint and its run unchanged"
+    )
     tuning.set_defaults(handler=_tune_postprocess)
 
     report = commands.add_parser("report", help="Tables II-III, instance tables and Figures 7-9 of a study")

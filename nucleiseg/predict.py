@@ -361,11 +361,13 @@ def predict(
 
 
 def print_summary(summary: PredictSummary, out: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    table = Table(title=f"nucleiseg predict -> {out}")
+    from nucleiseg.console import make_console
+
+    console = make_console()
+    console.print(f"nucleiseg predict -> {out}")
+    table = Table()
     table.add_column("")
     table.add_column("images", justify="right")
     table.add_row("predicted", str(len(summary.done)))

@@ -432,19 +432,45 @@ def _share_with_artifact(path: Path, artifact_uri: str) -> None:
     os.replace(link, path)
 
 
-def _keep_one_checkpoint(cfg: DictConfig, run: RunFolder, module: SegmentationModule, logger: MLFlowLogger) -> Path:
-    """Write the weights-only ``model.ckpt`` (tuned values included), log it to MLflow, drop the training ones."""
-    module.hparams["mlflow_run_id"] = logger.run_id
+FINISHING = "finishing.json"  # a run sealed after its test: what finishing needs, so a kill there resumes there
+
+
+def _seal(cfg: DictConfig, run: RunFolder, setup: Setup, final: dict, metrics: dict, tested: str) -> Path:
+    """Rank 0, right after the test: the weights-only ``model.ckpt`` (tuned values and MLflow run id included) and
+    ``finishing.json`` (the results), both atomic, before the training checkpoints go. From here a killed run is
+    finished by the same command without training again (:func:`_publish`)."""
+    module = setup.module
+    module.hparams["mlflow_run_id"] = setup.logger.run_id
     path = write_model_checkpoint(run.path / "checkpoints" / MODEL_CHECKPOINT, module.model, module.hparams)
-    if logger.artifact(path, "checkpoint"):
-        try:
-            _share_with_artifact(path, logger.experiment.get_run(logger.run_id).info.artifact_uri)
-        except tracking_errors():  # the server went away: the two copies stay two copies
-            pass
+    metrics = {**metrics, "train_seconds": setup.clock.seconds()}
+    metrics["train_images"] = float(cfg.trainer.max_epochs * setup.manifest["counts"]["train"])
+    speed = setup.test_pass.results.get("speed") or {}
+    write_json_atomic(
+        run.path / FINISHING,
+        {
+            "run_id": setup.logger.run_id,
+            "identity": run.identity,
+            "metrics": metrics,
+            "final_epoch_metrics": final,
+            "tested_from": tested,
+            "speed": {k: str(speed[k]) for k in ("image_size", "batch_size", "precision", "device") if k in speed},
+        },
+    )
     if not cfg.keep_training_checkpoints:
         for name in ("last.ckpt", "best.ckpt"):  # (MODEL_CARD.md and model.ckpt stay)
             (run.path / "checkpoints" / name).unlink(missing_ok=True)
     return path
+
+
+def _log_once(logger: MLFlowLogger, metrics: dict[str, float], step: int) -> None:
+    """Log the metrics MLflow does not hold yet (a resumed finish never logs one twice), all at ``step``."""
+    try:
+        present = logger.experiment.get_run(logger.run_id).data.metrics
+    except tracking_errors():
+        present = {}
+    missing = {k: float(v) for k, v in metrics.items() if k not in present}
+    if missing:
+        logger.log_metrics(missing, step=step)
 
 
 class RunClock(L.Callback):
@@ -548,6 +574,8 @@ def _fit_tune_test(cfg: DictConfig, run: RunFolder, setup: Setup) -> tuple[dict,
         results = {}
         if setup.manifest["counts"]["test"] > 0:
             results = trainer.test(module, datamodule=setup.datamodule, verbose=False)[0]
+            # the test loss is kept out of Lightning's logger (it would log it at the global step): taken here
+            results.update({k: v for k, v in trainer.callback_metrics.items() if k == "loss/test"})
     except torch.cuda.OutOfMemoryError:
         precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
         raise NucleisegError(
@@ -559,21 +587,30 @@ def _fit_tune_test(cfg: DictConfig, run: RunFolder, setup: Setup) -> tuple[dict,
     return final, metrics, tested
 
 
-def _finish(cfg: DictConfig, run: RunFolder, setup: Setup, final: dict, metrics: dict, tested: str) -> None:
-    """Rank 0, after the test: metrics and tags to MLflow, one checkpoint and its model card, ``done.json`` last."""
-    logger, module = setup.logger, setup.module
-    metrics["train_seconds"] = setup.clock.seconds()
-    metrics["train_images"] = float(cfg.trainer.max_epochs * setup.manifest["counts"]["train"])
-    logger.log_metrics(metrics)
-    speed = setup.test_pass.results.get("speed") or {}
-    for key in ("image_size", "batch_size", "precision", "device"):
-        if key in speed:
-            logger.tag(f"speed.{key}", str(speed[key]))
-    model_path = _keep_one_checkpoint(cfg, run, module, logger)
+def _publish(cfg: DictConfig, run: RunFolder, logger: MLFlowLogger) -> dict[str, Any]:
+    """Rank 0, from a sealed run (``model.ckpt`` + ``finishing.json``): metrics and tags to MLflow (each once, the
+    test values at the last epoch's step, so MLflow's charts of them are points, not lines from step 0), the
+    checkpoint and its model card, ``done.json`` last. Safe to repeat after a kill; returns the test metrics."""
+    sealed = json.loads((run.path / FINISHING).read_text())
+    metrics, final = sealed["metrics"], sealed["final_epoch_metrics"]
+    model_path = run.path / "checkpoints" / MODEL_CHECKPOINT
+    hparams = torch.load(model_path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    _log_once(logger, metrics, step=int(cfg.trainer.max_epochs) - 1)
+    for key, value in sealed.get("speed", {}).items():
+        logger.tag(f"speed.{key}", value)
+    if logger.artifact(model_path, "checkpoint"):
+        try:
+            _share_with_artifact(model_path, logger.experiment.get_run(logger.run_id).info.artifact_uri)
+        except tracking_errors():  # the server went away: the two copies stay two copies
+            pass
     card = run.path / "checkpoints" / "MODEL_CARD.md"
-    write_bytes_atomic(card, model_card(dict(module.hparams), metrics, final, run.name).encode())
+    write_bytes_atomic(card, model_card(hparams, metrics, final, run.name).encode())
     logger.artifact(card, "checkpoint")
     logger.tag("checkpoint", str(model_path))
+    if cfg.model.get("register_as"):
+        from nucleiseg.tracking.registry import register_model
+
+        register_model(tracking_uri(cfg.logger), logger.run_id, str(cfg.model.register_as), card.read_text())
     write_json_atomic(
         run.done,
         {
@@ -583,25 +620,42 @@ def _finish(cfg: DictConfig, run: RunFolder, setup: Setup, final: dict, metrics:
             "metrics": metrics,
             "final_epoch_metrics": final,
             "tested_weights": cfg.test_checkpoint,
-            "tested_from": tested,
+            "tested_from": sealed["tested_from"],
             "test_checkpoint": str(model_path),
         },
     )
     logger.tag(DONE_TAG, "true")  # the report counts a run finished only now
-    print_run_summary(run.name, cfg, metrics, final, run.path, logger.run_id, logger.experiment_id)
+    (run.path / FINISHING).unlink(missing_ok=True)
+    print_run_summary(run.name, cfg, metrics, final, run.path, logger.run_id, logger.experiment_id, hparams)
     if Pending(run.path).records():
         print(
             f"MLflow at {tracking_uri(cfg.logger)} did not take everything: the results are in {run.path}; "
             f"when the server is back: nucleiseg relog {run.path}",
             file=sys.stderr,
         )
+    return metrics
 
 
 def _train(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
     setup = _setup(cfg, run)
     final, metrics, tested = _fit_tune_test(cfg, run, setup)
     if setup.trainer.is_global_zero:
-        _finish(cfg, run, setup, final, metrics, tested)
+        _seal(cfg, run, setup, final, metrics, tested)
+        return _publish(cfg, run, setup.logger)
+    return metrics
+
+
+def _finish_sealed(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
+    """A run killed after its test (sealed, not yet published): finish it in its MLflow run, no training."""
+    log.info("finishing %s: trained and tested before it was stopped; publishing its results", run.name)
+    from nucleiseg.tracking.mlflow_store import use_experiment
+
+    use_experiment(tracking_uri(cfg.logger), cfg.study, artifact_location(cfg.logger))
+    continued = _mlflow_run_to_continue(cfg, run)
+    logger = _logger(cfg, run.name, continued, {}, run.path)
+    (run.path / "failed.json").unlink(missing_ok=True)
+    metrics = _publish(cfg, run, logger)
+    logger.finalize("success")
     return metrics
 
 
@@ -628,6 +682,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             MlflowClient(tracking_uri(cfg.logger)).set_tag(done["run_id"], SUPERSEDED_TAG, "true")
             run.previous = None
             run.done.unlink()
+            (run.path / FINISHING).unlink(missing_ok=True)
+        sealed = _read_json(run.path / FINISHING)
+        if (
+            sealed is not None
+            and sealed.get("identity") == run.identity
+            and (run.path / "checkpoints" / MODEL_CHECKPOINT).is_file()
+        ):
+            return _finish_sealed(cfg, run)
         return _train(cfg, run)
 
 

@@ -317,3 +317,36 @@ def test_a_refused_command_never_damages_a_finished_run(train_overrides, trackin
     assert not (run_folder(cfg) / "failed.json").exists()
     moved = compose(train_overrides + ["study=refusal", f"paths.data_dir={tmp_path / 'elsewhere'}"])
     assert main(moved)["status"] == "skipped"
+
+
+def test_a_kill_while_finishing_resumes_the_finish_not_the_training(train_overrides, tracking_uri, monkeypatch):
+    """SIGTERM in the last seconds (the training checkpoint gone, done.json not yet written): the same command
+    finishes the run without training again, and no metric is logged twice into its MLflow run. Test values are
+    logged once, at the last epoch's step."""
+    import nucleiseg.train as train_module
+    from nucleiseg.train import RunKilled
+
+    cfg = compose(train_overrides + ["study=finishkill", "trainer.max_epochs=2"])
+    original = train_module.model_card
+
+    def killed(*args, **kwargs):
+        raise RunKilled("stopped by signal SIGTERM; re-run the same command to resume")
+
+    monkeypatch.setattr(train_module, "model_card", killed)
+    with pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    assert exit_info.value.code == 143
+    folder = run_folder(cfg)
+    assert not (folder / "checkpoints" / "last.ckpt").exists() and not (folder / "done.json").exists()
+    monkeypatch.setattr(train_module, "model_card", original)
+    monkeypatch.setattr(lit_module.SegmentationModule, "training_step", lambda *a: pytest.fail("trained again"))
+    result = main(cfg)
+    assert result["status"] == "finished" and (folder / "done.json").is_file()
+    [record] = _runs(tracking_uri, "finishkill")
+    assert record.info.status == "FINISHED" and record.data.tags["nucleiseg.done"] == "true"
+    client = _client(tracking_uri)
+    assert len(client.get_metric_history(record.info.run_id, "loss/train")) == 2
+    for key in ("test/jaccard", "test/aji_watershed", "loss/test", "train_seconds"):
+        history = client.get_metric_history(record.info.run_id, key)
+        assert [point.step for point in history] == [1], key
+    assert (folder / "checkpoints" / "MODEL_CARD.md").is_file() and not (folder / "finishing.json").exists()

@@ -91,6 +91,8 @@ class SegmentationModule(L.LightningModule):
                 prog_bar=name == "loss",
                 batch_size=batch_size,
                 sync_dist=True,
+                # test values reach MLflow once, with the run's other results at its last epoch (train.py)
+                logger=stage != "test",
             )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

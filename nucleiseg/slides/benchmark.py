@@ -62,8 +62,9 @@ def measure(slide: Path, checkpoint: str, out: Path, extra: list[str]) -> dict:
 
 def run_slide_benchmark(args) -> int:
     import pandas as pd
-    from rich.console import Console
     from rich.table import Table
+
+    from nucleiseg.console import make_console
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="nucleiseg-slide-bench-") as scratch:
@@ -75,7 +76,7 @@ def run_slide_benchmark(args) -> int:
         for slide in slides:
             rows.append(measure(slide, args.checkpoint, scratch / f"out-{slide.stem}", args.words))
             print(f"{slide.name}: {rows[-1]['seconds']:.0f} s, peak {rows[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr)
-    table = Table(title="nucleiseg benchmark-slide")
+    table = Table()
     columns = [
         "slide",
         "width",
@@ -92,7 +93,9 @@ def run_slide_benchmark(args) -> int:
         table.add_column(column.replace("_", " "), justify="left" if column == "slide" else "right")
     for row in rows:
         table.add_row(*(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
-    Console().print(table)
+    console = make_console()
+    console.print("nucleiseg benchmark-slide")
+    console.print(table)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

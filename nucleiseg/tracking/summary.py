@@ -8,19 +8,21 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-SHOWN = (
-    "test/jaccard",
-    "test/f1",
-    "test/recall",
-    "test/precision",
-    "test/accuracy",
-    "loss/test",
-    "test/aji_components",
-    "test/aji_watershed",
-    "test/pq_watershed",
-    "test/object_f1_watershed",
-    "test/images_per_second",
-)
+PIXEL_SHOWN = ("test/jaccard", "test/f1", "test/recall", "test/precision", "test/accuracy", "loss/test")
+INSTANCE_SHOWN = ("aji", "aji_plus", "pq", "object_f1", "n_predicted_nuclei", "n_true_nuclei")
+
+
+def shown_metrics(metrics: dict, method: str | None) -> list[tuple[str, str]]:
+    """``(label, key)`` rows of a run's summary: pixel metrics, then the instance metrics of the model's own
+    separation method (what evaluate and predict use), then the other methods' AJI for comparison."""
+    from nucleiseg.postprocess.instances import METHODS
+
+    rows = [(key, key) for key in PIXEL_SHOWN]
+    if method:
+        rows += [(f"test/{name}_{method} (its method)", f"test/{name}_{method}") for name in INSTANCE_SHOWN]
+    rows += [(f"test/aji_{other}", f"test/aji_{other}") for other in METHODS if other != method]
+    rows.append(("test/images_per_second", "test/images_per_second"))
+    return [(label, key) for label, key in rows if key in metrics]
 
 
 def ui_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
@@ -37,18 +39,23 @@ def print_run_summary(
     run_dir: Path,
     run_id: str,
     experiment_id: str | None = None,
+    hparams: dict | None = None,
     console: Console | None = None,
 ) -> None:
-    console = console or Console()
-    table = Table(title=f"run {name} (study {cfg.study})", show_header=True)
+    from nucleiseg.console import make_console
+
+    console = console or make_console()
+    console.print(f"run {name} (study {cfg.study})")
+    table = Table(show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("loss/train", "loss/val"):
         if key in final:
             table.add_row(f"final {key}", f"{final[key]:.4f}")
-    for key in SHOWN:
-        if key in metrics:
-            table.add_row(key, f"{metrics[key]:.4f}")
+    method = ((hparams or {}).get("postprocess") or {}).get("method")
+    for label, key in shown_metrics(metrics, method):
+        value = metrics[key]
+        table.add_row(label, str(int(value)) if key.split("/")[1].startswith("n_") else f"{value:.4f}")
     table.add_row("train time", f"{metrics.get('train_seconds', float('nan')):.1f} s")
     console.print(table)
     console.print(f"checkpoints: {run_dir / 'checkpoints'}   MLflow run: {run_id}")
@@ -58,8 +65,11 @@ def print_run_summary(
 
 def print_sweep_summary(rows: list[dict[str, Any]], console: Console | None = None) -> None:
     """Table of a sweep's jobs: finished ones with test Jaccard/F1 and time, failed ones with the reason."""
-    console = console or Console()
-    table = Table(title="sweep summary")
+    from nucleiseg.console import make_console
+
+    console = console or make_console()
+    console.print("sweep summary")
+    table = Table()
     for column in ("run", "status", "jaccard", "f1", "time s"):
         table.add_column(column, justify="left" if column in ("run", "status") else "right")
     for row in rows:
