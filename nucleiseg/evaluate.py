@@ -8,18 +8,20 @@ and training's test pass use, so an evaluated model and a deployed one cannot di
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_mask, read_rgb
+from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_mask_and_kind, read_rgb
 from nucleiseg.data.prepare import load_manifest
 from nucleiseg.errors import ConfigError, DatasetLayoutError
 from nucleiseg.inference.session import InferenceSession, Item, iterate_split
 from nucleiseg.postprocess.instances import methods_for
 
+log = logging.getLogger(__name__)
 INSTANCE_KEYS = ("aji", "aji_plus", "pq", "dq", "sq", "object_precision", "object_recall", "object_f1")
 PIXEL_KEYS = ("jaccard", "f1", "recall", "precision", "accuracy", "jaccard_image_mean", "f1_image_mean")
 
@@ -57,9 +59,20 @@ def _checked(name: str, image: np.ndarray, mask: np.ndarray, mask_path: Path) ->
 
 
 def folder_items(images: str | Path, masks: str | Path) -> Iterator[Item]:
-    """Items of a folder of images and a folder of masks named alike."""
+    """Items of a folder of images and a folder of masks named alike. Binary masks are said once: their nuclei
+    are connected components, so touching nuclei count as one and the instance metrics depend on it."""
+    said = False
     for image_path, mask_path in folder_pairs(images, masks):
-        yield _checked(image_path.stem, read_rgb(image_path), read_mask(mask_path), mask_path)
+        mask, kind = read_mask_and_kind(mask_path)
+        if kind == "binary" and not said:
+            log.warning(
+                "%s: binary masks (one value for every nucleus): true nuclei are taken as connected components, so "
+                "touching nuclei count as one; AJI, PQ and nucleus counts depend on it (instance-labelled masks "
+                "avoid it)",
+                masks,
+            )
+            said = True
+        yield _checked(image_path.stem, read_rgb(image_path), mask, mask_path)
 
 
 def monuseg_items(root: str | Path) -> Iterator[Item]:
@@ -97,6 +110,10 @@ def split_source(session: InferenceSession, data_folder: str | Path | None) -> t
     return folder, not manifest.get("stain")
 
 
+def _synthetic(folder: str | Path) -> bool:
+    return "synthetic" in (load_manifest(folder)["config"].get("sources") or {})
+
+
 def evaluate(
     session: InferenceSession,
     split: str = "test",
@@ -116,6 +133,8 @@ def evaluate(
         raise ConfigError("--images and --masks go together")
     if images is not None and monuseg is not None:
         raise ConfigError("evaluate one set at a time: --images/--masks or --monuseg")
+    if monuseg is not None or images is not None or (data_folder is not None and not _synthetic(data_folder)):
+        session.warn_if_synthetic("real images")
     if monuseg is not None:
         prefix, source = "monuseg", str(monuseg)
         results = session.evaluate(

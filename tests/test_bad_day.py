@@ -327,3 +327,58 @@ def test_evaluate_refuses_two_masks_sharing_a_name(trained_run, tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / "a.tif")
     with pytest.raises(DatasetLayoutError, match="two masks named a"):
         folder_pairs(tmp_path / "images", tmp_path / "masks")
+
+
+def _run_with_pending(tmp_path, tracking_uri, run_id, lines):
+    import json
+
+    folder = tmp_path / "run"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"run_id": run_id}))
+    (folder / "mlflow_pending.jsonl").write_text("\n".join(lines))
+    return folder
+
+
+def test_relog_replays_what_parses_and_names_a_store_without_the_run(tmp_path, tracking_uri, capsys):
+    import json
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("relog_bad_day")
+    run_id = client.create_run(experiment).info.run_id
+    good = [
+        json.dumps({"kind": "metrics", "time": 1.0, "step": 0, "metrics": {"loss/train": 0.5}}),
+        json.dumps({"kind": "tags", "tags": {"kept": "yes"}}),
+    ]
+    folder = _run_with_pending(tmp_path, tracking_uri, run_id, [*good, '{"kind": "metrics", "time": 2.0, "met'])
+    assert cli(["relog", str(folder), f"logger.tracking_uri={tracking_uri}"]) == 0
+    recorded = client.get_run(run_id).data
+    assert recorded.metrics["loss/train"] == 0.5 and recorded.tags["kept"] == "yes"
+    assert "could not be read" in capsys.readouterr().err
+    elsewhere = _run_with_pending(tmp_path / "other", tracking_uri, "0" * 32, good)
+    assert cli(["relog", str(elsewhere), f"logger.tracking_uri={tracking_uri}"]) == 2
+    err = capsys.readouterr().err
+    assert "is not in the tracking store" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (elsewhere / "mlflow_pending.jsonl").is_file()  # kept for the right store
+
+
+def test_a_greyscale_slide_still_finds_its_tissue_and_says_why_nuclei_may_be_missed(tmp_path, caplog):
+    import json
+    import logging
+
+    from nucleiseg.predict import predict
+    from nucleiseg.slides.predict_slide import SlideSettings
+    from nucleiseg.slides.synthetic import synthetic_pool, tissue_content, write_slide
+    from tests.slides.test_slides import oracle_session
+
+    grey = [
+        np.repeat(tile.mean(axis=-1, keepdims=True), 3, axis=-1).astype(np.uint8) for tile in synthetic_pool(128, 4)
+    ]
+    box = (400, 300, 1000, 800)
+    path = write_slide(tmp_path / "grey.tif", 1600, 1200, tissue_content(grey, [box]), mpp=0.5)
+    settings = SlideSettings(window=256, margin=32, thumbnail=400, min_tissue=0.05)
+    with caplog.at_level(logging.WARNING, logger="nucleiseg"):
+        summary = predict([path], tmp_path / "out", oracle_session(), progress="none", slide_settings=settings)
+    assert summary.ok and "greyscale slide" in caplog.text
+    info = json.loads((tmp_path / "out" / "grey" / "slide.json").read_text())
+    expected = (box[2] - box[0]) * (box[3] - box[1]) / (1600 * 1200)
+    assert abs(info["tissue_fraction"] - expected) < 0.04 and info["windows_with_tissue"] > 0

@@ -57,6 +57,26 @@ def read_regions(path: str | Path) -> list[tuple[str, np.ndarray]]:
     return regions
 
 
+# Outlines drawn by hand overshoot the image edge a little (up to 3 px in the MoNuSeg release); more than this
+# means the XML annotates another image, or this one at another size.
+EDGE_TOLERANCE_PX, EDGE_TOLERANCE_SHARE = 8.0, 0.02
+
+
+def _check_fits(path: str | Path, regions: list[tuple[str, np.ndarray]], shape: tuple[int, int]) -> None:
+    vertices = np.concatenate([v for _, v in regions if len(v)]) if regions else np.zeros((0, 2))
+    if not len(vertices):
+        return
+    height, width = shape
+    slack = max(EDGE_TOLERANCE_PX, EDGE_TOLERANCE_SHARE * max(shape))
+    low, high = vertices.min(axis=0), vertices.max(axis=0)
+    if low[0] < -slack or low[1] < -slack or high[0] > width + slack or high[1] > height + slack:
+        raise AnnotationError(
+            f"{path}: its outlines reach x {low[0]:.0f}..{high[0]:.0f}, y {low[1]:.0f}..{high[1]:.0f} but the image is "
+            f"{width}x{height}: the XML annotates another image, or this one at another size (resized?); regions "
+            "would be cut or lost"
+        )
+
+
 def rasterise_regions(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """Rasterise the XML at ``path`` into ``int32 HxW`` instance labels, one label per region.
 
@@ -66,6 +86,7 @@ def rasterise_regions(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     of the regions that remain.
     """
     regions = read_regions(path)
+    _check_fits(path, regions, shape)
     painted = []
     for order, (_, vertices) in enumerate(regions):
         if len(vertices) < MIN_VERTICES:
@@ -73,6 +94,11 @@ def rasterise_regions(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
         rows, cols = fill_polygon(vertices[:, 1], vertices[:, 0], shape=shape)
         if rows.size:
             painted.append((rows.size, order, rows, cols))
+    if not painted:
+        raise AnnotationError(
+            f"{path}: none of its {len(regions)} regions has a pixel inside the {shape[1]}x{shape[0]} image; "
+            "expected the annotation of this image"
+        )
     mask = np.zeros(shape, dtype=np.int32)
     label_of = {order: label for label, order in enumerate(sorted(p[1] for p in painted), start=1)}
     for _, order, rows, cols in sorted(painted, key=lambda p: (-p[0], p[1])):

@@ -189,12 +189,24 @@ def _binary(foreground: np.ndarray) -> np.ndarray:
 
 
 def mask_to_instances(array: np.ndarray, path: str | Path = "<mask>") -> np.ndarray:
-    """Turn a mask array into ``int32 HxW`` instance labels.
+    """Turn a mask array into ``int32 HxW`` instance labels (see :func:`mask_to_instances_and_kind`)."""
+    return mask_to_instances_and_kind(array, path)[0]
+
+
+# Instance labels: each value one nucleus (one region, now and then two). A binary mask blurred, resized with
+# interpolation or saved as JPEG has grey levels that each trace rings around many nuclei.
+MAX_REGIONS_PER_VALUE = 3.0
+
+
+def mask_to_instances_and_kind(array: np.ndarray, path: str | Path = "<mask>") -> tuple[np.ndarray, str]:
+    """Turn a mask array into ``(int32 HxW instance labels, kind)``, ``kind`` ``binary`` or ``instances``.
 
     - one foreground value, whatever it is ({0,1}, {0,255}, {0,128}, bool, one colour on black): a binary mask,
       one label per connected component (8-connectivity);
     - one foreground value plus stray values on under 1% of the foreground: binary too, and the log says so;
-    - otherwise instance labels (one per value, renumbered 1..N), or in colour one label per colour.
+    - otherwise instance labels (one per value, renumbered 1..N), or in colour one label per colour; refused
+      when its values each cover many separate regions (a blurred, interpolated or JPEG-saved binary mask, or a
+      class map): one instance per grey level would be silently wrong.
     """
     if array.ndim == 3:
         if array.shape[-1] == 4:
@@ -211,12 +223,12 @@ def mask_to_instances(array: np.ndarray, path: str | Path = "<mask>") -> np.ndar
     if array.ndim != 2:
         raise ImageReadError(f"{path}: mask of shape {array.shape}; expected HxW")
     if array.dtype == bool:
-        return _binary(array)
+        return _binary(array), "binary"
     if array.min() < 0:
         raise ImageReadError(f"{path}: mask has negative values; expected 0 for background and positive labels")
     values, counts = np.unique(array[array > 0], return_counts=True)
     if values.size == 1:
-        return _binary(array > 0)
+        return _binary(array > 0), "binary"
     if values.size > 1 and counts.max() >= (1 - STRAY_SHARE) * counts.sum():
         log.warning(
             "%s: read as a binary mask: value %s on %.2f%% of the nucleus pixels, %d stray value(s) on the rest",
@@ -225,18 +237,44 @@ def mask_to_instances(array: np.ndarray, path: str | Path = "<mask>") -> np.ndar
             100 * counts.max() / counts.sum(),
             values.size - 1,
         )
-        return _binary(array > 0)
+        return _binary(array > 0), "binary"
+    if values.size >= 3:
+        regions = int(connected_components(array, background=0, connectivity=1).max())
+        if regions > MAX_REGIONS_PER_VALUE * values.size:
+            raise ImageReadError(
+                f"{path}: {values.size} grey levels forming {regions} separate regions: not instance labels (one "
+                "value per nucleus) but a binary mask that was blurred, resized with interpolation or saved as "
+                "JPEG, or a class map; save masks losslessly (PNG/TIFF, nearest-neighbour resizing) as binary or "
+                "instance labels"
+            )
     relabelled, _, _ = relabel_sequential(array.astype(np.int64))
-    return relabelled.astype(np.int32)
+    return relabelled.astype(np.int32), "instances"
 
 
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def read_mask(path: str | Path, data: bytes | None = None) -> np.ndarray:
-    """Read a mask file as ``int32 HxW`` instance labels (see :func:`mask_to_instances`). Lossy formats are
-    refused: JPEG changes label values and edges (it would invent instances and move outlines)."""
+    """Read a mask file as ``int32 HxW`` instance labels (see :func:`mask_to_instances`)."""
+    return read_mask_and_kind(path, data)[0]
+
+
+def read_mask_and_kind(path: str | Path, data: bytes | None = None) -> tuple[np.ndarray, str]:
+    """Read a mask file as ``(int32 HxW instance labels, "binary" | "instances")``. Lossy formats are refused,
+    whatever the file is named: JPEG changes label values and edges (it would invent instances and move
+    outlines)."""
     path = Path(path)
     if path.suffix.lower() in LOSSY_SUFFIXES:
         raise ImageReadError(f"{path}: a JPEG mask is lossy (values and edges change); save masks as PNG or TIFF")
-    return mask_to_instances(_decode(path, data), path)
+    try:
+        with open(path, "rb") if data is None else io.BytesIO(data) as handle:
+            head = handle.read(3)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    if head == JPEG_MAGIC:
+        raise ImageReadError(
+            f"{path}: JPEG data under a {path.suffix or 'missing'} name: a lossy mask (values and edges change); "
+            "save masks as PNG or TIFF"
+        )
+    return mask_to_instances_and_kind(_decode(path, data), path)

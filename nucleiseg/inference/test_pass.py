@@ -68,8 +68,7 @@ class SessionTestPass(L.Callback):
     def _overlay(self, scratch: Path, index: int, image: np.ndarray, mask: np.ndarray, prediction) -> None:
         if index >= self.overlays or self.log_artifact is None:
             return
-        threshold = self.session.threshold
-        panel = comparison_panel(image, mask > 0, prediction.probability >= threshold)
+        panel = comparison_panel(image, mask > 0, self.session.binarise(prediction.probability))
         path = scratch / f"test_{index:02d}.png"
         write_bytes_atomic(path, png_bytes(panel))
         self.log_artifact(path, "overlays")

@@ -1,7 +1,10 @@
 """Pixel-level metrics of the paper (Table III): Jaccard, F1, recall, precision and accuracy.
 
-Thin over torchmetrics: one MetricCollection per stage, computed on the thresholded probability, accumulated
-over the whole split (micro average: the paper's numbers are over all test pixels).
+Thin over torchmetrics: one MetricCollection per stage, accumulated over the whole split (micro average: the
+paper's numbers are over all test pixels). Probabilities are binarised by the project's one rule
+(:func:`nucleiseg.postprocess.instances.binarise`, ``>=``) before torchmetrics sees them (its own threshold is
+``>``), so the whole split, each image, the masks and the nuclei agree on every pixel, even at exactly the
+threshold (common in bf16).
 """
 
 from __future__ import annotations
@@ -17,6 +20,25 @@ from torchmetrics.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
+from nucleiseg.postprocess.instances import binarise
+
+
+class BinarisedMetrics(MetricCollection):
+    """A MetricCollection that binarises ``preds`` at ``threshold`` with :func:`binarise` first."""
+
+    def __init__(self, metrics: dict[str, Metric], threshold: float, prefix: str = "") -> None:
+        super().__init__(metrics, prefix=prefix)
+        self.binarising_threshold = float(threshold)
+
+    def _binary(self, preds: torch.Tensor) -> torch.Tensor:
+        return binarise(preds, self.binarising_threshold).int()
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(self._binary(preds), target)
+
+    def forward(self, preds: torch.Tensor, target: torch.Tensor) -> dict:
+        return super().forward(self._binary(preds), target)
+
 
 def pixel_metrics(threshold: float = 0.5, prefix: str = "", sync_on_compute: bool = True) -> MetricCollection:
     """Metrics taking ``preds`` (probabilities, any shape) and ``target`` (0/1, same shape).
@@ -25,8 +47,8 @@ def pixel_metrics(threshold: float = 0.5, prefix: str = "", sync_on_compute: boo
     precision and recall keep torchmetrics' 0 for an empty denominator. ``sync_on_compute=False`` for metrics
     one process computes alone (post-test scoring on rank 0 of a DDP run).
     """
-    options = {"threshold": threshold, "sync_on_compute": sync_on_compute}
-    return MetricCollection(
+    options = {"sync_on_compute": sync_on_compute}  # preds arrive as 0/1 (BinarisedMetrics)
+    return BinarisedMetrics(
         {
             "jaccard": BinaryJaccardIndex(zero_division=1.0, **options),
             "f1": BinaryF1Score(zero_division=1.0, **options),
@@ -34,6 +56,7 @@ def pixel_metrics(threshold: float = 0.5, prefix: str = "", sync_on_compute: boo
             "precision": BinaryPrecision(**options),
             "accuracy": BinaryAccuracy(**options),
         },
+        threshold,
         prefix=prefix,
     )
 
@@ -56,7 +79,7 @@ class PerImageOverlap(Metric):
         """``preds`` probabilities ``BxHxW`` (or ``Bx1xHxW``), ``target`` 0/1 of the same shape."""
         # counted here rather than with torchmetrics' binary_stat_scores(multidim_average="samplewise"),
         # which fails on a batch of one image (it squeezes the sample dimension away before stacking)
-        predicted = preds.reshape(preds.shape[0], -1) >= self.threshold
+        predicted = binarise(preds.reshape(preds.shape[0], -1), self.threshold)
         truth = target.reshape(target.shape[0], -1) > 0
         self.stats.append(
             torch.stack(

@@ -38,7 +38,7 @@ from nucleiseg.inference.export import nucleus_features_geojson
 from nucleiseg.inference.session import InferenceSession
 from nucleiseg.postprocess.features import nucleus_features
 from nucleiseg.slides.reader import Slide, SlideError
-from nucleiseg.slides.tissue import tissue_fraction, tissue_mask
+from nucleiseg.slides.tissue import is_greyscale, tissue_fraction, tissue_mask
 from nucleiseg.writing import png_bytes, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -283,6 +283,12 @@ class SlideResult:
 
 def _tissue_windows(slide: Slide, plan: Plan, settings: SlideSettings, windows: list[Window]):
     thumbnail, thumb_downsample = slide.thumbnail(settings.thumbnail)
+    if is_greyscale(thumbnail):
+        log.warning(
+            "%s: a greyscale slide: tissue is found by darkness, but the model was trained on H&E colour images and "
+            "will miss or misjudge nuclei; predict on the colour scan if there is one",
+            slide.path,
+        )
     mask = tissue_mask(thumbnail)
     factor = plan.level_downsample / thumb_downsample  # read-level pixels -> thumbnail pixels
     chosen = [

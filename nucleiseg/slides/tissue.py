@@ -8,19 +8,39 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 from skimage.color import rgb2hsv
-from skimage.filters import threshold_otsu
+from skimage.filters import threshold_multiotsu, threshold_otsu
 from skimage.morphology import disk, remove_small_holes, remove_small_objects
 
 MIN_SATURATION = 0.05  # below this everywhere there is no stained tissue at all (Otsu would split the noise)
 
 
+GREY_SPREAD = 6  # largest difference between colour channels of a greyscale scan (JPEG noise included)
+MIN_DARKNESS = 0.05
+
+
+def is_greyscale(thumbnail: np.ndarray) -> bool:
+    """Whether a view has no colour (a greyscale scan, or an RGB file holding one)."""
+    channels = thumbnail.astype(np.int16)
+    spread = np.max(channels, axis=-1) - np.min(channels, axis=-1)
+    return bool(np.percentile(spread, 99) <= GREY_SPREAD)
+
+
 def tissue_mask(thumbnail: np.ndarray, min_object_fraction: float = 1e-4) -> np.ndarray:
-    """``uint8 HxWx3`` low-resolution view -> boolean tissue mask of the same size."""
-    saturation = rgb2hsv(thumbnail)[..., 1]
-    if saturation.max() < MIN_SATURATION:
-        return np.zeros(saturation.shape, bool)
-    threshold = max(threshold_otsu(saturation), MIN_SATURATION)
-    mask = saturation > threshold
+    """``uint8 HxWx3`` low-resolution view -> boolean tissue mask of the same size. A greyscale view has no
+    saturation to threshold: tissue is what is darker than the glass (Otsu on darkness)."""
+    greyscale = is_greyscale(thumbnail)
+    if greyscale:
+        signal, floor = 1.0 - thumbnail.mean(axis=-1) / 255.0, MIN_DARKNESS
+    else:
+        signal, floor = rgb2hsv(thumbnail)[..., 1], MIN_SATURATION
+    if signal.max() < floor or signal.max() - signal.min() < floor:
+        return np.zeros(signal.shape, bool)
+    if greyscale:
+        # glass, stroma and nuclei are three levels of darkness: tissue is everything above the lowest
+        threshold = max(threshold_multiotsu(signal, classes=3)[0], floor)
+    else:
+        threshold = max(threshold_otsu(signal), floor)
+    mask = signal > threshold
     mask = ndimage.binary_closing(mask, structure=disk(2))
     min_size = max(4, int(min_object_fraction * mask.size))
     mask = remove_small_objects(mask, max_size=min_size - 1)

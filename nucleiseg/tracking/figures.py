@@ -89,7 +89,7 @@ def prediction_figure(
         session = InferenceSession.from_checkpoint(run.checkpoint, settings)
         _, normalise = split_source(session, run.data_folder)
         prediction = session.predict(image, 1.0, normalise)
-        mask = prediction.probability >= session.threshold
+        mask = session.binarise(prediction.probability)
         nuclei = session.instances(prediction)
         outlined = image.copy()
         outlined[find_boundaries(truth, mode="inner")] = (0, 90, 255)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nucleiseg.errors import first_line
+from nucleiseg.errors import NucleisegError, first_line
 
 log = logging.getLogger(__name__)
 PENDING = "mlflow_pending.jsonl"
@@ -73,15 +73,37 @@ class Pending:
             return False
 
     def records(self) -> list[dict[str, Any]]:
+        """The writes kept, in order; a line that does not parse (the last one, cut by a crash mid-write) is
+        skipped with a warning, never a reason to replay nothing."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records, unreadable = [], 0
+        for line in self.path.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                unreadable += 1
+        if unreadable:
+            log.warning(
+                "%s: %d line(s) could not be read (cut by a crash while writing) and are skipped", self.path, unreadable
+            )
+        return records
 
     def replay(self, client, run_id: str) -> int:
         """Write every kept record to MLflow run ``run_id``; the file goes only when all went through."""
         from mlflow.entities import Metric
+        from mlflow.exceptions import MlflowException
 
         records = self.records()
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            raise NucleisegError(
+                f"{self.run_dir}: its MLflow run {run_id} is not in the tracking store ({client.tracking_uri}); relog "
+                "into the store the run was started in (logger.tracking_uri=... or MLFLOW_TRACKING_URI)"
+            ) from None
         for record in records:
             kind = record["kind"]
             if kind == "metrics":

@@ -65,3 +65,40 @@ def test_colour_instance_masks_get_one_label_per_colour():
     mask[0:2, 2:4] = (0, 255, 0)
     labels = mask_to_instances(mask)
     assert labels.max() == 2 and labels[5, 5] == 0 and labels[0, 0] != labels[0, 3]
+
+
+def _disc_mask(size=96, centres=((30, 30), (60, 64), (25, 70)), radius=9):
+    rows, cols = np.ogrid[:size, :size]
+    mask = np.zeros((size, size), np.uint8)
+    for y, x in centres:
+        mask[(rows - y) ** 2 + (cols - x) ** 2 <= radius**2] = 255
+    return mask
+
+
+def test_jpeg_data_under_a_png_name_is_refused_as_a_mask(tmp_path):
+    Image.fromarray(_disc_mask()).save(tmp_path / "mask.png", format="JPEG", quality=90)
+    with pytest.raises(ImageReadError, match=r"mask\.png: JPEG data under a \.png name"):
+        read_mask(tmp_path / "mask.png")
+
+
+def test_blurred_or_interpolated_binary_masks_are_refused_not_read_per_grey_level(tmp_path):
+    from scipy import ndimage
+
+    mask = _disc_mask()
+    blurred = np.clip(ndimage.gaussian_filter(mask.astype(float), 1.5), 0, 255).astype(np.uint8)
+    Image.fromarray(blurred).save(tmp_path / "blurred.png")
+    with pytest.raises(ImageReadError, match=r"blurred\.png: \d+ grey levels forming \d+ separate regions"):
+        read_mask(tmp_path / "blurred.png")
+    small = Image.fromarray(mask).resize((48, 48), Image.BILINEAR).resize((96, 96), Image.BILINEAR)
+    small.save(tmp_path / "resized.png")
+    with pytest.raises(ImageReadError, match="resized with interpolation"):
+        read_mask(tmp_path / "resized.png")
+    # the same nuclei as true instance labels (one value each), or as a clean binary mask, read as they are
+    labels = np.zeros_like(mask)
+    for value, (y, x) in enumerate(((30, 30), (60, 64), (25, 70)), start=1):
+        rows, cols = np.ogrid[:96, :96]
+        labels[(rows - y) ** 2 + (cols - x) ** 2 <= 81] = value
+    Image.fromarray(labels).save(tmp_path / "instances.png")
+    assert read_mask(tmp_path / "instances.png").max() == 3
+    Image.fromarray(mask).save(tmp_path / "binary.png")
+    assert read_mask(tmp_path / "binary.png").max() == 3

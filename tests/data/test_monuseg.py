@@ -123,3 +123,23 @@ def test_real_monuseg_training_release():
     iou = np.logical_and(mask > 0, mirror).sum() / np.logical_or(mask > 0, mirror).sum()
     assert iou > 0.95  # the data README reports ~0.98 between the XML and the mirror's masks
     assert mask.max() == len(read_regions(xml_source.annotation_path))
+
+
+def test_an_xml_of_another_image_size_is_refused_not_clipped(tmp_path):
+    from nucleiseg.data.aperio_xml import rasterise_regions
+    from nucleiseg.errors import AnnotationError
+
+    square = np.array([[10.0, 10.0], [30.0, 10.0], [30.0, 30.0], [10.0, 30.0]])
+    far = square + [900.0, 700.0]
+    (tmp_path / "a.xml").write_text(region_xml([square, far]))
+    assert rasterise_regions(tmp_path / "a.xml", (1000, 1000)).max() == 2
+    with pytest.raises(AnnotationError, match=r"a\.xml: its outlines reach .* but the image is 500x500"):
+        rasterise_regions(tmp_path / "a.xml", (500, 500))  # the image was resized: regions would be clipped
+    (tmp_path / "off.xml").write_text(
+        region_xml([np.array([[-15.0, -15.0], [-5.0, -15.0], [-5.0, -5.0], [-15.0, -5.0]])])
+    )
+    with pytest.raises(AnnotationError, match=r"off\.xml: none of its 1 regions has a pixel inside"):
+        rasterise_regions(tmp_path / "off.xml", (1000, 1000))
+    edge = np.array([[-3.0, 5.0], [20.0, 5.0], [20.0, 1003.0], [-3.0, 1003.0]])  # hand-drawn overshoot: fine
+    (tmp_path / "edge.xml").write_text(region_xml([edge]))
+    assert rasterise_regions(tmp_path / "edge.xml", (1000, 1000)).max() == 1

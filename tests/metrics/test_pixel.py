@@ -63,3 +63,26 @@ def test_per_image_overlap_with_single_image_batches_matches_torchmetrics():
         metric.update(preds[k : k + 1], target[k : k + 1])
     expected = [binary_jaccard_index(preds[k], target[k]).item() for k in range(3)]
     assert metric.per_image()["jaccard"].tolist() == pytest.approx(expected)
+
+
+def test_one_rule_binarises_the_split_each_image_and_the_mask():
+    """Pixels exactly at the threshold (bf16 gives many 0.5s): the whole-split metrics, the per-image ones and
+    the mask all count them as nucleus (torchmetrics' own threshold is strict and would not)."""
+    import numpy as np
+
+    from nucleiseg.metrics.pixel import PerImageOverlap
+    from nucleiseg.metrics.scoring import Scorer
+    from nucleiseg.postprocess.instances import binarise
+
+    probability = np.array([[0.5, 0.5, 0.2], [0.9, 0.5, 0.1]], np.float32)
+    truth = np.array([[1, 1, 0], [1, 0, 0]], np.int32)
+    scorer = Scorer(0.5, 0.5, ["components"])
+    scorer.update(truth, probability, {"components": np.zeros_like(truth)})
+    results = scorer.compute("test")
+    mask = binarise(probability, 0.5)
+    tp, fp, fn = (mask & (truth > 0)).sum(), (mask & (truth == 0)).sum(), (~mask & (truth > 0)).sum()
+    assert results["test/jaccard"] == pytest.approx(tp / (tp + fp + fn)) == pytest.approx(3 / 4)
+    assert results["test/jaccard_image_mean"] == pytest.approx(results["test/jaccard"])
+    per_image = PerImageOverlap(0.5)
+    per_image.update(torch.from_numpy(probability)[None], torch.from_numpy(truth)[None])
+    assert per_image.per_image()["jaccard"].item() == pytest.approx(3 / 4)
