@@ -464,8 +464,8 @@ def run_benchmark(args: argparse.Namespace, cfg: DictConfig) -> int:
     hours = projected_study_hours(measurements, cfg)
     title = f"nucleiseg benchmark: {measurements[0].device}, {options.image_size}x{options.image_size}"
     table = Table()
-    for title, _ in COLUMNS:
-        table.add_column(title, justify="left" if title == "configuration" else "right")
+    for column, _ in COLUMNS:
+        table.add_column(column, justify="left" if column == "configuration" else "right")
     for row in as_table(measurements):
         table.add_row(*(_cell(row[key]) for _, key in COLUMNS))
     console = make_console()

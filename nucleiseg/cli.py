@@ -53,14 +53,55 @@ def _compose(overrides: list[str]):
     return compose(overrides)
 
 
-def _session(checkpoint, overrides: list[str], flags: list[str] = ()):
-    """An inference session of ``checkpoint`` with the user's overrides (and option flags, as overrides)."""
+def _session(model: Path, label: str, overrides: list[str], flags: list[str] = ()):
+    """An inference session of the model file ``model`` (named ``label``) with the user's overrides (and option
+    flags, as overrides)."""
     from nucleiseg.inference.session import InferenceSession, InferenceSettings
 
     typed = [*overrides, *flags]
     cfg = _compose(typed)
     settings = InferenceSettings.from_config(cfg, explicit=[o.split("=", 1)[0] for o in typed])
-    return InferenceSession.from_checkpoint(checkpoint, settings), cfg
+    return InferenceSession.from_checkpoint(model, settings, label=label), cfg
+
+
+MODEL_HELP = (
+    "the model: a name (see `nucleiseg models`), a .ckpt or .safetensors file, a URL (add #sha256=HEX to check it) "
+    "or models:/NAME/VERSION from MLflow's model registry; default: the default model"
+)
+
+
+def add_model_option(parser: argparse.ArgumentParser, run_id: bool = True) -> None:
+    """``--model`` (also spelt ``--checkpoint``, its older name) and, where it makes sense, ``--run-id``."""
+    parser.add_argument("--model", "--checkpoint", dest="model", default=None, metavar="NAME|PATH|URL", help=MODEL_HELP)
+    if run_id:
+        parser.add_argument("--run-id", default=None, help="use the checkpoint of this finished MLflow training run")
+
+
+def resolve_model(spec: str | None, run_id: str | None, overrides: list[str]) -> tuple[Path, str]:
+    """The model file a command runs and how to name it: ``--run-id``, ``models:/`` (MLflow's registry), else a
+    name, file or URL (:func:`nucleiseg.models.zoo.resolve`); neither given: the default model, said once."""
+    if spec and run_id:
+        raise UsageError("give --model or --run-id, not both")
+    if run_id or (spec or "").startswith("models:/"):
+        from nucleiseg.tracking.mlflow_store import tracking_uri
+
+        uri = tracking_uri(_compose(overrides).logger)
+        if run_id:
+            from nucleiseg.predict import resolve_checkpoint
+
+            return resolve_checkpoint(None, run_id, uri), f"MLflow run {run_id}"
+        from nucleiseg.models.zoo import cache_dir
+        from nucleiseg.tracking.registry import registered_checkpoint
+
+        return registered_checkpoint(uri, spec, cache_dir()), spec
+    from nucleiseg.models.zoo import resolve
+
+    path, label = resolve(spec)
+    if spec is None:
+        logging.getLogger("nucleiseg").info(
+            "no --model given: using %s; --model NAME|PATH|URL picks another (`nucleiseg models` lists them)", label
+        )
+    return path, label
 
 
 def _names_data(overrides: list[str]) -> bool:
@@ -128,9 +169,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nucleiseg.evaluate import evaluate, log_evaluation, summary_json
 
     overrides, extra = split_overrides(args.words)
-    if len(extra) != 1:
-        raise UsageError(f"evaluate takes one checkpoint and KEY=VALUE overrides; got {extra or 'no checkpoint'}")
-    session, cfg = _session(extra[0], overrides)
+    if len(extra) > 1 or (extra and args.model):
+        raise UsageError(f"evaluate takes one model (--model) and KEY=VALUE overrides; got {extra + [args.model]}")
+    session, cfg = _session(
+        *resolve_model(args.model or (extra[0] if extra else None), args.run_id, overrides), overrides
+    )
     speed = None
     if args.speed:
         image_size = cfg.speed.image_size or (session.hparams.get("data") or {}).get("image_size", 512)
@@ -162,7 +205,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nucleiseg.console import make_console
 
     console = make_console()
-    console.print(f"evaluation of {extra[0]} on {results['evaluated_on']}")
+    console.print(f"evaluation of {session.source} on {results['evaluated_on']}")
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -192,7 +235,7 @@ def _tune_postprocess(args: argparse.Namespace) -> int:
     if args.split == "test":
         raise UsageError("tuning on the test split would leak it into the model; use --split val (or train)")
     checkpoint = Path(checkpoints[0]).expanduser()
-    session, cfg = _session(checkpoint, overrides)
+    session, cfg = _session(checkpoint, str(checkpoint), overrides)
     folder, normalise = split_source(session, _data_folder(overrides))
     summary = retune(
         session,
@@ -228,27 +271,27 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+PREDICT_FLAGS = {  # predict's options, as the overrides they stand for (so they count as given by the user)
+    "tta": "predict.tta",
+    "tile_size": "predict.tile_size",
+    "mpp": "predict.microns_per_pixel",
+    "scale": "predict.scale",
+    "device": "predict.device",
+}
+
+
 def _predict(args: argparse.Namespace) -> int:
-    from nucleiseg.predict import predict, print_summary, resolve_checkpoint
-    from nucleiseg.tracking.mlflow_store import tracking_uri
+    from nucleiseg.predict import predict, print_summary
 
     overrides, inputs = split_overrides(args.words)
     if not inputs:
-        raise UsageError("predict needs at least one image or folder")
+        raise UsageError("predict needs at least one image, slide or folder")
     flags = []
-    for option, key in (
-        ("tta", "predict.tta"),
-        ("tile_size", "predict.tile_size"),
-        ("mpp", "predict.microns_per_pixel"),
-        ("scale", "predict.scale"),
-        ("device", "predict.device"),
-    ):
+    for option, key in PREDICT_FLAGS.items():
         value = getattr(args, option)
         if value is not None and value is not False:  # 0 is a value (refused below), not "not given"
             flags.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
-    cfg = _compose([*overrides, *flags])
-    checkpoint = resolve_checkpoint(args.checkpoint, args.run_id, tracking_uri(cfg.logger))
-    session, _ = _session(checkpoint, overrides, flags)
+    session, cfg = _session(*resolve_model(args.model, args.run_id, overrides), overrides, flags)
     from nucleiseg.slides.predict_slide import SlideSettings
 
     slide_settings = SlideSettings.from_config(cfg.slide)
@@ -260,15 +303,6 @@ def _predict(args: argparse.Namespace) -> int:
     )
     print_summary(summary, Path(args.out))
     return 0 if summary.ok else 1
-
-
-PREDICT_FLAGS = {  # predict's options, as the overrides they stand for (so they count as given by the user)
-    "tta": "predict.tta",
-    "tile_size": "predict.tile_size",
-    "mpp": "predict.microns_per_pixel",
-    "scale": "predict.scale",
-    "device": "predict.device",
-}
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -309,6 +343,17 @@ def _benchmark_slide(args: argparse.Namespace) -> int:
     return run_slide_benchmark(args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from nucleiseg.inference.export_model import export_model
+
+    overrides, extra = split_overrides(args.words)
+    if extra:
+        raise UsageError(f"export takes --model, --format, --out and KEY=VALUE overrides, not {extra}")
+    model, _ = resolve_model(args.model, args.run_id, overrides)
+    print(json.dumps(export_model(model, args.format, args.out, image_size=args.image_size), indent=1))
+    return 0
+
+
 def _export_onnx(args: argparse.Namespace) -> int:
     from nucleiseg.inference.onnx_export import export_onnx
 
@@ -317,7 +362,59 @@ def _export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from nucleiseg.models.zoo import PRETRAINED, describe_models, registry
+
+    if args.card:
+        _, entries = registry()
+        if args.card not in entries:
+            raise UsageError(f"--card {args.card}: no such model; known: {', '.join(sorted(entries))}")
+        entry = entries[args.card]
+        print((PRETRAINED / entry.card).read_text() if entry.card else entry.description)
+        return 0
+    rows = describe_models()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    from rich.table import Table
+
+    from nucleiseg.console import make_console
+
+    table = Table()
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    console = make_console()
+    console.print("nucleiseg models (nucleiseg models --card NAME for one model's card)")
+    console.print(table)
+    return 0
+
+
 WORDS_HELP = "KEY=VALUE configuration overrides (as for train.py), anywhere on the line"
+DESCRIPTION = """Segment cell nuclei in H&E histopathology: individual nuclei you can count, measure and open in
+QuPath, from images or whole slides, with the model nucleiseg ships or one you trained; and reproduce the U-Net
+encoder comparison of Kasturi, Tran & Shenfield (IEEE CIBCB 2022): data, training (python train.py), evaluation
+and the paper's tables."""
+EPILOG = """examples:
+  nucleiseg predict slide.svs --out nuclei            nuclei of a slide with the default model (GeoJSON for QuPath)
+  nucleiseg predict tiles/ --out nuclei --mpp 0.25    a folder of 40x tiles
+  nucleiseg models                                    the models nucleiseg knows
+  nucleiseg evaluate --model default --monuseg DIR    score a model on the MoNuSeg 2018 test release
+  nucleiseg data download tnbc --to data              the paper's data (then python train.py)
+  nucleiseg report --study paper --out reports/paper  the paper's Tables II-III from your runs
+each command has its own --help."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown beside each option, and examples kept as written."""
+
+
+def _command(commands, name: str, help: str, examples: str, **options) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name, help=help, description=help, epilog="examples:\n" + examples, formatter_class=HelpFormatter, **options
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,128 +424,222 @@ def build_parser() -> argparse.ArgumentParser:
         installed = version("nucleiseg")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
         installed = "unknown"
-    parser = IntermixedParser(prog="nucleiseg", description=__doc__.split("\n\n")[0])
+    parser = IntermixedParser(prog="nucleiseg", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"nucleiseg {installed}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = commands.add_parser("data", help="download, inspect and prepare the datasets")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
-    inspect = data_commands.add_parser("inspect", help="summarise a raw dataset (counts, sizes, nuclei)")
-    inspect.add_argument("dataset", choices=["tnbc", "monuseg"])
+    data = _command(
+        commands,
+        "data",
+        "download, inspect and prepare the datasets",
+        "  nucleiseg data download tnbc --to data\n  nucleiseg data inspect tnbc data/tnbc --json",
+    )
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="STEP")
+    inspect = _command(
+        data_commands,
+        "inspect",
+        "summarise a raw dataset (counts, sizes, nuclei per image and patient)",
+        "  nucleiseg data inspect monuseg 'data/monuseg/MoNuSeg 2018 Training Data' --json",
+    )
+    inspect.add_argument("dataset", choices=["tnbc", "monuseg"], help="which dataset the folder holds")
     inspect.add_argument("root", help="dataset folder or its downloaded .zip")
     inspect.add_argument("--mask-dir", default=None, help="MoNuSeg: mask PNGs for images without XML")
     inspect.add_argument("--json", action="store_true", help="print the full JSON summary")
     inspect.set_defaults(handler=_data_inspect)
 
-    download = data_commands.add_parser("download", help="download with checksum verification and resume")
-    download.add_argument("dataset", choices=["tnbc", "monuseg", "monuseg-test"])
+    download = _command(
+        data_commands,
+        "download",
+        "download a dataset with checksum verification and resume",
+        "  nucleiseg data download tnbc --to data\n  nucleiseg data download monuseg-test --to data",
+    )
+    download.add_argument("dataset", choices=["tnbc", "monuseg", "monuseg-test"], help="the dataset to fetch")
     download.add_argument("--to", required=True, help="folder to download into (e.g. data)")
     download.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds")
     download.set_defaults(handler=_data_download)
 
-    synthetic = data_commands.add_parser("synthetic", help="write synthetic H&E tiles + instance masks to try on")
+    synthetic = _command(
+        data_commands,
+        "synthetic",
+        "write synthetic H&E tiles and their instance masks, to try predict and evaluate on",
+        "  nucleiseg data synthetic --to tiles --count 8",
+    )
     synthetic.add_argument("--to", required=True, help="folder for images/ and masks/")
     synthetic.add_argument("--count", type=int, default=4, help="number of tiles")
     synthetic.add_argument("--size", type=int, default=256, help="tile side in pixels")
-    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--seed", type=int, default=0, help="random seed of the tiles")
     synthetic.add_argument("--overwrite", action="store_true", help="replace the tiles of an earlier call")
     synthetic.set_defaults(handler=_data_synthetic)
 
-    prepare = data_commands.add_parser("prepare", help="build the processed dataset of a data config")
+    prepare = _command(
+        data_commands,
+        "prepare",
+        "build the processed dataset of a data config (train.py does this itself)",
+        "  nucleiseg data prepare data=paper\n  nucleiseg data prepare experiment=release",
+    )
     prepare.add_argument("words", nargs="*", metavar="KEY=VALUE", help=WORDS_HELP + " (data=paper ...)")
     prepare.add_argument("--overwrite", action="store_true", help="rebuild even if the prepared folder exists")
     prepare.set_defaults(handler=_data_prepare)
 
-    evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split, a folder or MoNuSeg test")
-    evaluate.add_argument("words", nargs="+", metavar="CKPT [KEY=VALUE]", help="a .ckpt, then " + WORDS_HELP)
-    evaluate.add_argument("--split", default="test", help="prepared split: test (default), val or train")
+    evaluate = _command(
+        commands,
+        "evaluate",
+        "metrics of a model on its held-out split, a folder of image/mask pairs or the MoNuSeg 2018 test release",
+        "  nucleiseg evaluate --model outputs/paper/unet_bn-scratch-seed0/checkpoints/model.ckpt\n"
+        "  nucleiseg evaluate --model default --monuseg data/MoNuSegTestData --json\n"
+        "  nucleiseg evaluate --model CKPT --images my/images --masks my/masks threshold=0.6",
+    )
+    evaluate.add_argument(
+        "words", nargs="*", metavar="[CKPT] [KEY=VALUE]", help="the model (or --model), " + WORDS_HELP
+    )
+    add_model_option(evaluate)
+    evaluate.add_argument("--split", default="test", help="prepared split to score: test, val or train")
     evaluate.add_argument("--images", default=None, help="folder of images (instead of a prepared split)")
-    evaluate.add_argument("--masks", default=None, help="folder of masks named like the images")
+    evaluate.add_argument("--masks", default=None, help="folder of masks named like the images (with --images)")
     evaluate.add_argument("--monuseg", default=None, help="the MoNuSeg 2018 test release (TCGA-*.tif + .xml)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.add_argument("--speed", action="store_true", help="also time inference (speed.* settings)")
-    evaluate.add_argument("--study", default="evaluate", help="MLflow experiment to log to")
-    evaluate.add_argument("--no-mlflow", action="store_true", help="print only, log nothing")
+    evaluate.add_argument("--study", default="evaluate", help="MLflow experiment to log the evaluation to")
+    evaluate.add_argument("--no-mlflow", action="store_true", help="print only; log nothing to MLflow")
     evaluate.set_defaults(handler=_evaluate)
 
-    tuning = commands.add_parser("tune-postprocess", help="tune the post-processing on validation, into the ckpt")
-    tuning.add_argument("words", nargs="*", metavar="CKPT [KEY=VALUE]", help="a .ckpt, then " + WORDS_HELP)
+    tuning = _command(
+        commands,
+        "tune-postprocess",
+        "tune the separation into nuclei on the validation split; a finished run's test metrics follow",
+        "  nucleiseg tune-postprocess --model outputs/paper/unet_bn-scratch-seed0/checkpoints/model.ckpt\n"
+        "  nucleiseg tune-postprocess --model CKPT --out retuned.ckpt --objective pq",
+    )
+    tuning.add_argument("words", nargs="*", metavar="[CKPT] [KEY=VALUE]", help="the model (or --model), " + WORDS_HELP)
+    tuning.add_argument("--model", "--checkpoint", dest="model", default=None, help="the checkpoint to tune")
     tuning.add_argument("--objective", choices=["aji", "aji_plus", "pq"], default=None, help="default: tune.objective")
     tuning.add_argument("--split", default="val", help="split to tune on (val; never test)")
-    tuning.add_argument("--no-mlflow", action="store_true", help="do not record the values in the training run")
-    tuning.add_argument("--model", default=None, help="the checkpoint to tune (or give it as the first word)")
-    tuning.add_argument(
-        "--out", default=None, help="write the re-tuned model to this new file; the checkpoint and its run unchanged"
-    )
+    tuning.add_argument("--out", default=None, help="write the re-tuned model to this new file, the original unchanged")
+    tuning.add_argument("--no-mlflow", action="store_true", help="do not record the new values in the training run")
     tuning.set_defaults(handler=_tune_postprocess)
 
-    report = commands.add_parser("report", help="Tables II-III, instance tables and Figures 7-9 of a study")
-    report.add_argument("--study", default="paper", help="MLflow experiment (the study name used in training)")
-    report.add_argument("--out", required=True, help="folder to write (must be new or empty)")
-    report.add_argument("--tracking-uri", default=None, help="MLflow store (default: the config's / env's)")
-    report.add_argument(
-        "--figure-configs",
-        default=None,
-        help="configurations for the prediction figure, ';'-separated, e.g. "
+    report = _command(
+        commands,
+        "report",
+        "a study's Tables II-III beside the paper's, instance tables and figures",
+        "  nucleiseg report --study paper --out reports/paper\n"
+        "  nucleiseg report --study paper --out reports/paper --overwrite --figure-configs "
         "'DenseNet-121 (ImageNet);Modified U-Net (BatchNorm)'",
     )
+    report.add_argument("--study", default="paper", help="MLflow experiment (the study name used in training)")
+    report.add_argument("--out", required=True, help="folder to write (new or empty, or an earlier report's)")
+    report.add_argument(
+        "--tracking-uri", default=None, help="MLflow store (default: the config's or the environment's)"
+    )
+    report.add_argument(
+        "--figure-configs", default=None, help="configurations for the prediction figure, ';'-separated"
+    )
     report.add_argument("--figure-image", type=int, default=0, help="index of the test image for that figure")
-    report.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    report.add_argument("--overwrite", action="store_true", help="replace the files of an earlier report in --out")
     report.set_defaults(handler=_report)
 
-    predict = commands.add_parser("predict", help="segment your own images: masks, instances, GeoJSON, features")
+    predict = _command(
+        commands,
+        "predict",
+        "segment your own images and slides: masks, nuclei, measurements, GeoJSON for QuPath",
+        "  nucleiseg predict slide.svs --out nuclei\n"
+        "  nucleiseg predict tiles/ --out nuclei --mpp 0.25 --model CKPT\n"
+        "  nucleiseg predict slides/ --out nuclei --labels slide.min_tissue=0.05",
+    )
     predict.add_argument(
         "words", nargs="+", metavar="INPUT [KEY=VALUE]", help="images, slides or folders, and " + WORDS_HELP
     )
-    predict.add_argument("--out", required=True, help="output folder (one sub-folder per image)")
-    source = predict.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a .ckpt written by training")
-    source.add_argument("--run-id", help="an MLflow run id of a finished training run")
-    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument("--out", required=True, help="output folder (one sub-folder per input)")
+    add_model_option(predict)
+    predict.add_argument("--overwrite", action="store_true", help="replace outputs of another input, model or settings")
     predict.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
     predict.add_argument("--tile-size", type=int, default=None, help="sliding-window tile (multiple of 32)")
     predict.add_argument(
-        "--mpp", type=float, default=None, help="microns per pixel of the inputs (slides: replaces the file's)"
+        "--mpp", type=float, default=None, help="micrometres per pixel of the inputs (slides: replaces the file's)"
     )
     predict.add_argument("--scale", type=float, default=None, help="resample inputs by this factor for the model")
-    predict.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None)
+    predict.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None, help="where the model runs")
     predict.add_argument("--labels", action="store_true", help="slides: also write labels.tif (tiled, pyramidal)")
     predict.add_argument("--quiet", action="store_true", help="no progress output")
     predict.set_defaults(handler=_predict)
 
-    bench = commands.add_parser("benchmark", help="training loop, training step and inference throughput")
+    models = _command(
+        commands,
+        "models",
+        "the ready models: resolution, head, size, licence and headline metrics",
+        "  nucleiseg models\n  nucleiseg models --card default",
+    )
+    models.add_argument("--card", default=None, metavar="NAME", help="print this model's card")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(handler=_models)
+
+    export = _command(
+        commands,
+        "export",
+        "a model for other tools (QuPath, ONNX Runtime, DJL), checked against nucleiseg's probabilities",
+        "  nucleiseg export --model default --format torchscript --out nuclei.pt\n"
+        "  nucleiseg export --model CKPT --format onnx --out nuclei.onnx",
+    )
+    export.add_argument("words", nargs="*", metavar="KEY=VALUE", help=WORDS_HELP)
+    add_model_option(export)
+    export.add_argument("--format", required=True, choices=["torchscript", "onnx", "safetensors"], help="file format")
+    export.add_argument("--out", required=True, help="the file to write (must not exist)")
+    export.add_argument("--image-size", type=int, default=256, help="example size for tracing (any size works after)")
+    export.set_defaults(handler=_export)
+
+    bench = _command(
+        commands,
+        "benchmark",
+        "training loop, training step and inference throughput of the configurations",
+        "  nucleiseg benchmark --configs unet_bn,densenet121 --image-size 256",
+    )
     bench.add_argument("words", nargs="*", metavar="KEY=VALUE", help=WORDS_HELP)
     bench.add_argument("--configs", default=None, help="comma-separated encoders (default: all of Table I)")
     bench.add_argument("--image-size", type=int, default=None, help="default: data.protocol.image_size")
-    bench.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    bench.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where to measure")
     bench.add_argument("--infer-batch", type=int, default=None, help="fast-path inference batch (GPU 16, CPU 4)")
     bench.add_argument("--iterations", type=int, default=10, help="timed inference passes")
     bench.add_argument("--train-steps", type=int, default=10, help="timed optimizer steps")
     bench.add_argument("--loop-epochs", type=int, default=2, help="epochs of the real training loop (0: skip it)")
-    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--warmup", type=int, default=2, help="untimed passes before measuring")
     bench.add_argument("--compile", action="store_true", help="torch.compile the fast paths")
     bench.add_argument("--out", default=None, help="folder for benchmark.md and benchmark.csv")
-    bench.add_argument("--overwrite", action="store_true")
-    bench.add_argument("--no-mlflow", action="store_true")
+    bench.add_argument("--overwrite", action="store_true", help="replace benchmark files in --out")
+    bench.add_argument("--no-mlflow", action="store_true", help="do not log the measurements to MLflow")
     bench.set_defaults(handler=_benchmark)
 
-    relog = commands.add_parser("relog", help="send a run's MLflow writes kept while the server was down")
+    relog = _command(
+        commands,
+        "relog",
+        "send a run's MLflow writes that were kept while the tracking server was down",
+        "  nucleiseg relog outputs/paper/unet_bn-scratch-seed0",
+    )
     relog.add_argument("words", nargs="+", metavar="RUN_DIR [KEY=VALUE]", help="run folders, and " + WORDS_HELP)
     relog.set_defaults(handler=_relog)
 
-    slide_bench = commands.add_parser("benchmark-slide", help="whole-slide throughput and peak memory of predict")
+    slide_bench = _command(
+        commands,
+        "benchmark-slide",
+        "whole-slide throughput and peak memory of predict",
+        "  nucleiseg benchmark-slide --sizes 10000,20000\n  nucleiseg benchmark-slide --slide my.svs --model CKPT",
+    )
     slide_bench.add_argument(
         "words", nargs="*", metavar="KEY=VALUE", help="overrides for predict (predict.scale=0.5 ...)"
     )
-    slide_bench.add_argument("--checkpoint", required=True, help="the model to run")
+    add_model_option(slide_bench, run_id=False)
     slide_bench.add_argument("--sizes", default="10000,20000", help="synthetic slide sides in pixels (comma-separated)")
     slide_bench.add_argument("--tissue", type=float, default=0.05, help="share of a synthetic slide that is tissue")
     slide_bench.add_argument("--slide", action="append", help="benchmark this slide instead (repeatable)")
     slide_bench.add_argument("--out", default=None, help="folder for benchmark_slide.csv")
     slide_bench.set_defaults(handler=_benchmark_slide)
 
-    onnx = commands.add_parser("export-onnx", help="export a checkpoint to ONNX, checked with onnxruntime")
-    onnx.add_argument("checkpoint")
+    onnx = _command(
+        commands,
+        "export-onnx",
+        "export a checkpoint to ONNX (the older spelling of: export --format onnx)",
+        "  nucleiseg export-onnx CKPT --out model.onnx",
+    )
+    onnx.add_argument("checkpoint", help="the .ckpt to export")
     onnx.add_argument("--out", required=True, help="the .onnx file to write (must not exist)")
     onnx.add_argument("--image-size", type=int, default=256, help="example size for tracing (any size works after)")
     onnx.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")

@@ -16,12 +16,12 @@ GROUPS = ("data", "trainer", "logger", "paths", "hydra", "paper_config", "experi
 
 
 def config_dir() -> Path:
-    """``conf/`` of the checkout this package runs from (or ``NUCLEISEG_CONF``)."""
-    folder = Path(os.environ.get("NUCLEISEG_CONF", Path(__file__).resolve().parents[1] / "conf"))
+    """The ``conf/`` folder: ``NUCLEISEG_CONF`` when set, else the package's own copy (``nucleiseg/conf``, a link
+    to the repository's ``conf/`` in a checkout, the files themselves in an installed wheel)."""
+    folder = Path(os.environ.get("NUCLEISEG_CONF", Path(__file__).resolve().parent / "conf"))
     if not (folder / "config.yaml").is_file():
         raise ConfigError(
-            f"{folder}: no config.yaml; install nucleiseg from a source checkout "
-            "(pip install -e .) or set NUCLEISEG_CONF to its conf/ folder"
+            f"{folder}: no config.yaml; reinstall nucleiseg, or set NUCLEISEG_CONF to the conf/ folder of a checkout"
         )
     return folder
 

@@ -143,7 +143,10 @@ def evaluate(
     elif images is not None:
         prefix, source = "folder", str(images)
         results = session.evaluate(
-            folder_items(images, masks), prefix, session.scale_for(), iou_threshold=iou_threshold
+            folder_items(images, masks),
+            prefix,
+            session.scale_for(session.input_mpp(str(images)) if session.settings.scale is None else None),
+            iou_threshold=iou_threshold,
         )
     else:
         folder, normalise = split_source(session, data_folder)
@@ -202,10 +205,11 @@ def log_evaluation(
 
     use_experiment(tracking, study, artifacts)
     described = session.describe()
-    with mlflow.start_run(run_name=f"evaluate-{Path(session.source).parent.parent.name}") as active:
+    name = session.path.parent.parent.name if session.path and session.path.name == "model.ckpt" else session.source
+    with mlflow.start_run(run_name=f"evaluate-{name}") as active:
         mlflow.set_tags(
             {
-                "checkpoint": str(Path(session.source).resolve()),
+                "checkpoint": str(session.path.resolve()) if session.path else session.source,
                 "encoder": str(described["encoder"]),
                 "head": session.head,
                 "pretrained": str(session.hparams.get("pretrained", False)).lower(),

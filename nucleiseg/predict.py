@@ -98,8 +98,8 @@ def settings_fingerprint(session: InferenceSession) -> str:
     described.pop("device", None)
     described.pop("origins", None)
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
-    source = Path(session.source)
-    if source.is_file():
+    source = session.path
+    if source is not None and source.is_file():
         with source.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
@@ -201,9 +201,10 @@ def predict_image(
     scratch.mkdir(parents=True)
     try:
         started = time.perf_counter()
-        prediction = session.predict(image, session.scale_for(), progress=progress)
+        mpp = session.input_mpp(name) if session.settings.scale is None else session.settings.microns_per_pixel
+        prediction = session.predict(image, session.scale_for(mpp), progress=progress)
         instances = session.instances(prediction)
-        features = nucleus_features(image, instances, name, session.settings.microns_per_pixel)
+        features = nucleus_features(image, instances, name, mpp)
         write_bytes_atomic(scratch / "probability.tif", tiff_bytes(prediction.probability.astype(np.float32)))
         write_bytes_atomic(
             scratch / "mask.png", png_bytes((session.binarise(prediction.probability) * 255).astype(np.uint8))
@@ -290,7 +291,7 @@ def predict_slide_input(
 
 def _predict_whole(session: InferenceSession, path: Path, folder: Path, fingerprint: str, identity: dict, bars) -> int:
     image = read_rgb(path)
-    tiles = bars.task(f"  {path.name} tiles", session.segmenter(session.scale_for()).n_tiles(*image.shape[:2]))
+    tiles = bars.task(f"  {path.name} tiles", session.segmenter(1.0).n_tiles(*image.shape[:2]))
     n = predict_image(session, image, output_name(path), folder, fingerprint, identity, tiles.advance)
     bars.remove(tiles)
     return n
@@ -301,7 +302,7 @@ def _failure(path: Path, error: Exception) -> str:
     log.debug("%s failed", path, exc_info=error)
     if isinstance(error, NucleisegError | OSError | MemoryError):
         return first_line(error)
-    return f"{path}: {type(error).__name__}: {first_line(error)}; the file may be damaged or of an unsupported kind"
+    return f"{type(error).__name__}: {first_line(error)}; the file may be damaged or of an unsupported kind"
 
 
 def predict(

@@ -53,6 +53,7 @@ class InferenceSettings:
     channels_last: bool | str = "auto"
     scale: float | None = None
     microns_per_pixel: float | None = None
+    assumed_mpp: float | None = 0.25  # an input of unknown pixel size is taken to be this (40x); None: refused
     threshold: float | None = None
     postprocess: Mapping[str, Any] = field(default_factory=dict)
 
@@ -65,6 +66,8 @@ class InferenceSettings:
             raise ConfigError(f"predict.scale={self.scale}: expected a positive factor")
         if self.microns_per_pixel is not None and not self.microns_per_pixel > 0:
             raise ConfigError(f"predict.microns_per_pixel={self.microns_per_pixel}: expected a positive pixel size")
+        if self.assumed_mpp is not None and not self.assumed_mpp > 0:
+            raise ConfigError(f"predict.assumed_mpp={self.assumed_mpp}: expected a positive pixel size, or null")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise ConfigError(f"threshold={self.threshold}: expected a probability between 0 and 1")
         Postprocess.from_mapping(self.postprocess)  # names and values checked now, not at the first image
@@ -91,6 +94,7 @@ class InferenceSettings:
             channels_last=cfg["model"]["channels_last"],
             scale=None if predict["scale"] is None else float(predict["scale"]),
             microns_per_pixel=None if predict["microns_per_pixel"] is None else float(predict["microns_per_pixel"]),
+            assumed_mpp=None if predict.get("assumed_mpp") is None else float(predict["assumed_mpp"]),
             threshold=float(cfg["threshold"]) if "threshold" in explicit else None,
             postprocess=chosen,
         )
@@ -117,9 +121,12 @@ class InferenceSession:
         hparams: Mapping[str, Any],
         settings: InferenceSettings | None = None,
         source: str = "model",
+        path: str | Path | None = None,
     ) -> None:
+        """``source``: how logs and outputs name the model (a path, or a registered name); ``path``: its file."""
         settings = settings or InferenceSettings()
         self.settings, self.hparams, self.source = settings, dict(hparams), source
+        self.path = Path(path) if path is not None else None
         self.head = str(self.hparams.get("head", "binary"))
         self.device = resolve_device(settings.device)
         self.precision = resolve_inference_precision(settings.precision, self.device)
@@ -132,11 +139,14 @@ class InferenceSession:
         self._segmenters: dict[tuple[float, bool], Segmenter] = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, settings: InferenceSettings | None = None) -> InferenceSession:
+    def from_checkpoint(
+        cls, path: str | Path, settings: InferenceSettings | None = None, label: str | None = None
+    ) -> InferenceSession:
+        """From a ``.ckpt`` or ``.safetensors`` file; ``label`` names it (default: its path)."""
         from nucleiseg.inference.checkpoint import load_checkpoint
 
         model, hparams = load_checkpoint(path)
-        return cls(model, hparams, settings, source=str(path))
+        return cls(model, hparams, settings, source=label or str(path), path=path)
 
     def _resolve(self, settings: InferenceSettings) -> tuple[float, Postprocess, dict[str, str]]:
         """Threshold and post-processing by precedence: user > checkpoint > default, with where each came from."""
@@ -185,17 +195,44 @@ class InferenceSession:
             )
         return self._segmenters[key]
 
+    @property
+    def model_mpp(self) -> float | None:
+        """Micrometres per pixel the model was trained at (None: it does not say)."""
+        value = (self.hparams.get("data") or {}).get("model_mpp")
+        return float(value) if value else None
+
+    def input_mpp(self, name: str, found: float | None = None) -> float | None:
+        """The pixel size of input ``name``: the user's (``--mpp``), else ``found`` in the file, else the assumed
+        40x (``predict.assumed_mpp``, with a warning naming the input), else refused. The one rule for images and
+        slides (None when the model records no resolution: then nothing is resampled)."""
+        mpp = self.settings.microns_per_pixel or found
+        if mpp or self.model_mpp is None:
+            return mpp
+        if self.settings.assumed_mpp is None:
+            raise ConfigError(
+                f"{name}: no pixel size (micrometres per pixel) in the file; give it with --mpp (e.g. --mpp 0.25 for "
+                "40x) or the resampling factor with --scale"
+            )
+        log.warning(
+            "%s: pixel size unknown; assumed %s um/px (40x) and resampled to the model's %s um/px; give --mpp if it "
+            "is another magnification",
+            name,
+            self.settings.assumed_mpp,
+            self.model_mpp,
+        )
+        return self.settings.assumed_mpp
+
     def scale_for(self, microns_per_pixel: float | None = None, dataset: str | None = None) -> float:
-        """Resampling factor for an input: the user's ``scale``, else from the input's pixel size and the
-        model's training resolution, else the training scale of ``dataset`` (e.g. MoNuSeg), else 1."""
+        """Resampling factor for an input of ``microns_per_pixel`` (see :meth:`input_mpp`): the user's ``scale``,
+        else the input's pixel size over the model's, else the training scale of ``dataset`` (e.g. MoNuSeg), else
+        1 (a model that records no resolution)."""
         if self.settings.scale is not None:
             return self.settings.scale
-        data = self.hparams.get("data") or {}
         mpp = microns_per_pixel or self.settings.microns_per_pixel
-        if mpp and data.get("model_mpp"):
-            return float(mpp) / float(data["model_mpp"])
+        if mpp and self.model_mpp:
+            return float(mpp) / self.model_mpp
         if dataset is not None:
-            return float((data.get("dataset_scale") or {}).get(dataset, 1.0))
+            return float(((self.hparams.get("data") or {}).get("dataset_scale") or {}).get(dataset, 1.0))
         return 1.0
 
     def predict(

@@ -28,11 +28,11 @@ def synthetic_slide(path: Path, size: int, tissue: float, mpp: float = 0.25) -> 
     return write_slide(path, size, size, content, mpp=mpp, compression="jpeg")
 
 
-def measure(slide: Path, checkpoint: str, out: Path, extra: list[str]) -> dict:
+def measure(slide: Path, model: str | None, out: Path, extra: list[str]) -> dict:
     """Run ``nucleiseg predict`` on ``slide`` in a child process; its time, throughput and peak memory (that
     child's own maximum resident set, from ``wait4``)."""
     command = [sys.executable, "-m", "nucleiseg.cli", "predict", str(slide), "--out", str(out)]
-    command += ["--checkpoint", checkpoint, "--quiet", *extra]
+    command += [*(["--model", model] if model else []), "--quiet", *extra]
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
@@ -74,7 +74,7 @@ def run_slide_benchmark(args) -> int:
             print(f"writing a {size} x {size} slide ({args.tissue:.0%} tissue)...", file=sys.stderr)
             slides.append(synthetic_slide(scratch / f"synthetic-{size}.tif", size, args.tissue))
         for slide in slides:
-            rows.append(measure(slide, args.checkpoint, scratch / f"out-{slide.stem}", args.words))
+            rows.append(measure(slide, args.model, scratch / f"out-{slide.stem}", args.words))
             print(f"{slide.name}: {rows[-1]['seconds']:.0f} s, peak {rows[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr)
     table = Table()
     columns = [

@@ -84,7 +84,7 @@ def write_labels(path: Path, slide: Slide, plan, journal, offsets: dict[int, int
     steps = [1]
     while max(width, height) // (steps[-1] * 2) >= plan.core:
         steps.append(steps[-1] * 2)
-    mpp = slide.mpp * plan.level_downsample if slide.mpp else None
+    mpp = plan.slide_mpp * plan.level_downsample if plan.slide_mpp else None
     with atomic_stream(path, "wb") as handle, tifffile.TiffWriter(handle, bigtiff=True) as writer:
         for number, step in enumerate(steps):
             shape = (-(-height // step), -(-width // step))

@@ -37,7 +37,7 @@ from nucleiseg.errors import ConfigError
 from nucleiseg.inference.export import nucleus_features_geojson
 from nucleiseg.inference.session import InferenceSession
 from nucleiseg.postprocess.features import nucleus_features
-from nucleiseg.slides.reader import Slide, SlideError
+from nucleiseg.slides.reader import Slide
 from nucleiseg.slides.tissue import is_greyscale, tissue_fraction, tissue_mask
 from nucleiseg.writing import png_bytes, write_bytes_atomic, write_json_atomic
 
@@ -104,17 +104,15 @@ class Plan:
 
 
 def plan_slide(slide: Slide, session: InferenceSession, settings: SlideSettings) -> Plan:
-    """The read level and scale factors from the slide's and the model's resolution (or the user's scale)."""
-    model_mpp = (session.hparams.get("data") or {}).get("model_mpp")
+    """The read level and scale factors from the slide's and the model's resolution (or the user's scale); a
+    slide without a pixel size follows the rule of every input (:meth:`InferenceSession.input_mpp`)."""
+    model_mpp = session.model_mpp
+    slide_mpp = slide.mpp
     if session.settings.scale is not None:
         downsample = 1.0 / session.settings.scale
-    elif slide.mpp and model_mpp:
-        downsample = float(model_mpp) / slide.mpp
     elif model_mpp:
-        raise SlideError(
-            f"{slide.path}: no resolution in the file (microns per pixel); give it with --mpp (e.g. --mpp 0.25 "
-            "for 40x) or the resampling factor with --scale"
-        )
+        slide_mpp = session.input_mpp(str(slide.path), slide.mpp)
+        downsample = model_mpp / slide_mpp
     else:
         log.warning("%s: the model records no training resolution; reading at full resolution", session.source)
         downsample = 1.0
@@ -123,7 +121,7 @@ def plan_slide(slide: Slide, session: InferenceSession, settings: SlideSettings)
     resize = level_downsample / downsample
     core = max(16, int(round(settings.window / resize / 16)) * 16)  # a multiple of 16: the label image's tiles
     margin = int(math.ceil(settings.margin / resize))
-    return Plan(level, level_downsample, downsample, resize, core, margin, slide.mpp, model_mpp)
+    return Plan(level, level_downsample, downsample, resize, core, margin, slide_mpp, model_mpp)
 
 
 def _centroids(labels: np.ndarray) -> np.ndarray:
@@ -337,7 +335,7 @@ def predict_slide(
         "format": slide.format,
         "dimensions": list(slide.dimensions),
         "levels": len(slide.level_dimensions),
-        "microns_per_pixel": slide.mpp,
+        "microns_per_pixel": plan.slide_mpp,
         "plan": asdict(plan),
         "tissue_fraction": float(mask.mean()),
         "windows": len(windows),

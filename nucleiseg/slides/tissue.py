@@ -37,7 +37,10 @@ def tissue_mask(thumbnail: np.ndarray, min_object_fraction: float = 1e-4) -> np.
         return np.zeros(signal.shape, bool)
     if greyscale:
         # glass, stroma and nuclei are three levels of darkness: tissue is everything above the lowest
-        threshold = max(threshold_multiotsu(signal, classes=3)[0], floor)
+        try:
+            threshold = max(threshold_multiotsu(signal, classes=3)[0], floor)
+        except ValueError:  # two grey levels only (ink on white): one threshold is all there is
+            threshold = max(threshold_otsu(signal), floor)
     else:
         threshold = max(threshold_otsu(signal), floor)
     mask = signal > threshold

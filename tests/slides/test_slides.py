@@ -166,14 +166,17 @@ def test_bad_slides_get_one_line_each_and_the_batch_goes_on(seams_slide, tmp_pat
     (folder / "truncated.svs").write_bytes(seams_slide.read_bytes()[:5000])
     (folder / "notaslide.ndpi").write_bytes(b"this is not a slide")
     write_slide(folder / "nompp.tif", 1200, 900, discs_content(SEAM_CENTRES, RADIUS), mpp=None, min_side=256)
-    summary = _run(folder, tmp_path / "out")
+    strict = oracle_session(assumed_mpp=None)  # predict.assumed_mpp=null: inputs without a pixel size refused
+    summary = _run(folder, tmp_path / "out", strict)
     assert [name for name, _ in summary.done] == ["good.tif"] and not summary.ok
     reasons = dict((name.rsplit("/", 1)[-1], reason) for name, reason in summary.failed)
     assert set(reasons) == {"truncated.svs", "notaslide.ndpi", "nompp.tif"}
     assert all("\n" not in reason and name in reason for name, reason in reasons.items())
     assert "--mpp" in reasons["nompp.tif"]
-    # the user's pixel size makes the same file work
+    # the user's pixel size makes the same file work, and by default 40x is assumed, with a warning
     assert _run(folder / "nompp.tif", tmp_path / "out2", oracle_session(microns_per_pixel=0.25)).ok
+    inside = [c for c in SEAM_CENTRES if c[0] < 1200 and c[1] < 900]
+    assert _run(folder / "nompp.tif", tmp_path / "out3").done == [("nompp.tif", len(inside))]
     (tmp_path / "unsupported.xyz").write_bytes(b"x")
     with pytest.raises(SlideError, match=r"unsupported\.xyz: unsupported format"):
         open_slide(tmp_path / "unsupported.xyz")

@@ -1,0 +1,130 @@
+"""``nucleiseg export``: a model for other tools (QuPath, DJL, ONNX Runtime, Triton), checked against ours.
+
+- ``torchscript``: a traced module ``float32 Bx3xHxW`` in [0, 1] (H, W multiples of 32) -> activated maps
+  ``BxCxHxW`` (channel 0 nucleus probability; channel 1 with the distance head, the normalised distance map),
+  exactly what nucleiseg's inference computes before thresholding and separating nuclei.
+- ``onnx``: the same graph in ONNX (dynamic batch and size), run by onnxruntime for the check.
+- ``safetensors``: the weights and nucleiseg's hyper-parameters (no code at all): what nucleiseg ships and loads.
+
+Every export is run once on random images and compared with the PyTorch model: the largest probability difference
+is reported and must stay under :data:`TOLERANCE`, or the file is removed and the export refused.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nucleiseg.errors import NucleisegError
+from nucleiseg.inference.checkpoint import load_checkpoint, write_safetensors
+from nucleiseg.writing import write_bytes_atomic
+
+FORMATS = ("torchscript", "onnx", "safetensors")
+TOLERANCE = 1e-4
+SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
+
+
+class Activated(torch.nn.Module):
+    """The network with the activation nucleiseg applies: sigmoid on every channel (probability, distance)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(image))
+
+
+def _check_images() -> torch.Tensor:
+    return torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+
+
+def _reference(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.sigmoid(model.eval()(images)).numpy()
+
+
+def _run_export(fmt: str, path: Path, model: torch.nn.Module, hparams: dict, example: torch.Tensor) -> np.ndarray:
+    """Write ``path`` in ``fmt``; return what the written file computes on the check images."""
+    images = _check_images()
+    if fmt == "safetensors":
+        write_safetensors(path, model, _portable(hparams))
+        reloaded, _ = load_checkpoint(path)
+        return _reference(reloaded, images)
+    wrapped = Activated(model).eval()
+    if fmt == "torchscript":
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapped, example)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        write_bytes_atomic(path, buffer.getvalue())
+        with torch.no_grad():
+            return torch.jit.load(str(path)).eval()(images).numpy()
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise NucleisegError("onnxruntime is not installed: pip install 'nucleiseg[onnx]' to export and check ONNX")
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        wrapped,
+        example,
+        buffer,
+        input_names=["image"],
+        output_names=["maps"],
+        opset_version=17,
+        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "maps": {0: "batch", 2: "height", 3: "width"}},
+        dynamo=False,  # the TorchScript-based exporter: no onnxscript needed
+    )
+    write_bytes_atomic(path, buffer.getvalue())
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": images.numpy()})[0]
+
+
+def _portable(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters without what only made sense on the training machine (its paths, its MLflow run)."""
+    portable = {k: v for k, v in hparams.items() if k != "mlflow_run_id"}
+    if isinstance(portable.get("data"), dict):
+        portable["data"] = {k: v for k, v in portable["data"].items() if k != "folder"}
+    return portable
+
+
+def export_model(checkpoint: str | Path, fmt: str, out: str | Path, image_size: int = 256) -> dict[str, Any]:
+    """Export ``checkpoint`` to ``out`` in ``fmt`` (see :data:`FORMATS`); returns what was written and checked."""
+    import hashlib
+
+    if fmt not in FORMATS:
+        raise NucleisegError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    out = Path(out).expanduser()
+    if out.exists():
+        raise NucleisegError(f"{out} exists; choose another path or remove it first")
+    model, hparams = load_checkpoint(checkpoint)
+    example = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    try:
+        exported = _run_export(fmt, out, model, hparams, example)
+        difference = float(np.abs(exported - _reference(model, _check_images())).max())
+        if difference > TOLERANCE:
+            raise NucleisegError(
+                f"{out}: the exported model's probabilities differ from nucleiseg's by {difference:.2e} "
+                f"(more than {TOLERANCE:.0e}); not kept"
+            )
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return {
+        "file": str(out),
+        "format": fmt,
+        "encoder": hparams.get("encoder"),
+        "head": hparams.get("head", "binary"),
+        "channels": int(exported.shape[1]),
+        "max_probability_difference": difference,
+        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "size_bytes": out.stat().st_size,
+        "input": "float32 Bx3xHxW RGB in [0, 1], H and W multiples of 32",
+        "microns_per_pixel": (hparams.get("data") or {}).get("model_mpp"),
+    }

@@ -1,0 +1,1 @@
+"""The models nucleiseg ships and knows by name (see registry.json and nucleiseg.models.zoo)."""
