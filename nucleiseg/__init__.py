@@ -1,3 +1,16 @@
-"""nucleiseg: nuclei segmentation in H&E breast-cancer histopathology."""
+"""nucleiseg: nuclei segmentation in H&E breast-cancer histopathology.
+
+``nucleiseg.segment(image)`` and ``nucleiseg.segment_slide(path, out)`` give nuclei from Python with the default
+model (see :mod:`nucleiseg.segmentation`); they are imported on first use, so ``import nucleiseg`` stays light.
+"""
 
 __version__ = "0.1.0"
+__all__ = ["segment", "segment_slide"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from nucleiseg import segmentation as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module 'nucleiseg' has no attribute {name!r}")

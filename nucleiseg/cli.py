@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from nucleiseg.model_sources import resolve_model  # light: its heavy imports are inside
+
 OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][\w.\-/@]*=")
 
 
@@ -75,33 +77,6 @@ def add_model_option(parser: argparse.ArgumentParser, run_id: bool = True) -> No
     parser.add_argument("--model", "--checkpoint", dest="model", default=None, metavar="NAME|PATH|URL", help=MODEL_HELP)
     if run_id:
         parser.add_argument("--run-id", default=None, help="use the checkpoint of this finished MLflow training run")
-
-
-def resolve_model(spec: str | None, run_id: str | None, overrides: list[str]) -> tuple[Path, str]:
-    """The model file a command runs and how to name it: ``--run-id``, ``models:/`` (MLflow's registry), else a
-    name, file or URL (:func:`nucleiseg.models.zoo.resolve`); neither given: the default model, said once."""
-    if spec and run_id:
-        raise UsageError("give --model or --run-id, not both")
-    if run_id or (spec or "").startswith("models:/"):
-        from nucleiseg.tracking.mlflow_store import tracking_uri
-
-        uri = tracking_uri(_compose(overrides).logger)
-        if run_id:
-            from nucleiseg.predict import resolve_checkpoint
-
-            return resolve_checkpoint(None, run_id, uri), f"MLflow run {run_id}"
-        from nucleiseg.models.zoo import cache_dir
-        from nucleiseg.tracking.registry import registered_checkpoint
-
-        return registered_checkpoint(uri, spec, cache_dir()), spec
-    from nucleiseg.models.zoo import resolve
-
-    path, label = resolve(spec)
-    if spec is None:
-        logging.getLogger("nucleiseg").info(
-            "no --model given: using %s; --model NAME|PATH|URL picks another (`nucleiseg models` lists them)", label
-        )
-    return path, label
 
 
 def _names_data(overrides: list[str]) -> bool:

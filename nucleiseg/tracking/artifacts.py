@@ -3,19 +3,14 @@ from any machine that reaches the tracking server (downloaded once into a local 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from nucleiseg.errors import ConfigError
+from nucleiseg.models.zoo import cache_dir  # one cache for models and run checkpoints
 
 ARTIFACT = "checkpoint/model.ckpt"
-
-
-def cache_dir() -> Path:
-    """``NUCLEISEG_CACHE`` or ``~/.cache/nucleiseg``: downloaded checkpoints, one folder per MLflow run."""
-    return Path(os.environ.get("NUCLEISEG_CACHE", Path.home() / ".cache" / "nucleiseg")).expanduser()
 
 
 def run_checkpoint(run_id: str, store_uri: str) -> Path:
