@@ -18,12 +18,14 @@ def main(cfg: DictConfig):
 
 
 def check_keys() -> None:
-    """A misspelt key fails here in one line with the closest existing key (Hydra would advise ``+key=``)."""
+    """A misspelt key or a value that is not one of its choices fails here, in one line with the closest key or
+    value, before torch is imported (Hydra would advise ``+key=`` for a misspelt key)."""
     overrides = [word for word in sys.argv[1:] if "=" in word and not word.startswith("-")]
     if overrides:
         from nucleiseg.config import misspelt_keys
+        from nucleiseg.config_checks import check_overrides
 
-        problem = misspelt_keys(overrides)
+        problem = misspelt_keys(overrides) or check_overrides(overrides)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             raise SystemExit(2)

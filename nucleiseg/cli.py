@@ -42,10 +42,16 @@ class IntermixedParser(argparse.ArgumentParser):
 
 
 def split_overrides(words: list[str]) -> tuple[list[str], list[str]]:
-    """``(overrides, other words)``: ``KEY=VALUE`` words are overrides unless they name an existing file."""
+    """``(overrides, other words)``: ``KEY=VALUE`` words are overrides unless they name an existing file. Their
+    values are checked now, before anything heavy is imported."""
+    from nucleiseg.config_checks import check_overrides
+
     overrides, others = [], []
     for word in words:
         (overrides if OVERRIDE.match(word) and not Path(word).exists() else others).append(word)
+    problem = check_overrides(overrides)
+    if problem:
+        raise UsageError(problem)
     return overrides, others
 
 
@@ -141,9 +147,13 @@ def _data_folder(overrides: list[str]):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if (args.images is None) != (args.masks is None):
+        raise UsageError("--images and --masks go together: a folder of images and one of masks named alike")
+    if args.images is not None and args.monuseg is not None:
+        raise UsageError("evaluate one set at a time: --images/--masks or --monuseg")
+    overrides, extra = split_overrides(args.words)
     from nucleiseg.evaluate import evaluate, log_evaluation, summary_json
 
-    overrides, extra = split_overrides(args.words)
     if len(extra) > 1 or (extra and args.model):
         raise UsageError(f"evaluate takes one model (--model) and KEY=VALUE overrides; got {extra + [args.model]}")
     session, cfg = _session(
@@ -256,11 +266,11 @@ PREDICT_FLAGS = {  # predict's options, as the overrides they stand for (so they
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from nucleiseg.predict import predict, print_summary
-
     overrides, inputs = split_overrides(args.words)
     if not inputs:
         raise UsageError("predict needs at least one image, slide or folder")
+    from nucleiseg.predict import predict, print_summary
+
     flags = []
     for option, key in PREDICT_FLAGS.items():
         value = getattr(args, option)

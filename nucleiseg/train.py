@@ -79,22 +79,18 @@ def validate(cfg: DictConfig) -> None:
     resolve_flag(cfg.data.loader.pin_memory, cfg.trainer.accelerator, "data.loader.pin_memory")
     Postprocess.from_mapping(cfg.postprocess).resolved(cfg.model.head)
     InferenceSettings.from_config(cfg)
-    choices = {"test_checkpoint": ("last", "best"), "progress_bar": ("auto", "rich", "plain", "none")}
-    for key, allowed in choices.items():
-        if cfg[key] not in allowed:
-            raise ConfigError(f"{key}={cfg[key]!r}: expected one of {allowed}")
-    for key, low in (("trainer.max_epochs", 1), ("data.loader.batch_size", 1), ("data.protocol.image_size", 32)):
-        value = OmegaConf.select(cfg, key)
-        if not isinstance(value, int) or value < low:
-            raise ConfigError(f"{key}={value!r}: expected a whole number >= {low}")
+    from nucleiseg.config_checks import BOOLEANS, CHOICES, RANGES, WHOLE_AT_LEAST, check_value
+
+    for key in (*CHOICES, *BOOLEANS, *RANGES, *WHOLE_AT_LEAST):
+        problem = check_value(key, OmegaConf.select(cfg, key))
+        if problem:
+            raise ConfigError(problem)
     divisor = 2 ** (len(cfg.model.unet_widths or [0] * 5) - 1) if spec.smp_name is None else 32
     if cfg.data.protocol.image_size % divisor:
         raise ConfigError(
             f"data.protocol.image_size={cfg.data.protocol.image_size}: expected a multiple of {divisor} "
             f"for encoder={cfg.encoder}"
         )
-    if not isinstance(cfg.optimizer.lr, float | int) or not cfg.optimizer.lr > 0:
-        raise ConfigError(f"optimizer.lr={cfg.optimizer.lr!r}: expected a positive number")
 
 
 @dataclass

@@ -36,3 +36,67 @@ def test_prepare_uses_the_training_config(tmp_path, capsys):
 def test_console_script_help_is_available():
     result = subprocess.run([sys.executable, "-m", "nucleiseg.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "data" in result.stdout
+
+
+def test_value_choices_are_the_codes_own():
+    """config_checks keeps light copies of the code's choices (so they are checked before torch loads)."""
+    from nucleiseg.config_checks import CHOICES, ENCODER_NAMES
+    from nucleiseg.data.split import SPLIT_MODES
+    from nucleiseg.models.factory import ENCODERS, HEADS
+    from nucleiseg.postprocess.instances import METHODS
+    from nucleiseg.postprocess.tuning import OBJECTIVES
+
+    assert ENCODER_NAMES == tuple(ENCODERS) and CHOICES["model.head"] == tuple(HEADS)
+    assert set(CHOICES["postprocess.method"]) == {"auto", *METHODS}
+    assert CHOICES["data.protocol.split"] == SPLIT_MODES and CHOICES["tune.objective"] == OBJECTIVES
+
+
+def _train(*words, timeout=60):
+    from tests.conftest import REPO
+
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *words], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def test_a_wrong_value_is_refused_before_the_heavy_imports_with_the_closest_choice():
+    result = _train("encoder=resnet-50")
+    assert result.returncode == 2 and "did you mean resnet50?" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    swept = _train("-m", "encoder=resnet50,densenet12", "pretrained=true,false")
+    assert swept.returncode == 2 and "did you mean densenet121?" in swept.stderr
+    assert _train("threshold=1.5").stderr.strip() == "error: threshold=1.5: expected a number between 0 and 1"
+    assert "expected true or false" in _train("pretrained=maybe").stderr
+
+
+def test_cli_option_combinations_and_values_fail_fast(capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise AssertionError("torch was imported before the options were checked")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert main(["evaluate", "--model", "x.ckpt", "--images", "imgs"]) == 2
+    assert "--images and --masks go together" in capsys.readouterr().err
+    assert main(["predict", "a.png", "--out", "o", "postprocess.method=watershd"]) == 2
+    assert "did you mean watershed?" in capsys.readouterr().err
+
+
+def test_every_option_has_help_and_each_command_shows_examples():
+    import argparse
+
+    from nucleiseg.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        assert command.epilog and command.epilog.startswith("examples:"), name
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                assert action.help, f"{name} {action.option_strings or action.dest}"
+    shown = commands["predict"].format_help()
+    assert "--model NAME|PATH|URL" in shown and "(default:" in shown
