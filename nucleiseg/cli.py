@@ -233,6 +233,7 @@ def _tune_postprocess(args: argparse.Namespace) -> int:
         args.split,
         out=Path(args.out).expanduser() if args.out else None,
         tracking_uri=None if args.no_mlflow else tracking_uri(cfg.logger),
+        balance=str(cfg.tune.balance),
     )
     print(json.dumps(summary, indent=1))
     return 0

@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.protocol.split": ("paper", "by_patient", "none"),
     "data.protocol.test_dataset": ("tnbc", "monuseg"),
     "tune.objective": ("aji", "aji_plus", "pq"),
+    "tune.balance": ("dataset", "image"),
     "data.stain.method": ("none", "macenko", "reinhard"),
 }
 BOOLEANS = ("pretrained", "resume", "skip_finished", "dry_run", "deterministic", "predict.tta")

@@ -28,6 +28,7 @@ PROTOCOL_KEYS = (
     "data.loader.batch_size",
     "optimizer._target_",
     "optimizer.lr",
+    "scheduler",
     "loss.smooth",
     "threshold",
     "model.head",

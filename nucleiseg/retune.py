@@ -59,13 +59,14 @@ def retune(
     split: str,
     out: Path | None = None,
     tracking_uri: str | None = None,
+    balance: str = "dataset",
 ) -> dict[str, Any]:
     """Tune, then record the result where it belongs (see the module docstring); returns a JSON-able summary."""
     run_folder = None if out is not None else run_folder_of(checkpoint)
     test_folder = _test_folder(session) if run_folder is not None else None  # refuses before any work
     if out is not None and out.exists():
         raise ConfigError(f"--out {out}: exists; choose a new file name")
-    result = tune(session, items, grid, objective, iou_threshold, normalise)
+    result = tune(session, items, grid, objective, iou_threshold, normalise, balance)
     target = checkpoint
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -228,6 +228,7 @@ def build_module(cfg: DictConfig, manifest: dict, data_folder: Path, accelerator
         unet_widths=plain(cfg.model.unet_widths),
         postprocess=Postprocess.from_mapping(cfg.postprocess).resolved(cfg.model.head).as_dict(),
         data=_data_info(cfg, manifest, data_folder),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
     )
     if cfg.model.compile:
         # in place (nn.Module.compile), so state_dict keys and checkpoints are the same as without it
@@ -400,6 +401,7 @@ def _tune(cfg: DictConfig, module: SegmentationModule, datamodule: NucleiDataMod
         cfg.tune.objective,
         float(cfg.metrics.iou_threshold),
         normalise=False,
+        balance=str(cfg.tune.balance),
     )
     module.hparams.update(result.hparams("val"))
     for key, value in tuning_tags(result, "val").items():

@@ -44,11 +44,12 @@ def test_value_choices_are_the_codes_own():
     from nucleiseg.data.split import SPLIT_MODES
     from nucleiseg.models.factory import ENCODERS, HEADS
     from nucleiseg.postprocess.instances import METHODS
-    from nucleiseg.postprocess.tuning import OBJECTIVES
+    from nucleiseg.postprocess.tuning import BALANCES, OBJECTIVES
 
     assert ENCODER_NAMES == tuple(ENCODERS) and CHOICES["model.head"] == tuple(HEADS)
     assert set(CHOICES["postprocess.method"]) == {"auto", *METHODS}
     assert CHOICES["data.protocol.split"] == SPLIT_MODES and CHOICES["tune.objective"] == OBJECTIVES
+    assert CHOICES["tune.balance"] == BALANCES
 
 
 def _train(*words, timeout=60):

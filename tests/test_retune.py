@@ -26,7 +26,7 @@ def finished(train_overrides, tracking_uri):
 
 
 def _choose(min_area):
-    def fake_tune(session, items, grid, objective, iou_threshold, normalise):
+    def fake_tune(session, items, grid, objective, iou_threshold, normalise, balance="dataset"):
         list(items)
         chosen = Postprocess.from_mapping({**session.postprocess.as_dict(), "min_area": min_area})
         return TuningResult(chosen, session.threshold, objective, 0.5, 0.4, 2)

@@ -50,13 +50,14 @@ class SegmentationModule(L.LightningModule):
         unet_widths: list[int] | None = None,
         postprocess: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
+        scheduler: Callable[..., Any] | None = None,
     ) -> None:
         """``optimizer`` is a partial taking the parameters (Hydra ``_partial_: true``); it is only needed to
         train, so a module restored for inference is built without one. ``stain`` is the fitted stain normaliser
         of the training data (:meth:`nucleiseg.data.stain.StainNormaliser.state`), kept so inference matches;
         ``data`` describes the training data (name, folder, resolution) for evaluate and predict."""
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "load_pretrained_weights", "weights_dir"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "load_pretrained_weights", "weights_dir"])
         # from a checkpoint the weights come from the checkpoint itself, never from ImageNet again
         self.model = create_model(
             encoder, pretrained and load_pretrained_weights, weights_dir, head=head, unet_widths=unet_widths
@@ -64,6 +65,7 @@ class SegmentationModule(L.LightningModule):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler  # a partial taking the optimizer (Hydra _partial_), stepped every epoch
         self.criterion = SegmentationLoss(smooth, distance_weight)
         self.val_metrics = pixel_metrics(threshold, prefix="val/")
         # set on the device without a host sync; checked once per epoch (a per-step check would stall the GPU)
@@ -133,7 +135,13 @@ class SegmentationModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.log("step", float(self.current_epoch), on_step=False, on_epoch=True, sync_dist=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         if self.optimizer_factory is None:
             raise NucleisegError("SegmentationModule was built without an optimizer; pass optimizer= to train")
-        return self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:  # the paper: a constant learning rate
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
+        }

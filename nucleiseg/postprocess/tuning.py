@@ -20,6 +20,14 @@ from nucleiseg.postprocess.instances import Postprocess, separate_instances
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("aji", "aji_plus", "pq")
+BALANCES = ("dataset", "image")
+
+
+def dataset_of(name: str) -> str:
+    """``tnbc/01_1:hflip`` -> ``tnbc`` (items of a prepared split); other names form one group."""
+    return name.split("/", 1)[0] if "/" in name else ""
+
+
 TUNABLE = tuple(name for name in Postprocess.__dataclass_fields__ if name != "method") + ("threshold",)
 
 
@@ -65,21 +73,29 @@ def tune(
     objective: str = "aji",
     iou_threshold: float = 0.5,
     normalise: bool = True,
+    balance: str = "dataset",
 ) -> TuningResult:
-    """Search ``grid`` (for the session's separation method) on ``items`` with ``session``'s model."""
+    """Search ``grid`` (for the session's separation method) on ``items`` with ``session``'s model. ``balance``:
+    ``dataset`` scores the mean over datasets of each dataset's mean (a dataset cut into many tiles does not
+    outvote the other), ``image`` the mean over all images."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"tune.objective={objective!r}: expected one of {OBJECTIVES}")
+    if balance not in BALANCES:
+        raise ConfigError(f"tune.balance={balance!r}: expected one of {BALANCES}")
     grid = check_grid(grid)
-    predictions = [(mask, session.predict(image, normalise=normalise)) for _, image, mask in items]
+    predictions = [
+        (dataset_of(name) if balance == "dataset" else "", mask, session.predict(image, normalise=normalise))
+        for name, image, mask in items
+    ]
     if not predictions:
         raise ConfigError("tuning needs a validation split with images (data.protocol.val_fraction > 0)")
 
     def score(settings: Postprocess, threshold: float) -> float:
-        metrics = InstanceMetrics(iou_threshold)
-        for mask, prediction in predictions:
+        metrics: dict[str, InstanceMetrics] = {}
+        for group, mask, prediction in predictions:
             labels = separate_instances(prediction.probability, threshold, settings, prediction.distance)
-            metrics.update(mask, labels)
-        return metrics.compute()[objective]
+            metrics.setdefault(group, InstanceMetrics(iou_threshold)).update(mask, labels)
+        return float(sum(m.compute()[objective] for m in metrics.values()) / len(metrics))
 
     base, base_threshold = session.postprocess, session.threshold
     untuned = score(base, base_threshold)

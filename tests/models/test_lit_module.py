@@ -71,3 +71,32 @@ def test_the_distance_head_learns_the_distance_map_too():
     assert last["distance_loss"] < 0.5 * first["distance_loss"] and last["loss"] < 0.5 * first["loss"]
     with pytest.raises(ValueError, match="distance target"):
         module._shared_step({k: v for k, v in batch.items() if k != "distance"})
+
+
+def test_a_configured_scheduler_anneals_the_learning_rate_each_epoch():
+    from hydra.utils import instantiate
+
+    from nucleiseg.config import compose
+    from nucleiseg.models.lit_module import SegmentationModule
+
+    cfg = compose(["experiment=release_cpu", "trainer.max_epochs=4"])
+    module = SegmentationModule(
+        "unet_bn",
+        False,
+        1.0,
+        0.5,
+        optimizer=instantiate(cfg.optimizer),
+        unet_widths=[4, 8, 16, 32, 64],
+        scheduler=instantiate(cfg.scheduler),
+    )
+    configured = module.configure_optimizers()
+    optimizer, schedule = configured["optimizer"], configured["lr_scheduler"]
+    assert schedule["interval"] == "epoch" and optimizer.param_groups[0]["lr"] == 1e-3
+    rates = []
+    for _ in range(4):
+        optimizer.step()
+        schedule["scheduler"].step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(1e-5)
+    paper = compose([])
+    assert paper.scheduler is None  # the paper's constant learning rate stays the default
