@@ -285,7 +285,13 @@ def _predict(args: argparse.Namespace) -> int:
         slide_settings = dataclasses.replace(slide_settings, labels=True)
     progress = "none" if args.quiet else "auto"
     summary = predict(
-        inputs, args.out, session, overwrite=args.overwrite, progress=progress, slide_settings=slide_settings
+        inputs,
+        args.out,
+        session,
+        overwrite=args.overwrite,
+        progress=progress,
+        slide_settings=slide_settings,
+        roi=args.roi,
     )
     print_summary(summary, Path(args.out))
     return 0 if summary.ok else 1
@@ -546,6 +552,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--scale", type=float, default=None, help="resample inputs by this factor for the model")
     predict.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None, help="where the model runs")
     predict.add_argument("--labels", action="store_true", help="slides: also write labels.tif (tiled, pyramidal)")
+    predict.add_argument(
+        "--roi",
+        default=None,
+        metavar="FILE",
+        help="one slide: predict only in these regions (QuPath GeoJSON annotations in slide pixels, or a mask image "
+        "of the slide at any scale); slide.roi_mode=intersect|replace with the tissue found",
+    )
     predict.add_argument("--quiet", action="store_true", help="no progress output")
     predict.set_defaults(handler=_predict)
 

@@ -29,6 +29,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tune.objective": ("aji", "aji_plus", "pq"),
     "tune.balance": ("dataset", "image"),
     "data.stain.method": ("none", "macenko", "reinhard"),
+    "slide.roi_mode": ("intersect", "replace"),
 }
 BOOLEANS = ("pretrained", "resume", "skip_finished", "dry_run", "deterministic", "predict.tta")
 # key -> (low, high, both ends open?) for numbers

@@ -248,6 +248,7 @@ def predict_slide_input(
     slide_settings,
     bars,
     fresh: bool,
+    roi: Path | None = None,
 ) -> int:
     """A whole slide (or any image too large to handle whole) through the windowed path; returns nuclei.
     ``fresh``: start over (what was in ``folder`` is removed first); else resume the journal's windows."""
@@ -260,7 +261,12 @@ def predict_slide_input(
     folder.mkdir(parents=True, exist_ok=True)
     slide = open_slide(path, session.settings.microns_per_pixel)
     try:
-        result = predict_slide(slide, folder, session, slide_settings, fingerprint, bars, identity)
+        regions = None
+        if roi is not None:
+            from nucleiseg.slides.roi import read_roi
+
+            regions = read_roi(roi, slide.dimensions)
+        result = predict_slide(slide, folder, session, slide_settings, fingerprint, bars, identity, regions)
     finally:
         slide.close()
     summary = result.summary
@@ -284,6 +290,7 @@ def predict_slide_input(
             "fingerprint": fingerprint,
             "settings": session.describe(),
             "slide": {k: summary[k] for k in ("tissue_fraction", "windows_with_tissue", "windows_skipped")},
+            **({"roi": str(roi), "regions": summary["regions"]} if roi is not None else {}),
         },
     )
     return result.n_nuclei
@@ -312,12 +319,14 @@ def predict(
     overwrite: bool = False,
     progress: str = "auto",
     slide_settings=None,
+    roi: str | Path | None = None,
 ) -> PredictSummary:
     """Predict every input image into ``out``; never raises for one bad image (it is listed in the summary).
 
     Slides, and images too large to handle whole, go through the windowed path (:mod:`nucleiseg.slides`) with
     ``slide_settings`` (:class:`~nucleiseg.slides.predict_slide.SlideSettings`). One ``predict`` at a time
-    writes into ``out`` (a lock; a second is refused with the first one's process id)."""
+    writes into ``out`` (a lock; a second is refused with the first one's process id). ``roi``: regions of interest
+    (QuPath GeoJSON or a mask image) for a single slide: nuclei only inside them (:mod:`nucleiseg.slides.roi`)."""
     from nucleiseg.input_identity import input_identity
     from nucleiseg.locking import exclusive
     from nucleiseg.slides.predict_slide import SlideSettings
@@ -328,8 +337,16 @@ def predict(
     summary = PredictSummary(failed=list(missing))
     if not files and not missing:
         raise ConfigError(f"no image or slide ({', '.join(INPUT_SUFFIXES)}) found in {[str(i) for i in inputs]}")
+    if roi is not None:
+        roi = Path(roi).expanduser()
+        if len(files) != 1:
+            raise ConfigError(f"--roi {roi}: regions belong to one slide; give exactly one input (got {len(files)})")
+        if not roi.is_file():
+            raise FileNotFoundError(f"{roi}: region file (--roi) not found")
     session.warn_if_synthetic("your images")
     fingerprint = settings_fingerprint(session)
+    if roi is not None:  # other regions are other outputs: never "already done"
+        fingerprint = hashlib.sha256((fingerprint + slide_settings.roi_mode).encode() + roi.read_bytes()).hexdigest()
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     nuclei = 0
@@ -339,7 +356,7 @@ def predict(
             folder = out / output_name(path)
             try:
                 identity = input_identity(path)
-                slide = is_slide(path, slide_settings.min_pixels)
+                slide = roi is not None or is_slide(path, slide_settings.min_pixels)
                 state = folder_state(folder, fingerprint, identity, labels=slide and slide_settings.labels)
                 if state.kind == "done" and not overwrite:
                     summary.skipped.append(path.name)
@@ -349,7 +366,7 @@ def predict(
                     if slide:
                         fresh = overwrite or state.kind != "interrupted"
                         n = predict_slide_input(
-                            session, path, folder, fingerprint, identity, slide_settings, bars, fresh
+                            session, path, folder, fingerprint, identity, slide_settings, bars, fresh, roi
                         )
                     else:
                         n = _predict_whole(session, path, folder, fingerprint, identity, bars)

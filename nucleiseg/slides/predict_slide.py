@@ -57,6 +57,7 @@ class SlideSettings:
     min_tissue: float = 0.02  # share of a window's core that must be tissue for it to be predicted
     labels: bool = False  # also write labels.tif (tiled, pyramidal, int32 nucleus ids)
     min_pixels: int = 4096 * 4096  # a plain image larger than this goes through the windowed path too
+    roi_mode: str = "intersect"  # regions of interest (--roi): within the tissue found, or in its place
 
     def __post_init__(self) -> None:
         if self.window < 64 or self.margin < 0 or self.margin * 2 >= self.window * 4:
@@ -65,6 +66,8 @@ class SlideSettings:
             )
         if not 0 <= self.min_tissue <= 1:
             raise ConfigError(f"slide.min_tissue={self.min_tissue}: expected a share between 0 and 1")
+        if self.roi_mode not in ("intersect", "replace"):
+            raise ConfigError(f"slide.roi_mode={self.roi_mode!r}: expected intersect or replace")
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> SlideSettings:
@@ -168,16 +171,35 @@ def _slide_columns(frame: pd.DataFrame, window: Window, plan: Plan) -> pd.DataFr
     return out
 
 
-def slide_columns(plan: Plan) -> list[str]:
-    """The columns of a slide's table (see :mod:`nucleiseg.postprocess.features` for the shared schema)."""
+def slide_columns(plan: Plan, regions: bool = False) -> list[str]:
+    """The columns of a slide's table (see :mod:`nucleiseg.postprocess.features` for the shared schema); with
+    regions of interest, ``region`` names the one holding each nucleus."""
     from nucleiseg.postprocess.features import COLUMNS
 
     columns = ["image", "nucleus_id", "window", *COLUMNS[2:]]
-    return columns + (["area_um2", "perimeter_um", "equivalent_diameter_um"] if plan.slide_mpp else [])
+    columns += ["area_um2", "perimeter_um", "equivalent_diameter_um"] if plan.slide_mpp else []
+    return columns + (["region"] if regions else [])
 
 
-def predict_window(slide: Slide, session: InferenceSession, plan: Plan, window: Window) -> dict[str, Any]:
-    """Read, predict and separate one window; keep the nuclei it owns. Returns its journal entry."""
+def _in_regions(kept: np.ndarray, window: Window, plan: Plan, roi) -> tuple[np.ndarray, list[str]]:
+    """Only the nuclei whose centroid lies in a region of interest, relabelled 1..n, and each one's region."""
+    from skimage.segmentation import relabel_sequential
+
+    if roi is None:
+        return kept, []
+    centres = _centroids(kept)
+    d = plan.model_downsample
+    xs = (window.x - plan.margin) * plan.level_downsample + centres[:, 1] * d
+    ys = (window.y - plan.margin) * plan.level_downsample + centres[:, 0] * d
+    region = roi.label_at(xs, ys) if len(centres) else np.zeros(0, np.int32)
+    keep = np.concatenate([[False], region > 0])
+    kept = relabel_sequential(np.where(keep[kept], kept, 0))[0].astype(np.int32)
+    return kept, [roi.names[r - 1] for r in region[region > 0]]
+
+
+def predict_window(slide: Slide, session: InferenceSession, plan: Plan, window: Window, roi=None) -> dict[str, Any]:
+    """Read, predict and separate one window; keep the nuclei it owns (and, with regions of interest ``roi``,
+    only those inside them). Returns its journal entry."""
     read_w, read_h = window.width + 2 * plan.margin, window.height + 2 * plan.margin
     region = slide.read(plan.level, window.x - plan.margin, window.y - plan.margin, read_w, read_h)
     model_h, model_w = max(1, round(read_h * plan.resize)), max(1, round(read_w * plan.resize))
@@ -186,10 +208,13 @@ def predict_window(slide: Slide, session: InferenceSession, plan: Plan, window: 
     r = plan.resize
     core = (plan.margin * r, plan.margin * r, (plan.margin + window.height) * r, (plan.margin + window.width) * r)
     kept, touching = _owned(labels, core)
+    kept, regions = _in_regions(kept, window, plan, roi)
     features = nucleus_features(image, kept, slide.path.stem)
     origin = ((window.x - plan.margin) * plan.level_downsample, (window.y - plan.margin) * plan.level_downsample)
     geojson = nucleus_features_geojson(kept, None, origin, plan.model_downsample)
     rows = _slide_columns(features, window, plan)
+    if roi is not None:
+        rows["region"] = regions
     entry = {"index": window.index, "n": int(kept.max()), "touching_edge": touching, "features": geojson}
     entry["rows"] = json.loads(rows.to_json(orient="records"))
     if kept.max():
@@ -279,7 +304,7 @@ class SlideResult:
     outputs: list[str]  # the files this run wrote (slide.json and done.json are written after)
 
 
-def _tissue_windows(slide: Slide, plan: Plan, settings: SlideSettings, windows: list[Window]):
+def _tissue_windows(slide: Slide, plan: Plan, settings: SlideSettings, windows: list[Window], roi=None):
     thumbnail, thumb_downsample = slide.thumbnail(settings.thumbnail)
     if is_greyscale(thumbnail):
         log.warning(
@@ -288,6 +313,9 @@ def _tissue_windows(slide: Slide, plan: Plan, settings: SlideSettings, windows: 
             slide.path,
         )
     mask = tissue_mask(thumbnail)
+    if roi is not None:
+        inside = roi.on_grid(mask.shape, thumb_downsample) > 0
+        mask = (mask & inside) if settings.roi_mode == "intersect" else inside
     factor = plan.level_downsample / thumb_downsample  # read-level pixels -> thumbnail pixels
     chosen = [
         w.index
@@ -306,12 +334,14 @@ def predict_slide(
     fingerprint: str,
     progress,
     identity: dict | None = None,
+    roi=None,
 ) -> SlideResult:
-    """Segment ``slide`` into ``folder`` (resuming the windows a killed run finished); see the module docstring."""
+    """Segment ``slide`` into ``folder`` (resuming the windows a killed run finished); see the module docstring.
+    ``roi``: :class:`~nucleiseg.slides.roi.Regions` to predict in (with or in place of the tissue found)."""
     started = time.perf_counter()
     plan = plan_slide(slide, session, settings)
     windows = plan.windows(slide)
-    chosen, thumbnail, thumb_downsample, mask = _tissue_windows(slide, plan, settings, windows)
+    chosen, thumbnail, thumb_downsample, mask = _tissue_windows(slide, plan, settings, windows, roi)
     journal = Journal(folder)
     journal.start(fingerprint, plan, chosen, identity)
     finished = journal.done(with_labels=settings.labels)
@@ -322,7 +352,7 @@ def predict_slide(
     for index in chosen:
         if index in finished:
             continue
-        entry = predict_window(slide, session, plan, windows[index])
+        entry = predict_window(slide, session, plan, windows[index], roi)
         if not settings.labels:
             entry.pop("labels", None)
         journal.write(entry)
@@ -344,7 +374,7 @@ def predict_slide(
         "tissue_megapixels": sum(windows[i].width * windows[i].height for i in chosen) * plan.resize**2 / 1e6,
         "seconds_this_session": seconds,
     }
-    counts, outputs = assemble(folder, slide, plan, journal, thumbnail, thumb_downsample, mask, settings)
+    counts, outputs = assemble(folder, slide, plan, journal, thumbnail, thumb_downsample, mask, settings, roi)
     summary.update(counts)
     return SlideResult(summary["n_nuclei"], summary, outputs)
 
@@ -358,12 +388,14 @@ def assemble(
     thumb_downsample: float,
     mask: np.ndarray,
     settings: SlideSettings,
+    roi=None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Stream the journal into the slide's outputs; returns counts for ``slide.json`` and the files written."""
     from nucleiseg.writing import atomic_stream
 
     offsets: dict[int, int] = {}
     centres: list[np.ndarray] = []
+    per_region: dict[str, int] = dict.fromkeys(roi.names, 0) if roi is not None else {}
     total, touching, first = 0, 0, True
     parquet = _ParquetRows(folder / "features.parquet")
     with atomic_stream(folder / "nuclei.geojson") as geojson, atomic_stream(folder / "features.csv") as table:
@@ -375,18 +407,20 @@ def assemble(
                 rows.insert(0, "nucleus_id", total + rows.pop("local_id"))
                 rows.insert(0, "image", slide.path.stem)
                 for feature, row in zip(entry["features"], rows.to_dict("records"), strict=True):
-                    measured = {k: float(v) for k, v in row.items() if k not in ("window", "image")}
+                    measured = {k: float(v) for k, v in row.items() if k not in ("window", "image", "region")}
                     feature["properties"]["measurements"] = measured
                     geojson.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
                     first = False
                 table.write(rows.to_csv(index=False, header=total == 0))
+                for region in rows.get("region", []):
+                    per_region[region] += 1
                 parquet.append(rows)
                 centres.append(rows[["centroid_x", "centroid_y"]].to_numpy())
             total += entry["n"]
             touching += entry.get("touching_edge", 0)
         geojson.write("]}")
         if total == 0:
-            table.write(",".join(slide_columns(plan)) + "\n")
+            table.write(",".join(slide_columns(plan, roi is not None)) + "\n")
     outputs = ["nuclei.geojson", "features.csv", "tissue.png", "overview.png"]
     if parquet.close():
         outputs.append("features.parquet")
@@ -405,7 +439,18 @@ def assemble(
             touching,
             round(plan.margin * plan.resize),
         )
-    return {"n_nuclei": total, "nuclei_touching_window_edge": touching}, outputs
+    counts: dict[str, Any] = {"n_nuclei": total, "nuclei_touching_window_edge": touching}
+    if roi is not None:
+        areas = roi.areas_um2(plan.slide_mpp)
+        counts["regions"] = {
+            name: {
+                "nuclei": per_region[name],
+                "area_mm2": areas[name] / 1e6 if areas[name] is not None else None,
+                "nuclei_per_mm2": per_region[name] / (areas[name] / 1e6) if areas[name] else None,
+            }
+            for name in roi.names
+        }
+    return counts, outputs
 
 
 def _overview(thumbnail: np.ndarray, downsample: float, centres: list[np.ndarray]) -> np.ndarray:

@@ -328,3 +328,63 @@ def test_labels_come_and_go_with_what_was_asked(seams_slide, tmp_path, caplog):
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(
         [*done["outputs"], "done.json"]
     )
+
+
+def _two_regions(tmp_path):
+    """Two QuPath annotations on the seams slide: a tumour box around three discs, a stroma box around two."""
+    tumour = [[150, 200], [900, 200], [900, 400], [150, 400], [150, 200]]  # discs (256|512|768, 300), (700, 256)
+    stroma = [[600, 650], [800, 650], [800, 1100], [600, 1100], [600, 650]]  # discs (700, 768) and (700, 1024)
+    features = [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [tumour]},
+            "properties": {"objectType": "annotation", "name": "tumour"},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [stroma]},
+            "properties": {"objectType": "annotation", "classification": {"name": "Stroma"}},
+        },
+    ]
+    path = tmp_path / "regions.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def test_nuclei_only_inside_the_regions_with_counts_per_region(seams_slide, tmp_path):
+    regions = _two_regions(tmp_path)
+    summary = _run(seams_slide, tmp_path / "out", roi=regions)
+    assert summary.done == [("seams.tif", 6)]
+    folder = tmp_path / "out" / "seams"
+    table = np.genfromtxt(folder / "features.csv", delimiter=",", names=True, dtype=None, encoding=None)
+    assert sorted(table["region"]) == ["Stroma-2", "Stroma-2", "tumour", "tumour", "tumour", "tumour"]
+    for x, y in zip(table["centroid_x"], table["centroid_y"], strict=True):
+        assert (150 <= x <= 900 and 200 <= y <= 400) or (600 <= x <= 800 and 650 <= y <= 1100)
+    info = json.loads((folder / "slide.json").read_text())
+    assert info["regions"]["tumour"]["nuclei"] == 4 and info["regions"]["Stroma-2"]["nuclei"] == 2
+    assert info["regions"]["tumour"]["area_mm2"] == pytest.approx(750 * 200 * 0.25**2 / 1e6)
+    assert len(json.loads((folder / "nuclei.geojson").read_text())["features"]) == 6
+    # the same regions as a mask image at 1/8 of the slide: the same nuclei
+    mask = np.zeros((1400 // 8, 1600 // 8), np.uint8)
+    mask[200 // 8 : 400 // 8, 150 // 8 : 900 // 8] = 255
+    mask[650 // 8 : 1100 // 8, 600 // 8 : 800 // 8] = 255
+    Image.fromarray(mask).save(tmp_path / "regions.png")
+    again = _run(seams_slide, tmp_path / "out2", roi=tmp_path / "regions.png")
+    assert again.done == [("seams.tif", 6)]
+    info = json.loads((tmp_path / "out2" / "seams" / "slide.json").read_text())
+    assert sorted(r["nuclei"] for r in info["regions"].values()) == [2, 4]
+
+
+def test_regions_that_miss_the_slide_or_do_not_parse_are_one_line(seams_slide, tmp_path):
+    far = {"type": "Polygon", "coordinates": [[[5000, 5000], [6000, 5000], [6000, 6000], [5000, 5000]]]}
+    (tmp_path / "far.geojson").write_text(json.dumps(far))
+    (tmp_path / "broken.geojson").write_text('{"type": "FeatureCollection", "features": [')
+    Image.fromarray(np.full((100, 30), 255, np.uint8)).save(tmp_path / "narrow.png")
+    for name, message in (
+        ("far.geojson", "lie outside the slide"),
+        ("broken.geojson", "not a GeoJSON of regions"),
+        ("narrow.png", "does not have the slide's shape"),
+    ):
+        summary = _run(seams_slide, tmp_path / f"out-{name}", roi=tmp_path / name)
+        [(_, reason)] = summary.failed
+        assert message in reason and name in reason and "\n" not in reason
