@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import re
 import sys
 from pathlib import Path
 
+from nucleiseg.console import setup_logging
 from nucleiseg.model_sources import resolve_model  # light: its heavy imports are inside
 
 OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][\w.\-/@]*=")
@@ -266,6 +266,40 @@ PREDICT_FLAGS = {  # predict's options, as the overrides they stand for (so they
 }
 
 
+def _predict_cohort(args: argparse.Namespace, inputs: list[str], overrides: list[str]) -> int:
+    """Many slides: sharded over processes or a SLURM array, a cohort table, one MLflow run (nucleiseg.cohort)."""
+    if args.roi:
+        raise UsageError("--roi is for one slide; give a cohort's regions in the CSV list's 'roi' column")
+    from nucleiseg.cohort import CohortJob, run_cohort
+    from nucleiseg.tracking.mlflow_store import tracking_uri
+
+    cfg = _compose(overrides)
+    launcher = args.launcher or cfg.cohort.launcher
+    shards = args.shards or cfg.cohort.shards
+    job = CohortJob(
+        Path(args.out).expanduser(), args.model, args.run_id, overrides, args.overwrite, args.labels, cfg.logger
+    )
+    from omegaconf import OmegaConf
+
+    table = run_cohort(
+        job,
+        inputs,
+        launcher,
+        shards,
+        OmegaConf.to_container(cfg.cohort.slurm),
+        None if args.no_mlflow else tracking_uri(cfg.logger),
+    )
+    counts = table.status.value_counts().to_dict()
+    print(
+        f"cohort {job.out}: {len(table)} slides, "
+        + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        + f"; table: {job.out / 'cohort.csv'}"
+    )
+    for row in table[table.status == "failed"].itertuples():
+        print(f"failed {row.slide}: {row.reason}")
+    return 1 if counts.get("failed") else 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     overrides, inputs = split_overrides(args.words)
     if not inputs:
@@ -277,6 +311,8 @@ def _predict(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and value is not False:  # 0 is a value (refused below), not "not given"
             flags.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    if args.launcher or args.shards or any(word.lower().endswith(".csv") for word in inputs):
+        return _predict_cohort(args, inputs, [*overrides, *flags])
     session, cfg = _session(*resolve_model(args.model, args.run_id, overrides), overrides, flags)
     from nucleiseg.slides.predict_slide import SlideSettings
 
@@ -536,7 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
         "segment your own images and slides: masks, nuclei, measurements, GeoJSON for QuPath",
         "  nucleiseg predict slide.svs --out nuclei\n"
         "  nucleiseg predict tiles/ --out nuclei --mpp 0.25 --model CKPT\n"
-        "  nucleiseg predict slides/ --out nuclei --labels slide.min_tissue=0.05",
+        "  nucleiseg predict slides/ --out nuclei --labels slide.min_tissue=0.05\n"
+        "  nucleiseg predict cohort.csv --out cohort --launcher slurm cohort.slurm.partition=gpu",
     )
     predict.add_argument(
         "words", nargs="+", metavar="INPUT [KEY=VALUE]", help="images, slides or folders, and " + WORDS_HELP
@@ -552,6 +589,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--scale", type=float, default=None, help="resample inputs by this factor for the model")
     predict.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None, help="where the model runs")
     predict.add_argument("--labels", action="store_true", help="slides: also write labels.tif (tiled, pyramidal)")
+    predict.add_argument(
+        "--launcher",
+        choices=["local", "local_parallel", "slurm", "slurm_local"],
+        default=None,
+        help="a cohort: run its slides in jobs (cohort.launcher; a CSV list of slides is a cohort too)",
+    )
+    predict.add_argument("--shards", type=int, default=None, help="a cohort: number of jobs (cohort.shards)")
+    predict.add_argument("--no-mlflow", action="store_true", help="a cohort: no MLflow run for it")
     predict.add_argument(
         "--roi",
         default=None,
@@ -646,40 +691,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _LogFormat(logging.Formatter):
-    """One line per message on stderr; warnings and errors say so."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (redirected by a caller or a test), not the one at setup."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def _setup_logging() -> None:
-    logger = logging.getLogger("nucleiseg")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(_LogFormat())
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging()
+    setup_logging()
     from nucleiseg.errors import NucleisegError
 
     try:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,13 +321,16 @@ def predict(
     progress: str = "auto",
     slide_settings=None,
     roi: str | Path | None = None,
+    lock: str = "folder",
 ) -> PredictSummary:
     """Predict every input image into ``out``; never raises for one bad image (it is listed in the summary).
 
     Slides, and images too large to handle whole, go through the windowed path (:mod:`nucleiseg.slides`) with
     ``slide_settings`` (:class:`~nucleiseg.slides.predict_slide.SlideSettings`). One ``predict`` at a time
     writes into ``out`` (a lock; a second is refused with the first one's process id). ``roi``: regions of interest
-    (QuPath GeoJSON or a mask image) for a single slide: nuclei only inside them (:mod:`nucleiseg.slides.roi`)."""
+    (QuPath GeoJSON or a mask image) for a single slide: nuclei only inside them (:mod:`nucleiseg.slides.roi`).
+    ``lock="input"``: lock each input's folder instead of ``out`` (the shards of a cohort share ``out``; their
+    launcher holds the cohort's lock), an input in use elsewhere is reported and skipped."""
     from nucleiseg.input_identity import input_identity
     from nucleiseg.locking import exclusive
     from nucleiseg.slides.predict_slide import SlideSettings
@@ -350,11 +354,15 @@ def predict(
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     nuclei = 0
-    with exclusive(out / LOCK, f"output folder {out}"), Progress(progress) as bars:
+    whole = exclusive(out / LOCK, f"output folder {out}", enabled=lock == "folder")
+    with whole, Progress(progress) as bars, ExitStack() as held:
         images_task = bars.task("images", len(files))
         for path in files:
             folder = out / output_name(path)
             try:
+                if lock == "input":
+                    held.close()
+                    held.enter_context(exclusive(out / ".locks" / f"{folder.name}.lock", f"outputs of {path.name}"))
                 identity = input_identity(path)
                 slide = roi is not None or is_slide(path, slide_settings.min_pixels)
                 state = folder_state(folder, fingerprint, identity, labels=slide and slide_settings.labels)
