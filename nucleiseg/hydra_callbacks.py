@@ -83,8 +83,19 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = sweep_rows(sweep_dir)
         print_sweep_summary(rows)
-        if not config.get("dry_run"):
+        from omegaconf import OmegaConf
+
+        from nucleiseg.study_cost import projected_vs_actual, summarise
+
+        launcher = OmegaConf.to_container(config.hydra.launcher, resolve=False)
+        runs = [row["run"] for row in rows if row.get("run")]
+        if config.get("dry_run"):
+            print(summarise(config, launcher, runs))
+        else:
             print(study_figures(config, rows, sweep_dir))
+            compared = projected_vs_actual(config, launcher, runs, _wall_seconds(sweep_dir))
+            if compared:
+                print(compared)
             _write_summary_runs(config)
         failed = [row["run"] for row in rows if row["status"] == "failed"]
         if failed:
@@ -93,6 +104,11 @@ class SweepSummary(Callback):
                 "(finished runs are skipped, interrupted ones resume)"
             )
             raise SystemExit(1)
+
+
+def _wall_seconds(sweep_dir: Path) -> float:
+    started = sweep_dir / START_FILE
+    return time.time() - json.loads(started.read_text())["started"] if started.is_file() else float("nan")
 
 
 def study_figures(config: DictConfig, rows: list[dict[str, Any]], sweep_dir: Path) -> str:

@@ -21,6 +21,7 @@ VOLATILE_KEYS = (
     "logger",
     "hydra",
     "dry_run",
+    "dry_run_steps",
     "gpu_per_job",
     "keep_training_checkpoints",
 )
@@ -43,6 +44,7 @@ NAME_EXCLUDED_KEYS = {
     "progress_bar",
     "test_checkpoint",
     "dry_run",
+    "dry_run_steps",
     "gpu_per_job",
     "trainer.accelerator",
     "trainer.devices",

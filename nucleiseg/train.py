@@ -661,9 +661,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate and test one configuration; return its test metrics (also written to ``done.json``)."""
     validate(cfg)
     if cfg.dry_run:
+        from nucleiseg.study_cost import plan_run
+
         name, folder = run_name(cfg), run_folder(cfg)
-        print(f"dry run: would train {name} [{configuration_label(cfg.encoder, cfg.pretrained)}] in {folder}")
-        return {}
+        if not cfg.dry_run_steps:  # list the runs only
+            print(f"dry run: would train {name} [{configuration_label(cfg.encoder, cfg.pretrained)}] in {folder}")
+            return {}
+        row = plan_run(cfg, name, steps=int(cfg.dry_run_steps))
+        print(
+            f"dry run: would train {name} [{configuration_label(cfg.encoder, cfg.pretrained)}] in {folder}: about "
+            f"{row['seconds'] / 60:.1f} min at {row['images_per_second']:.1f} training images/s here, "
+            f"{row['disk_bytes'] / 1e6:.0f} MB"
+        )
+        return {"projected_seconds": row["seconds"]}
     run = inspect_folder(cfg)
     # rank 0 only: Lightning starts the other DDP ranks as processes that run this function again
     with exclusive(run.path / ".lock", f"run folder {run.path}", enabled=rank_zero_only.rank == 0):

@@ -26,10 +26,26 @@ def _small(tmp_path, tracking_uri):
 
 
 def test_two_configs_by_two_seeds_give_four_finished_mlflow_runs(tmp_path, tracking_uri):
-    result = _train(
-        "experiment=quickstart", "study=sweep4", "encoder=unet_bn,unet", "seed=0,1", *_small(tmp_path, tracking_uri)
-    )
+    """Planned first (dry_run=true: each configuration measured once, its seeds share it; the sweep's time and
+    disk projected), then trained: four finished runs, and the projection against the actual time."""
+    words = [
+        "experiment=quickstart",
+        "study=sweep4",
+        "encoder=unet_bn,unet",
+        "seed=0,1",
+        *_small(tmp_path, tracking_uri),
+    ]
+    planned = _train(*words, "dry_run=true")
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    lines = re.findall(r"would train (\S+) .*: about ([\d.]+) min at ([\d.]+) training images/s here", planned.stdout)
+    assert len(lines) == 4 and all(float(minutes) > 0 for _, minutes, _ in lines)
+    measured = list((tmp_path / "outputs" / "sweep4" / ".projection" / "configurations").glob("*.json"))
+    assert len(measured) == 2  # one measurement per configuration, not per seed
+    assert "in all: 4 runs" in planned.stdout and "basic (one run at a time)" in planned.stdout
+    assert re.search(r"unet_bn-scratch\s+2\s", planned.stdout)
+    result = _train(*words)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"projected [\d.]+ min wall time for the 4 planned runs \(dry_run=true\), actual", result.stdout)
     client = MlflowClient(tracking_uri)
     runs = _per_seed(client, "sweep4")
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
@@ -74,7 +90,12 @@ def test_the_paper_study_is_140_valid_runs(tmp_path):
     params = yaml.safe_load((REPO / "conf" / "experiment" / "paper.yaml").read_text())["hydra"]["sweeper"]["params"]
     assert params == {"paper_config": "glob(*)", "seed": "range(10)"}
     result = _train(
-        "experiment=paper", "seed=0", "dry_run=true", f"paths.root_dir={tmp_path}", "hydra/job_logging=disabled"
+        "experiment=paper",
+        "seed=0",
+        "dry_run=true",
+        "dry_run_steps=0",
+        f"paths.root_dir={tmp_path}",
+        "hydra/job_logging=disabled",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     planned = re.findall(r"dry run: would train (\S+) \[(.+?)\]", result.stdout)
@@ -85,7 +106,11 @@ def test_the_paper_study_is_140_valid_runs(tmp_path):
 
 def test_the_users_own_command_plans_four_runs(tmp_path):
     result = _train(
-        "encoder=resnet50,densenet121", "pretrained=true,false", "dry_run=true", f"paths.root_dir={tmp_path}"
+        "encoder=resnet50,densenet121",
+        "pretrained=true,false",
+        "dry_run=true",
+        "dry_run_steps=0",
+        f"paths.root_dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(re.findall(r"would train (\S+)", result.stdout)) == [

@@ -124,15 +124,21 @@ def _variant(run_name: str, tags: dict[str, str]) -> str:
 
 
 def name_variants(frame: pd.DataFrame) -> pd.Series:
-    """Row labels that keep apart runs of different configurations: the configuration's name, plus
-    ``[overrides]`` for a variant, plus ``(config HASH)`` where two variants would still share a label."""
-    labels = [f"{c} [{v}]" if v else c for c, v in zip(frame["configuration"], frame["variant"], strict=True)]
-    keys = pd.DataFrame({"label": labels, "key": frame["variant_key"].fillna("")})
-    shared = keys.groupby("label")["key"].nunique()
+    """Row labels that keep apart runs of different configurations: a configuration's name alone when all its runs
+    share one configuration (whatever the study's common overrides), else its name plus ``[overrides]`` per
+    variant, plus ``(config HASH)`` where two variants would still share a label."""
+    keys = frame["variant_key"].fillna("")
+    distinct = keys.groupby(frame["configuration"]).nunique()
+    labels = [
+        f"{c} [{v}]" if v and distinct[c] > 1 else c
+        for c, v in zip(frame["configuration"], frame["variant"], strict=True)
+    ]
+    table = pd.DataFrame({"label": labels, "key": keys})
+    shared = table.groupby("label")["key"].nunique()
     return pd.Series(
         [
             f"{label} (config {key[:8]})" if shared[label] > 1 else label
-            for label, key in zip(keys.label, keys.key, strict=True)
+            for label, key in zip(table.label, table.key, strict=True)
         ],
         index=frame.index,
     )
