@@ -51,6 +51,7 @@ class InferenceSettings:
     tta: bool = False
     compile: bool = False
     channels_last: bool | str = "auto"
+    backend: str = "torch"  # torch | onnxruntime (CPU only: the network through ONNX Runtime, checked against torch)
     scale: float | None = None
     microns_per_pixel: float | None = None
     assumed_mpp: float | None = 0.25  # an input of unknown pixel size is taken to be this (40x); None: refused
@@ -66,6 +67,8 @@ class InferenceSettings:
             raise ConfigError(f"predict.scale={self.scale}: expected a positive factor")
         if self.microns_per_pixel is not None and not self.microns_per_pixel > 0:
             raise ConfigError(f"predict.microns_per_pixel={self.microns_per_pixel}: expected a positive pixel size")
+        if self.backend not in ("torch", "onnxruntime"):
+            raise ConfigError(f"predict.backend={self.backend!r}: expected torch or onnxruntime")
         if self.assumed_mpp is not None and not self.assumed_mpp > 0:
             raise ConfigError(f"predict.assumed_mpp={self.assumed_mpp}: expected a positive pixel size, or null")
         if self.threshold is not None and not 0 < self.threshold < 1:
@@ -92,6 +95,7 @@ class InferenceSettings:
             tta=bool(predict["tta"]),
             compile=bool(predict["compile"]),
             channels_last=cfg["model"]["channels_last"],
+            backend=str(predict.get("backend", "torch")),
             scale=None if predict["scale"] is None else float(predict["scale"]),
             microns_per_pixel=None if predict["microns_per_pixel"] is None else float(predict["microns_per_pixel"]),
             assumed_mpp=None if predict.get("assumed_mpp") is None else float(predict["assumed_mpp"]),
@@ -136,6 +140,7 @@ class InferenceSession:
         self.model = model
         if settings.compile:
             model.compile()  # in place: state_dict keys stay those of the plain model
+        self.runner = self._runner(model)
         self._segmenters: dict[tuple[float, bool], Segmenter] = {}
 
     @classmethod
@@ -147,6 +152,15 @@ class InferenceSession:
 
         model, hparams = load_checkpoint(path)
         return cls(model, hparams, settings, source=label or str(path), path=path)
+
+    def _runner(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What computes the logits: the model, or on a CPU with ``backend=onnxruntime`` its ONNX Runtime copy."""
+        if self.settings.backend != "onnxruntime" or self.device.type != "cpu":
+            return model
+        from nucleiseg.inference.onnx_backend import onnx_model
+
+        key = f"{self.path.resolve() if self.path else id(model)}:{self.path.stat().st_mtime_ns if self.path else 0}"
+        return onnx_model(model, key, torch.get_num_threads())
 
     def _resolve(self, settings: InferenceSettings) -> tuple[float, Postprocess, dict[str, str]]:
         """Threshold and post-processing by precedence: user > checkpoint > default, with where each came from."""
@@ -182,7 +196,7 @@ class InferenceSession:
         key = (float(scale), bool(normalise))
         if key not in self._segmenters:
             self._segmenters[key] = Segmenter(
-                self.model,
+                self.runner,
                 self.device,
                 self.precision,
                 tile_size=self.settings.tile_size,
@@ -305,6 +319,7 @@ class InferenceSession:
             "batch_size": self.settings.batch_size,
             "tile_size": self.settings.tile_size,
             "tta": self.settings.tta,
+            "backend": "onnxruntime" if self.runner is not self.model else "torch",
             "threshold": self.threshold,
             "postprocess": self.postprocess.as_dict(),
             "tuned_on": self.hparams.get("postprocess_tuned_on") or "default",

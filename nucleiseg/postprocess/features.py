@@ -50,7 +50,10 @@ def nucleus_features(
         return pd.DataFrame(
             columns=COLUMNS + (["area_um2", "perimeter_um", "equivalent_diameter_um"] if microns_per_pixel else [])
         )
-    stains = rgb2hed(image)[..., :2].astype(np.float32)
+    # colour deconvolution of the nucleus pixels only (it is per pixel): a window's background is most of it
+    inside = instances > 0
+    stains = np.zeros((*instances.shape, 2), np.float32)
+    stains[inside] = rgb2hed(image[inside][None])[0, :, :2]
     table = regionprops_table(
         instances,
         intensity_image=stains,

@@ -1,0 +1,84 @@
+"""The network on a CPU through ONNX Runtime (``predict.backend=onnxruntime``), in place of eager PyTorch.
+
+ONNX Runtime fuses the U-Net's convolutions, batch norms and activations and runs them with its own CPU kernels:
+on the 2-core development machine it computes the same probabilities faster than eager PyTorch (see
+experiments/benchmarks.md). The model is exported once per model file into the cache (``NUCLEISEG_CACHE``),
+checked against PyTorch on random input (probabilities within 1e-4) before it is used, and on any problem the
+session stays on PyTorch with a warning: the outputs never depend on the backend beyond that tolerance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+TOLERANCE = 1e-4
+
+
+class OnnxModel(torch.nn.Module):
+    """Callable like the PyTorch network: ``float32 Bx3xHxW`` in [0, 1] -> logits ``BxCxHxW`` (CPU tensors)."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__()
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = path
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(image.detach().float().cpu().numpy())
+        return torch.from_numpy(self.session.run(None, {"image": array})[0])
+
+
+def _export(model: torch.nn.Module, path: Path) -> None:
+    from nucleiseg.writing import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    torch.onnx.export(
+        model.eval(),
+        example,
+        buffer,
+        input_names=["image"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
+        dynamo=False,
+    )
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def onnx_model(model: torch.nn.Module, key: str, threads: int) -> torch.nn.Module:
+    """``model`` as an :class:`OnnxModel` (exported once per ``key``, checked), or ``model`` itself with a
+    warning when ONNX Runtime is missing or the export does not reproduce it."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        log.warning("predict.backend=onnxruntime needs onnxruntime (pip install 'nucleiseg[onnx]'); using PyTorch")
+        return model
+    from nucleiseg.models.zoo import cache_dir
+
+    path = cache_dir() / "onnx" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
+    try:
+        if not path.is_file():
+            _export(model, path)
+        runtime = OnnxModel(path, threads)
+        check = torch.rand(1, 3, 192, 160, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            difference = (torch.sigmoid(runtime(check)) - torch.sigmoid(model.eval()(check))).abs().max().item()
+    except Exception as error:  # noqa: BLE001 - exporters and runtimes fail in many ways: PyTorch then
+        log.warning("ONNX Runtime could not run this model (%s); using PyTorch", str(error).splitlines()[0][:160])
+        return model
+    if difference > TOLERANCE:
+        log.warning("ONNX Runtime differs from PyTorch by %.1e on this model; using PyTorch", difference)
+        path.unlink(missing_ok=True)
+        return model
+    return runtime
