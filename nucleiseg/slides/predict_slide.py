@@ -58,6 +58,7 @@ class SlideSettings:
     labels: bool = False  # also write labels.tif (tiled, pyramidal, int32 nucleus ids)
     min_pixels: int = 4096 * 4096  # a plain image larger than this goes through the windowed path too
     roi_mode: str = "intersect"  # regions of interest (--roi): within the tissue found, or in its place
+    workers: int = 2  # windows in flight at once (read, network, separation overlap); 1: one after another
 
     def __post_init__(self) -> None:
         if self.window < 64 or self.margin < 0 or self.margin * 2 >= self.window * 4:
@@ -66,6 +67,8 @@ class SlideSettings:
             )
         if not 0 <= self.min_tissue <= 1:
             raise ConfigError(f"slide.min_tissue={self.min_tissue}: expected a share between 0 and 1")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"slide.workers={self.workers!r}: expected a whole number >= 1")
         if self.roi_mode not in ("intersect", "replace"):
             raise ConfigError(f"slide.roi_mode={self.roi_mode!r}: expected intersect or replace")
 
@@ -297,6 +300,33 @@ class Journal:
             return stored["labels"]
 
 
+def _windows_in_order(
+    slide: Slide, session: InferenceSession, plan: Plan, todo: list[Window], roi, workers: int
+) -> Iterator[dict[str, Any]]:
+    """The journal entries of ``todo``, in order, with up to ``workers`` windows in flight: while one window is in
+    the network (whose kernels release the GIL), the next is read and the previous separated into nuclei, so the
+    cores that the network leaves idle do the reading and post-processing. Each window is computed exactly as
+    alone (the outputs do not depend on ``workers``); memory holds at most ``workers`` windows."""
+    if workers <= 1:
+        for window in todo:
+            yield predict_window(slide, session, plan, window, roi)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nucleiseg-window")
+    in_flight: deque = deque()
+    try:
+        for window in todo:
+            in_flight.append(pool.submit(predict_window, slide, session, plan, window, roi))
+            if len(in_flight) >= workers:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
 class SlideResult:
     n_nuclei: int
@@ -349,10 +379,9 @@ def predict_slide(
     nuclei = sum(entry["n"] for entry in journal.entries() if entry["index"] in finished)
     if finished:
         task.advance(len(finished & set(chosen)), note=f"{nuclei} nuclei (resumed)")
-    for index in chosen:
-        if index in finished:
-            continue
-        entry = predict_window(slide, session, plan, windows[index], roi)
+    for entry in _windows_in_order(
+        slide, session, plan, [windows[i] for i in chosen if i not in finished], roi, settings.workers
+    ):
         if not settings.labels:
             entry.pop("labels", None)
         journal.write(entry)

@@ -12,6 +12,7 @@ which a nucleus model would take for stain.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ OPENSLIDE_ONLY = (".mrxs", ".vms", ".vmu", ".svslide", ".czi", ".dcm")
 SLIDE_SUFFIXES = TIFF_FAMILY + OPENSLIDE_ONLY
 # above this many pixels an image goes through the windowed path (tissue detection, bounded memory)
 SLIDE_MIN_PIXELS = 4096 * 4096
+
+
+_READ_LOCK = threading.Lock()
 
 
 class SlideError(ImageReadError):
@@ -58,7 +62,8 @@ class Slide:
         if x1 <= x0 or y1 <= y0:
             return out
         try:
-            region = self._read(level, x0, y0, x1 - x0, y1 - y0)
+            with _READ_LOCK:  # windows are read from worker threads; slide readers keep one file handle
+                region = self._read(level, x0, y0, x1 - x0, y1 - y0)
         except (OSError, ValueError, IndexError, KeyError, RuntimeError) as error:
             raise SlideError(
                 f"{self.path}: cannot read level {level} at ({x0}, {y0}) ({type(error).__name__}: {error}); "
