@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import json
 import uuid
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from skimage.segmentation import find_boundaries
+
+# Our outlines are in pixel coordinates on purpose (an identity transform): rasterio's "not georeferenced" notice
+# is not for us, and a warnings.catch_warnings() per call would not be thread-safe (slide windows run in threads)
+warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio")
 
 OUTLINE_RGB = (255, 230, 0)
 NUCLEUS_RGB = (0, 200, 0)  # the class colour QuPath shows ("color": [r, g, b], QuPath 0.4 and later)
