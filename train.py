@@ -1,6 +1,7 @@
 """Train the paper's models: ``python train.py [-m] [overrides]`` (see README.md and conf/config.yaml)."""
 
 import sys
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -11,7 +12,7 @@ register_resolvers()  # ${nucleiseg_parallel_jobs:} in conf/hydra/launcher/local
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig):
+def main(cfg: DictConfig) -> Any:
     from nucleiseg.train import main as train_main  # deferred: `python train.py --help` stays instant
 
     return train_main(cfg)

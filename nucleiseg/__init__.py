@@ -4,11 +4,13 @@
 model (see :mod:`nucleiseg.segmentation`); they are imported on first use, so ``import nucleiseg`` stays light.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
 __all__ = ["segment", "segment_slide"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in __all__:
         from nucleiseg import segmentation as module
 

@@ -27,9 +27,10 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -52,6 +53,9 @@ from nucleiseg.devices import (
 from nucleiseg.errors import ConfigError
 from nucleiseg.inference.speed import measure_inference
 from nucleiseg.models.factory import ENCODERS, configuration_label, create_model
+
+if TYPE_CHECKING:
+    from nucleiseg.models.lit_module import SegmentationModule
 
 # The loop's default data: synthetic, the paper's sizes (30 MoNuSeg + 50 TNBC-like images, 25 held out, 10% of
 # the rest validating: 150 training + 15 validation pairs); KEY=VALUE words on the command line change it.
@@ -118,7 +122,14 @@ def _write_pngs(folder: Path, count: int, size: int) -> None:
         Image.fromarray((mask > 0).astype(np.uint8) * 255).save(folder / f"mask_{k:03d}.png")
 
 
-def _steps(module, batch_at, device, precision: str, steps: int, warmup: int) -> float:
+def _steps(
+    module: SegmentationModule,
+    batch_at: Callable[[int], dict[str, torch.Tensor]],
+    device: torch.device,
+    precision: str,
+    steps: int,
+    warmup: int,
+) -> float:
     """Images/s of ``module``'s training loss + backward + optimizer step; ``batch_at(k)`` gives step k's batch
     on ``device`` (its cost is inside the timing: decoding for the naive path, nothing for the cached one)."""
     optimiser = module.configure_optimizers()
@@ -141,7 +152,7 @@ def _steps(module, batch_at, device, precision: str, steps: int, warmup: int) ->
     return images / (time.perf_counter() - started)
 
 
-def _widths(cfg: DictConfig, encoder: str):
+def _widths(cfg: DictConfig, encoder: str) -> list[int] | None:
     """``model.unet_widths`` for the plain U-Nets (a narrower U-Net on request), nothing for the smp encoders."""
     return (
         OmegaConf.to_container(cfg.model.unet_widths)
@@ -150,7 +161,7 @@ def _widths(cfg: DictConfig, encoder: str):
     )
 
 
-def _module(cfg: DictConfig, encoder: str, device: torch.device, channels_last: bool):
+def _module(cfg: DictConfig, encoder: str, device: torch.device, channels_last: bool) -> SegmentationModule:
     from hydra.utils import instantiate
 
     from nucleiseg.models.lit_module import SegmentationModule
@@ -233,7 +244,9 @@ def _loop(cfg: DictConfig, scratch: Path) -> tuple[float, int]:
     return per_epoch * clock.epochs / clock.seconds, per_epoch
 
 
-def _loop_config(cfg: DictConfig, encoder: str, image_size: int, epochs: int, scratch: Path, device) -> DictConfig:
+def _loop_config(
+    cfg: DictConfig, encoder: str, image_size: int, epochs: int, scratch: Path, device: torch.device
+) -> DictConfig:
     cfg = cfg.copy()
     for key, value in {
         "encoder": encoder,
@@ -264,7 +277,9 @@ class Options:
     compile_model: bool
 
 
-def _measure(cfg: DictConfig, encoder: str, options: Options, scratch: Path, log) -> list[Measurement]:
+def _measure(
+    cfg: DictConfig, encoder: str, options: Options, scratch: Path, log: Callable[[str], object]
+) -> list[Measurement]:
     device, size = options.device, options.image_size
     infer_precision = resolve_inference_precision(cfg.predict.precision, device)
     train_precision = resolve_precision(cfg.trainer.precision, device)
@@ -356,7 +371,7 @@ def _measure(cfg: DictConfig, encoder: str, options: Options, scratch: Path, log
     return rows
 
 
-def benchmark(cfg: DictConfig, options: Options, log=print) -> list[Measurement]:
+def benchmark(cfg: DictConfig, options: Options, log: Callable[[str], object] = print) -> list[Measurement]:
     """Measure every architecture of ``options.encoders`` with the settings of ``cfg``."""
     if options.image_size < 64 or options.image_size % 32:
         raise ConfigError(
@@ -406,7 +421,7 @@ COLUMNS = (
 )
 
 
-def _cell(value) -> str:
+def _cell(value: object) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 

@@ -13,10 +13,17 @@ import dataclasses
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from nucleiseg.console import setup_logging
 from nucleiseg.model_sources import resolve_model  # light: its heavy imports are inside
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from nucleiseg.inference.session import InferenceSession
 
 OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][\w.\-/@]*=")
 
@@ -31,7 +38,9 @@ class IntermixedParser(argparse.ArgumentParser):
 
     _intermixing = False
 
-    def parse_known_args(self, args=None, namespace=None):
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
         if self._subparsers is not None or self._intermixing:
             return super().parse_known_args(args, namespace)
         self._intermixing = True
@@ -55,13 +64,15 @@ def split_overrides(words: list[str]) -> tuple[list[str], list[str]]:
     return overrides, others
 
 
-def _compose(overrides: list[str]):
+def _compose(overrides: list[str]) -> DictConfig:
     from nucleiseg.config import compose
 
     return compose(overrides)
 
 
-def _session(model: Path, label: str, overrides: list[str], flags: list[str] = ()):
+def _session(
+    model: Path, label: str, overrides: list[str], flags: list[str] = ()
+) -> tuple[InferenceSession, DictConfig]:
     """An inference session of the model file ``model`` (named ``label``) with the user's overrides (and option
     flags, as overrides)."""
     from nucleiseg.inference.session import InferenceSession, InferenceSettings
@@ -137,7 +148,7 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_folder(overrides: list[str]):
+def _data_folder(overrides: list[str]) -> Path | None:
     """The prepared dataset named by data overrides (prepared now if needed), or None: the checkpoint's own."""
     if not _names_data(overrides):
         return None
@@ -439,7 +450,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Defaults shown beside each option, and examples kept as written."""
 
 
-def _command(commands, name: str, help: str, examples: str, **options) -> argparse.ArgumentParser:
+def _command(
+    commands: argparse._SubParsersAction, name: str, help: str, examples: str, **options: Any
+) -> argparse.ArgumentParser:
     return commands.add_parser(
         name, help=help, description=help, epilog="examples:\n" + examples, formatter_class=HelpFormatter, **options
     )

@@ -22,9 +22,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nucleiseg.errors import ConfigError, first_line
+
+if TYPE_CHECKING:
+    import submitit
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "local_parallel", "slurm", "slurm_local")
@@ -265,7 +268,7 @@ def _shard_count(requested: int | str, launcher: str, n_slides: int) -> int:
     return max(1, min(n_slides, 100))  # one array task per slide, up to 100
 
 
-def _executor(launcher: str, out: Path, settings: dict[str, Any], gpus: int):
+def _executor(launcher: str, out: Path, settings: dict[str, Any], gpus: int) -> submitit.Executor:
     import submitit
 
     folder = out / STATE / "jobs"

@@ -18,9 +18,11 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +34,9 @@ from nucleiseg.postprocess.features import nucleus_features, write_features
 from nucleiseg.progress import Progress
 from nucleiseg.slides.reader import SLIDE_SUFFIXES
 from nucleiseg.writing import png_bytes, tiff_bytes, write_bytes_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from nucleiseg.slides.predict_slide import SlideSettings
 
 log = logging.getLogger(__name__)
 INPUT_SUFFIXES = tuple(dict.fromkeys(IMAGE_SUFFIXES + SLIDE_SUFFIXES))
@@ -148,38 +153,53 @@ class State:
 def folder_state(folder: Path, fingerprint: str, identity: dict, labels: bool = False) -> State:
     """Whether ``folder``'s outputs were made from this input (its content, not its name), by this model with
     these settings; ``labels``: a finished slide without ``labels.tif`` is resumed to add it."""
-    from nucleiseg.input_identity import describe_input, same_input
     from nucleiseg.slides.predict_slide import JOURNAL
 
     done = folder / DONE
     if done.is_file():
-        try:
-            record = json.loads(done.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return State("foreign", "of unknown origin (unreadable done.json)")
-        if not same_input(record.get("input"), identity):
-            return State("other", f"made from another input: {describe_input(record.get('input'))}")
-        if record.get("fingerprint") != fingerprint:
-            return State("other", "made by another model or other settings")
-        if labels and "slide" in record and "labels.tif" not in record.get("outputs", []):
-            return State("interrupted")
-        return State("done")
+        return _finished_state(done, fingerprint, identity, labels)
     plan = folder / JOURNAL / "plan.json"
     if plan.is_file():
-        try:
-            record = json.loads(plan.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return State("foreign", "of unknown origin (unreadable journal)")
-        if not same_input(record.get("input"), identity):
-            return State("other", f"holds unfinished windows of another input: {describe_input(record.get('input'))}")
-        if record.get("fingerprint") != fingerprint:
-            return State("other", "holds unfinished windows of another model or other settings")
-        return State("interrupted")
+        return _journal_state(plan, fingerprint, identity)
     if (folder / IN_PROGRESS).exists():
         return State("foreign", "left unfinished by an earlier version")
     if folder.is_dir() and any((folder / name).exists() for name in owned_names()):
         return State("foreign", "of unknown origin")
     return State("new")
+
+
+def _finished_state(done: Path, fingerprint: str, identity: dict, labels: bool) -> State:
+    """The state of a folder whose ``done.json`` is ``done``: ``done``, ``interrupted`` (a slide finished without
+    ``labels.tif`` when ``labels`` asks for it), ``other`` or ``foreign`` (the record cannot be read)."""
+    from nucleiseg.input_identity import describe_input, same_input
+
+    try:
+        record = json.loads(done.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return State("foreign", "of unknown origin (unreadable done.json)")
+    if not same_input(record.get("input"), identity):
+        return State("other", f"made from another input: {describe_input(record.get('input'))}")
+    if record.get("fingerprint") != fingerprint:
+        return State("other", "made by another model or other settings")
+    if labels and "slide" in record and "labels.tif" not in record.get("outputs", []):
+        return State("interrupted")
+    return State("done")
+
+
+def _journal_state(plan: Path, fingerprint: str, identity: dict) -> State:
+    """The state of a folder holding a slide's unfinished windows, whose journal plan is ``plan``: ``interrupted``
+    (resumable), ``other`` or ``foreign`` (the plan cannot be read)."""
+    from nucleiseg.input_identity import describe_input, same_input
+
+    try:
+        record = json.loads(plan.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return State("foreign", "of unknown origin (unreadable journal)")
+    if not same_input(record.get("input"), identity):
+        return State("other", f"holds unfinished windows of another input: {describe_input(record.get('input'))}")
+    if record.get("fingerprint") != fingerprint:
+        return State("other", "holds unfinished windows of another model or other settings")
+    return State("interrupted")
 
 
 def predict_image(
@@ -189,7 +209,7 @@ def predict_image(
     folder: Path,
     fingerprint: str,
     identity: dict | None = None,
-    progress=None,
+    progress: Callable[[int], object] | None = None,
 ) -> int:
     """Write every output of one image into ``folder``; return the number of nuclei found.
 
@@ -246,8 +266,8 @@ def predict_slide_input(
     folder: Path,
     fingerprint: str,
     identity: dict,
-    slide_settings,
-    bars,
+    slide_settings: SlideSettings,
+    bars: Progress,
     fresh: bool,
     roi: Path | None = None,
 ) -> int:
@@ -297,7 +317,9 @@ def predict_slide_input(
     return result.n_nuclei
 
 
-def _predict_whole(session: InferenceSession, path: Path, folder: Path, fingerprint: str, identity: dict, bars) -> int:
+def _predict_whole(
+    session: InferenceSession, path: Path, folder: Path, fingerprint: str, identity: dict, bars: Progress
+) -> int:
     image = read_rgb(path)
     tiles = bars.task(f"  {path.name} tiles", session.segmenter(1.0).n_tiles(*image.shape[:2]))
     n = predict_image(session, image, output_name(path), folder, fingerprint, identity, tiles.advance)
@@ -319,7 +341,7 @@ def predict(
     session: InferenceSession,
     overwrite: bool = False,
     progress: str = "auto",
-    slide_settings=None,
+    slide_settings: SlideSettings | None = None,
     roi: str | Path | None = None,
     lock: str = "folder",
 ) -> PredictSummary:
@@ -331,26 +353,17 @@ def predict(
     (QuPath GeoJSON or a mask image) for a single slide: nuclei only inside them (:mod:`nucleiseg.slides.roi`).
     ``lock="input"``: lock each input's folder instead of ``out`` (the shards of a cohort share ``out``; their
     launcher holds the cohort's lock), an input in use elsewhere is reported and skipped."""
-    from nucleiseg.input_identity import input_identity
     from nucleiseg.locking import exclusive
     from nucleiseg.slides.predict_slide import SlideSettings
-    from nucleiseg.slides.reader import is_slide
 
     slide_settings = slide_settings or SlideSettings()
     files, missing = expand_inputs(inputs)
     summary = PredictSummary(failed=list(missing))
     if not files and not missing:
         raise ConfigError(f"no image or slide ({', '.join(INPUT_SUFFIXES)}) found in {[str(i) for i in inputs]}")
-    if roi is not None:
-        roi = Path(roi).expanduser()
-        if len(files) != 1:
-            raise ConfigError(f"--roi {roi}: regions belong to one slide; give exactly one input (got {len(files)})")
-        if not roi.is_file():
-            raise FileNotFoundError(f"{roi}: region file (--roi) not found")
+    roi = _checked_roi(roi, files)
     session.warn_if_synthetic("your images")
-    fingerprint = settings_fingerprint(session)
-    if roi is not None:  # other regions are other outputs: never "already done"
-        fingerprint = hashlib.sha256((fingerprint + slide_settings.roi_mode).encode() + roi.read_bytes()).hexdigest()
+    fingerprint = _outputs_fingerprint(session, slide_settings, roi)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     nuclei = 0
@@ -363,27 +376,70 @@ def predict(
                 if lock == "input":
                     held.close()
                     held.enter_context(exclusive(out / ".locks" / f"{folder.name}.lock", f"outputs of {path.name}"))
-                identity = input_identity(path)
-                slide = roi is not None or is_slide(path, slide_settings.min_pixels)
-                state = folder_state(folder, fingerprint, identity, labels=slide and slide_settings.labels)
-                if state.kind == "done" and not overwrite:
-                    summary.skipped.append(path.name)
-                elif state.kind in ("foreign", "other") and not overwrite:
-                    summary.not_written.append((path.name, state.why))
-                else:
-                    if slide:
-                        fresh = overwrite or state.kind != "interrupted"
-                        n = predict_slide_input(
-                            session, path, folder, fingerprint, identity, slide_settings, bars, fresh, roi
-                        )
-                    else:
-                        n = _predict_whole(session, path, folder, fingerprint, identity, bars)
-                    summary.done.append((path.name, n))
-                    nuclei += n
+                nuclei += _predict_input(
+                    session, path, folder, fingerprint, slide_settings, bars, summary, overwrite=overwrite, roi=roi
+                )
             except Exception as error:  # noqa: BLE001 - one bad input is reported and the batch goes on
                 summary.failed.append((str(path), _failure(path, error)))
             images_task.advance(note=f"{path.name}, {nuclei} nuclei so far")
     return summary
+
+
+def _checked_roi(roi: str | Path | None, files: list[Path]) -> Path | None:
+    """The region file ``--roi`` (expanded), refused unless there is exactly one input and the file exists."""
+    if roi is None:
+        return None
+    roi = Path(roi).expanduser()
+    if len(files) != 1:
+        raise ConfigError(f"--roi {roi}: regions belong to one slide; give exactly one input (got {len(files)})")
+    if not roi.is_file():
+        raise FileNotFoundError(f"{roi}: region file (--roi) not found")
+    return roi
+
+
+def _outputs_fingerprint(session: InferenceSession, slide_settings: SlideSettings, roi: Path | None) -> str:
+    """:func:`settings_fingerprint`, with the regions of interest and how they are used when there are some: other
+    regions are other outputs, never "already done"."""
+    fingerprint = settings_fingerprint(session)
+    if roi is not None:
+        fingerprint = hashlib.sha256((fingerprint + slide_settings.roi_mode).encode() + roi.read_bytes()).hexdigest()
+    return fingerprint
+
+
+def _predict_input(
+    session: InferenceSession,
+    path: Path,
+    folder: Path,
+    fingerprint: str,
+    slide_settings: SlideSettings,
+    bars: Progress,
+    summary: PredictSummary,
+    *,
+    overwrite: bool,
+    roi: Path | None,
+) -> int:
+    """One input into ``folder`` as :func:`predict` does it: skipped when done already, listed as not written when
+    ``folder`` holds other outputs (without ``overwrite``), else predicted (whole, or as a slide) and listed as
+    done in ``summary``. Returns the nuclei it found (0 when it was not predicted)."""
+    from nucleiseg.input_identity import input_identity
+    from nucleiseg.slides.reader import is_slide
+
+    identity = input_identity(path)
+    slide = roi is not None or is_slide(path, slide_settings.min_pixels)
+    state = folder_state(folder, fingerprint, identity, labels=slide and slide_settings.labels)
+    if state.kind == "done" and not overwrite:
+        summary.skipped.append(path.name)
+        return 0
+    if state.kind in ("foreign", "other") and not overwrite:
+        summary.not_written.append((path.name, state.why))
+        return 0
+    if slide:
+        fresh = overwrite or state.kind != "interrupted"
+        n = predict_slide_input(session, path, folder, fingerprint, identity, slide_settings, bars, fresh, roi)
+    else:
+        n = _predict_whole(session, path, folder, fingerprint, identity, bars)
+    summary.done.append((path.name, n))
+    return n
 
 
 def print_summary(summary: PredictSummary, out: Path) -> None:

@@ -58,7 +58,11 @@ class Progress:
     ``mode``: ``auto`` (rich on a terminal, plain otherwise), ``rich``, ``plain`` or ``none``."""
 
     def __init__(
-        self, mode: str = "auto", stream: TextIO | None = None, interval: float = 10.0, clock=time.monotonic
+        self,
+        mode: str = "auto",
+        stream: TextIO | None = None,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream or sys.stderr
         if mode == "auto":
@@ -86,14 +90,14 @@ class Progress:
         if self._rich is not None:
             self._rich.__exit__(*exc_info)
 
-    def task(self, name: str, total: int):
+    def task(self, name: str, total: int) -> PlainTask | RichTask:
         if self.mode == "rich":
             return RichTask(self._rich, name, total)
         if self.mode == "plain":
             return PlainTask(name, total, self.stream, self.interval, self.clock)
         return PlainTask(name, total, _Discard(), float("inf"), self.clock)
 
-    def remove(self, task) -> None:
+    def remove(self, task: PlainTask | RichTask) -> None:
         if isinstance(task, RichTask):
             task.progress.remove_task(task.task)
 
@@ -110,7 +114,7 @@ class EpochLines(L.Callback):
     """Training progress as one plain line per epoch (``epoch k/n: loss/train ..., loss/val ..., elapsed, ETA``),
     for runs whose output goes to a file, where a progress bar prints nothing useful."""
 
-    def __init__(self, stream: TextIO | None = None, clock=time.monotonic) -> None:
+    def __init__(self, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream, self.clock = stream or sys.stdout, clock
         self.started: float | None = None
         self.first_epoch = 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def _test_folder(session: InferenceSession) -> Path | None:
 def retune(
     session: InferenceSession,
     checkpoint: Path,
-    items,
+    items: Iterable[tuple[str, Any, Any]],
     grid: Mapping[str, Any],
     objective: str,
     iou_threshold: float,

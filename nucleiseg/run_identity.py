@@ -7,6 +7,7 @@ The name is derived from the configuration, so re-launching the same command fin
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -133,7 +134,8 @@ def run_name(cfg: DictConfig) -> str:
     return f"{name}-{extra.replace('/', '_')}" if extra else name
 
 
-def _without_locations(value):
+def _without_locations(value: Any) -> Any:
+    """``value`` without the :data:`LOCATION_KEYS` of its dicts, nested ones included (lists are kept as they are)."""
     if isinstance(value, dict):
         return {k: _without_locations(v) for k, v in value.items() if k not in LOCATION_KEYS}
     return value

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from nucleiseg.errors import NucleisegError
 
+if TYPE_CHECKING:
+    from nucleiseg.inference.session import InferenceSession
+
 
 @lru_cache(maxsize=4)
-def session_for(model: str | None = "default", mpp: float | None = None, overrides: tuple[str, ...] = ()):
+def session_for(
+    model: str | None = "default", mpp: float | None = None, overrides: tuple[str, ...] = ()
+) -> InferenceSession:
     """The inference session of ``model`` (a name, file, URL or ``models:/NAME/VERSION``) with ``predict.*`` and
     post-processing ``overrides`` (``("predict.tta=true", "postprocess.min_area=20")``); kept for the next call."""
     from nucleiseg.config import compose

@@ -302,7 +302,7 @@ def training_callbacks(cfg: DictConfig, run_path: Path, has_val: bool, *extra: L
     return callbacks
 
 
-def build_trainer(cfg: DictConfig, run_path: Path, logger, callbacks: list[L.Callback]) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_path: Path, logger: MLFlowLogger, callbacks: list[L.Callback]) -> L.Trainer:
     """The Lightning Trainer of ``cfg.trainer`` with the project's precision, callbacks and device choices."""
     return instantiate(
         cfg.trainer,
@@ -351,7 +351,13 @@ def _start_logging(cfg: DictConfig, run: RunFolder, logger: MLFlowLogger, manife
     logger.experiment.log_dict(logger.run_id, manifest, "data_manifest.json")
 
 
-def _fit(trainer: L.Trainer, module, datamodule, resume_from: Path | None, name: str) -> None:
+def _fit(
+    trainer: L.Trainer,
+    module: SegmentationModule,
+    datamodule: NucleiDataModule,
+    resume_from: Path | None,
+    name: str,
+) -> None:
     try:
         # weights_only=True: resuming never runs pickled code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
         trainer.fit(

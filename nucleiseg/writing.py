@@ -8,7 +8,8 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import IO, Any
 
 import numpy as np
 
@@ -61,12 +62,14 @@ class atomic_stream:  # noqa: N801 - used like open()
         self.mode = mode
         self.temporary = self.path.parent / f".{self.path.name}.{secrets.token_hex(6)}.tmp"
 
-    def __enter__(self):
+    def __enter__(self) -> IO[Any]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.temporary, self.mode.replace("w", "x"))  # closed in __exit__
         return self.handle
 
-    def __exit__(self, kind, value, traceback) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.handle.close()
         if kind is None:
             os.replace(self.temporary, self.path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,7 +49,7 @@ def extract_safely(archive_path: Path, target: Path) -> Path:
     return target
 
 
-def find_layout_root(folder: Path, is_root, max_depth: int = 3) -> Path | None:
+def find_layout_root(folder: Path, is_root: Callable[[Path], bool], max_depth: int = 3) -> Path | None:
     """Return ``folder`` or the shallowest sub-folder (breadth first, sorted) for which ``is_root`` holds."""
     level = [folder]
     for _ in range(max_depth + 1):

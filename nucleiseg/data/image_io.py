@@ -48,7 +48,7 @@ def _too_large(path: Path, width: int, height: int) -> TooLargeError:
     )
 
 
-def _decode_with_pillow(source, path: Path) -> np.ndarray:
+def _decode_with_pillow(source: Path | io.BytesIO, path: Path) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -73,7 +73,7 @@ def _decode_with_pillow(source, path: Path) -> np.ndarray:
         return np.asarray(image)
 
 
-def _decode_with_tifffile(source, path: Path) -> np.ndarray:
+def _decode_with_tifffile(source: Path | io.BytesIO, path: Path) -> np.ndarray:
     """TIFF flavours Pillow cannot decode; the size the file declares is checked before anything is decoded (a
     few kilobytes can declare gigabytes)."""
     with tifffile.TiffFile(source) as tiff:
@@ -86,7 +86,7 @@ def _decode_with_tifffile(source, path: Path) -> np.ndarray:
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _check_complete_tiff(source, path: Path) -> None:
+def _check_complete_tiff(source: Path | io.BytesIO, path: Path) -> None:
     """A TIFF cut short (an interrupted download or copy) is refused before decoding: decoders fill what is missing
     with grey (JPEG) or fail with codec-specific errors. Every strip or tile of the first image must lie inside
     the file."""
@@ -108,7 +108,7 @@ def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
     TIFF flavours Pillow cannot decode (multi-sample 16-bit, planar, BigTIFF).
     """
 
-    def source():  # a fresh stream for each decoder that tries
+    def source() -> Path | io.BytesIO:  # a fresh stream for each decoder that tries
         return io.BytesIO(data) if data is not None else path
 
     try:
@@ -209,17 +209,7 @@ def mask_to_instances_and_kind(array: np.ndarray, path: str | Path = "<mask>") -
       class map): one instance per grey level would be silently wrong.
     """
     if array.ndim == 3:
-        if array.shape[-1] == 4:
-            array = array[..., :3]
-        if array.shape[-1] == 1 or np.all(array == array[..., :1]):
-            array = array[..., 0]
-        else:
-            colours, inverse = np.unique(array.reshape(-1, array.shape[-1]), axis=0, return_inverse=True)
-            background = np.flatnonzero((colours == 0).all(axis=1))
-            labels = inverse.reshape(array.shape[:2]).astype(np.int64) + 1
-            if background.size:
-                labels[labels == background[0] + 1] = 0
-            array = labels  # colour-coded instances: one label per distinct colour, black is background
+        array = _collapse_channels(array)
     if array.ndim != 2:
         raise ImageReadError(f"{path}: mask of shape {array.shape}; expected HxW")
     if array.dtype == bool:
@@ -227,8 +217,31 @@ def mask_to_instances_and_kind(array: np.ndarray, path: str | Path = "<mask>") -
     if array.min() < 0:
         raise ImageReadError(f"{path}: mask has negative values; expected 0 for background and positive labels")
     values, counts = np.unique(array[array > 0], return_counts=True)
-    if values.size == 1:
+    if values.size == 1 or _binary_with_strays(values, counts, path):
         return _binary(array > 0), "binary"
+    _check_not_blurred(array, values.size, path)
+    relabelled, _, _ = relabel_sequential(array.astype(np.int64))
+    return relabelled.astype(np.int32), "instances"
+
+
+def _collapse_channels(array: np.ndarray) -> np.ndarray:
+    """An ``HxWxC`` mask as ``HxW``: alpha dropped; grey stored in colour (all channels alike) keeps one channel;
+    colour-coded instances become one label per distinct colour, black the background (0)."""
+    if array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.shape[-1] == 1 or np.all(array == array[..., :1]):
+        return array[..., 0]
+    colours, inverse = np.unique(array.reshape(-1, array.shape[-1]), axis=0, return_inverse=True)
+    background = np.flatnonzero((colours == 0).all(axis=1))
+    labels = inverse.reshape(array.shape[:2]).astype(np.int64) + 1
+    if background.size:
+        labels[labels == background[0] + 1] = 0
+    return labels
+
+
+def _binary_with_strays(values: np.ndarray, counts: np.ndarray, path: str | Path) -> bool:
+    """Whether foreground ``values`` (with pixel ``counts``) are one value plus strays on under ``STRAY_SHARE`` of
+    the foreground: a binary mask, which the log says."""
     if values.size > 1 and counts.max() >= (1 - STRAY_SHARE) * counts.sum():
         log.warning(
             "%s: read as a binary mask: value %s on %.2f%% of the nucleus pixels, %d stray value(s) on the rest",
@@ -237,18 +250,23 @@ def mask_to_instances_and_kind(array: np.ndarray, path: str | Path = "<mask>") -
             100 * counts.max() / counts.sum(),
             values.size - 1,
         )
-        return _binary(array > 0), "binary"
-    if values.size >= 3:
-        regions = int(connected_components(array, background=0, connectivity=1).max())
-        if regions > MAX_REGIONS_PER_VALUE * values.size:
-            raise ImageReadError(
-                f"{path}: {values.size} grey levels forming {regions} separate regions: not instance labels (one "
-                "value per nucleus) but a binary mask that was blurred, resized with interpolation or saved as "
-                "JPEG, or a class map; save masks losslessly (PNG/TIFF, nearest-neighbour resizing) as binary or "
-                "instance labels"
-            )
-    relabelled, _, _ = relabel_sequential(array.astype(np.int64))
-    return relabelled.astype(np.int32), "instances"
+        return True
+    return False
+
+
+def _check_not_blurred(array: np.ndarray, n_values: int, path: str | Path) -> None:
+    """Refuse labels whose ``n_values`` values (three or more) each trace many separate regions: a blurred,
+    interpolated or JPEG-saved binary mask, or a class map, not one value per nucleus."""
+    if n_values < 3:
+        return
+    regions = int(connected_components(array, background=0, connectivity=1).max())
+    if regions > MAX_REGIONS_PER_VALUE * n_values:
+        raise ImageReadError(
+            f"{path}: {n_values} grey levels forming {regions} separate regions: not instance labels (one "
+            "value per nucleus) but a binary mask that was blurred, resized with interpolation or saved as "
+            "JPEG, or a class map; save masks losslessly (PNG/TIFF, nearest-neighbour resizing) as binary or "
+            "instance labels"
+        )
 
 
 LOSSY_SUFFIXES = (".jpg", ".jpeg")

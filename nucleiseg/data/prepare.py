@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -206,7 +206,9 @@ def intact(folder: Path) -> bool:
         return False
 
 
-def prepare_dataset(data_cfg: Mapping, overwrite: bool = False, log=print, wait: float = 3600.0) -> Path:
+def prepare_dataset(
+    data_cfg: Mapping, overwrite: bool = False, log: Callable[[str], object] = print, wait: float = 3600.0
+) -> Path:
     """Build (or reuse) the processed dataset described by ``data_cfg``; return its folder.
 
     One process prepares a dataset at a time (a lock beside it; the others wait, then reuse it), and a folder is
@@ -228,8 +230,21 @@ def prepare_dataset(data_cfg: Mapping, overwrite: bool = False, log=print, wait:
         return _build(data_cfg, target, overwrite, log)
 
 
-def _build(data_cfg: Mapping, target: Path, overwrite: bool, log) -> Path:
+def _check_pixel_sizes(sources_cfg: Mapping, protocol: Mapping) -> None:
+    """With ``protocol.mpp``, every configured source needs its own pixel size: named before anything is read."""
+    if protocol.get("mpp") is None:
+        return
+    for key, cfg in sources_cfg.items():
+        if cfg is not None and not cfg.get("microns_per_pixel"):
+            raise ConfigError(
+                f"data.protocol.mpp={protocol['mpp']}: data.sources.{key}.microns_per_pixel is not set; expected the "
+                "dataset's pixel size in micrometres (0.25 for 40x scans), or data.protocol.mpp=null"
+            )
+
+
+def _build(data_cfg: Mapping, target: Path, overwrite: bool, log: Callable[[str], object]) -> Path:
     protocol = _plain(data_cfg["protocol"])
+    _check_pixel_sizes(data_cfg["sources"], protocol)
     scratch = target.parent / f".{target.name}.tmp-{os.getpid()}"
     try:
         normaliser = fit_from_config(data_cfg.get("stain"))

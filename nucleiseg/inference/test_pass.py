@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from nucleiseg.inference.session import InferenceSession, InferenceSettings, iterate_split
+from nucleiseg.inference.session import InferenceSession, InferenceSettings, Prediction, iterate_split
 from nucleiseg.tracking.overlays import comparison_panel
 from nucleiseg.writing import png_bytes, write_bytes_atomic
 
@@ -65,7 +65,7 @@ class SessionTestPass(L.Callback):
             self.results["speed"] = measured
         pl_module.train(False)
 
-    def _overlay(self, scratch: Path, index: int, image: np.ndarray, mask: np.ndarray, prediction) -> None:
+    def _overlay(self, scratch: Path, index: int, image: np.ndarray, mask: np.ndarray, prediction: Prediction) -> None:
         if index >= self.overlays or self.log_artifact is None:
             return
         panel = comparison_panel(image, mask > 0, self.session.binarise(prediction.probability))

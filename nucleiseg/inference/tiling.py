@@ -10,6 +10,8 @@ memory is bounded by the tile batch, not the image.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -105,11 +107,11 @@ class Segmenter:
         # F.pad has no reflect mode for uint8; padding only copies values, so the cast back is exact
         return F.pad(tensor.float(), (0, pad_w, 0, pad_h), mode=mode).to(tensor.dtype)
 
-    def probability(self, image: np.ndarray, progress=None) -> np.ndarray:
+    def probability(self, image: np.ndarray, progress: Callable[[int], object] | None = None) -> np.ndarray:
         """``uint8 HxWx3`` of any size -> nucleus probability map ``float32 HxW`` (the input's size)."""
         return self.predict(image, progress)[0]
 
-    def predict(self, image: np.ndarray, progress=None) -> np.ndarray:
+    def predict(self, image: np.ndarray, progress: Callable[[int], object] | None = None) -> np.ndarray:
         """``uint8 HxWx3`` of any size -> activated maps ``float32 CxHxW`` (the input's size)."""
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ConfigError(f"expected an HxWx3 RGB image, got shape {image.shape}")
@@ -125,7 +127,7 @@ class Segmenter:
     def _scaled(self, height: int, width: int) -> tuple[int, int]:
         return max(1, round(height * self.scale)), max(1, round(width * self.scale))
 
-    def _predict_at_model_scale(self, image: np.ndarray, progress=None) -> np.ndarray:
+    def _predict_at_model_scale(self, image: np.ndarray, progress: Callable[[int], object] | None = None) -> np.ndarray:
         height, width = image.shape[:2]
         # np.require copies only inputs torch cannot share (read-only or non-contiguous)
         tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None]

@@ -77,7 +77,13 @@ def overlap_table(truth: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray
     return joint[1:, 1:], joint[1:, :].sum(axis=1), joint[:, 1:].sum(axis=0)
 
 
-def _aji_sums(pairs: tuple[np.ndarray, np.ndarray], intersection, union, truth_area, pred_area) -> tuple[float, float]:
+def _aji_sums(
+    pairs: tuple[np.ndarray, np.ndarray],
+    intersection: np.ndarray,
+    union: np.ndarray,
+    truth_area: np.ndarray,
+    pred_area: np.ndarray,
+) -> tuple[float, float]:
     """Intersection and union sums of AJI given ``(true indices, pred indices)`` of the kept pairs."""
     rows, cols = pairs
     inter = float(intersection[rows, cols].sum())

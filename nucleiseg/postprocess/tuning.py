@@ -11,11 +11,16 @@ import itertools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nucleiseg.errors import ConfigError
 from nucleiseg.metrics.instance import InstanceMetrics
 from nucleiseg.postprocess.instances import Postprocess, separate_instances
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from nucleiseg.inference.session import InferenceSession
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +72,7 @@ def check_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
 
 
 def tune(
-    session,
+    session: InferenceSession,
     items: Iterable[tuple[str, Any, Any]],
     grid: Mapping[str, Sequence[Any]],
     objective: str = "aji",
@@ -137,7 +142,7 @@ def tuning_metrics(result: TuningResult, split: str = "val") -> dict[str, float]
     }
 
 
-def record_tuning(client, run_id: str, result: TuningResult, split: str = "val") -> None:
+def record_tuning(client: MlflowClient, run_id: str, result: TuningResult, split: str = "val") -> None:
     """:func:`tuning_tags` and :func:`tuning_metrics` written to MLflow run ``run_id``."""
     for key, value in tuning_tags(result, split).items():
         client.set_tag(run_id, key, value)

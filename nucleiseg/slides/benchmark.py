@@ -8,6 +8,7 @@ resident memory. Several sizes with the same tissue area show whether memory gro
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -60,7 +61,7 @@ def measure(slide: Path, model: str | None, out: Path, extra: list[str]) -> dict
     }
 
 
-def run_slide_benchmark(args) -> int:
+def run_slide_benchmark(args: argparse.Namespace) -> int:
     import pandas as pd
     from rich.table import Table
 

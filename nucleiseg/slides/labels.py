@@ -7,14 +7,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tifffile
 
 from nucleiseg.slides.reader import Slide
 
+if TYPE_CHECKING:
+    from nucleiseg.slides.predict_slide import Journal, Plan
 
-def _paint(tile, labels, offset, region_y, region_x, tile_y, tile_x, step, only_empty):
+
+def _paint(
+    tile: np.ndarray,
+    labels: np.ndarray,
+    offset: int,
+    region_y: int,
+    region_x: int,
+    tile_y: int,
+    tile_x: int,
+    step: int,
+    only_empty: bool,
+) -> None:
     """Copy the nonzero ``labels`` (read-level pixels from ``(region_y, region_x)``) that the reduced grid keeps
     into ``tile`` (whose first pixel is reduced pixel ``(tile_y, tile_x)``), as ``label + offset``."""
     height, width = labels.shape
@@ -35,7 +49,7 @@ def _paint(tile, labels, offset, region_y, region_x, tile_y, tile_x, step, only_
     tile[target] = np.where(write, values + offset, current)
 
 
-def _tiles(slide: Slide, plan, journal, offsets: dict[int, int], step: int) -> Iterator[np.ndarray]:
+def _tiles(slide: Slide, plan: Plan, journal: Journal, offsets: dict[int, int], step: int) -> Iterator[np.ndarray]:
     """Tiles (``plan.core`` square) of the level that keeps every ``step``-th pixel, in row-major order.
 
     Each window's nuclei are painted whole (core and margin), so a nucleus across a seam is not cut. Where two
@@ -76,7 +90,7 @@ def _tiles(slide: Slide, plan, journal, offsets: dict[int, int], step: int) -> I
                 del cache[index]
 
 
-def write_labels(path: Path, slide: Slide, plan, journal, offsets: dict[int, int]) -> Path:
+def write_labels(path: Path, slide: Slide, plan: Plan, journal: Journal, offsets: dict[int, int]) -> Path:
     """Write ``labels.tif`` at the read level's resolution, with reduced levels down to about one tile."""
     from nucleiseg.writing import atomic_stream
 

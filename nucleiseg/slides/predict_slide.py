@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,10 @@ from nucleiseg.postprocess.features import nucleus_features
 from nucleiseg.slides.reader import Slide
 from nucleiseg.slides.tissue import is_greyscale, tissue_fraction, tissue_mask
 from nucleiseg.writing import png_bytes, write_bytes_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from nucleiseg.progress import Progress
+    from nucleiseg.slides.roi import Regions
 
 log = logging.getLogger(__name__)
 JOURNAL = ".windows"
@@ -184,7 +188,7 @@ def slide_columns(plan: Plan, regions: bool = False) -> list[str]:
     return columns + (["region"] if regions else [])
 
 
-def _in_regions(kept: np.ndarray, window: Window, plan: Plan, roi) -> tuple[np.ndarray, list[str]]:
+def _in_regions(kept: np.ndarray, window: Window, plan: Plan, roi: Regions | None) -> tuple[np.ndarray, list[str]]:
     """Only the nuclei whose centroid lies in a region of interest, relabelled 1..n, and each one's region."""
     from skimage.segmentation import relabel_sequential
 
@@ -200,7 +204,9 @@ def _in_regions(kept: np.ndarray, window: Window, plan: Plan, roi) -> tuple[np.n
     return kept, [roi.names[r - 1] for r in region[region > 0]]
 
 
-def predict_window(slide: Slide, session: InferenceSession, plan: Plan, window: Window, roi=None) -> dict[str, Any]:
+def predict_window(
+    slide: Slide, session: InferenceSession, plan: Plan, window: Window, roi: Regions | None = None
+) -> dict[str, Any]:
     """Read, predict and separate one window; keep the nuclei it owns (and, with regions of interest ``roi``,
     only those inside them). Returns its journal entry."""
     read_w, read_h = window.width + 2 * plan.margin, window.height + 2 * plan.margin
@@ -301,7 +307,7 @@ class Journal:
 
 
 def _windows_in_order(
-    slide: Slide, session: InferenceSession, plan: Plan, todo: list[Window], roi, workers: int
+    slide: Slide, session: InferenceSession, plan: Plan, todo: list[Window], roi: Regions | None, workers: int
 ) -> Iterator[dict[str, Any]]:
     """The journal entries of ``todo``, in order, with up to ``workers`` windows in flight: while one window is in
     the network (whose kernels release the GIL), the next is read and the previous separated into nuclei, so the
@@ -334,7 +340,9 @@ class SlideResult:
     outputs: list[str]  # the files this run wrote (slide.json and done.json are written after)
 
 
-def _tissue_windows(slide: Slide, plan: Plan, settings: SlideSettings, windows: list[Window], roi=None):
+def _tissue_windows(
+    slide: Slide, plan: Plan, settings: SlideSettings, windows: list[Window], roi: Regions | None = None
+) -> tuple[list[int], np.ndarray, float, np.ndarray]:
     thumbnail, thumb_downsample = slide.thumbnail(settings.thumbnail)
     if is_greyscale(thumbnail):
         log.warning(
@@ -362,9 +370,9 @@ def predict_slide(
     session: InferenceSession,
     settings: SlideSettings,
     fingerprint: str,
-    progress,
+    progress: Progress,
     identity: dict | None = None,
-    roi=None,
+    roi: Regions | None = None,
 ) -> SlideResult:
     """Segment ``slide`` into ``folder`` (resuming the windows a killed run finished); see the module docstring.
     ``roi``: :class:`~nucleiseg.slides.roi.Regions` to predict in (with or in place of the tissue found)."""
@@ -417,7 +425,7 @@ def assemble(
     thumb_downsample: float,
     mask: np.ndarray,
     settings: SlideSettings,
-    roi=None,
+    roi: Regions | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Stream the journal into the slide's outputs; returns counts for ``slide.json`` and the files written."""
     from nucleiseg.writing import atomic_stream

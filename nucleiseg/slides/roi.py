@@ -69,7 +69,7 @@ class Regions:
         return {name: float(polygon.area * mpp**2) for name, polygon in zip(self.names, self.polygons, strict=True)}
 
 
-def _features(payload) -> list[dict]:
+def _features(payload: object) -> list[dict]:
     if isinstance(payload, list):
         return payload
     if isinstance(payload, dict) and payload.get("type") == "FeatureCollection":

@@ -4,6 +4,8 @@ the predicted nuclei of each configuration, so heads can be compared on the same
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,8 +13,14 @@ import pandas as pd
 from nucleiseg.errors import NucleisegError
 from nucleiseg.tracking.study import table_one_order
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _pyplot():
+    from nucleiseg.inference.session import InferenceSettings
+
+
+def _pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +29,7 @@ def _pyplot():
     return plt
 
 
-def save(figure, stem: Path, dpi: int) -> list[Path]:
+def save(figure: Figure, stem: Path, dpi: int) -> list[Path]:
     """Save ``figure`` as ``stem.png`` and ``stem.svg``, then free it."""
     plt = _pyplot()
     figure.tight_layout()
@@ -66,7 +74,11 @@ def _chosen_runs(runs: pd.DataFrame, configurations: list[str]) -> list:
 
 
 def prediction_figure(
-    runs: pd.DataFrame, configurations: list[str], image_index: int, stem: Path, settings=None
+    runs: pd.DataFrame,
+    configurations: list[str],
+    image_index: int,
+    stem: Path,
+    settings: InferenceSettings | None = None,
 ) -> list[Path]:
     """For each configuration, one test image: the image, the truth, the mask predicted, its errors (false
     positives red, false negatives blue) and the nuclei found (outlined, counted against the truth)."""

@@ -12,11 +12,16 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from argparse import Namespace
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nucleiseg.errors import NucleisegError, first_line
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 PENDING = "mlflow_pending.jsonl"
@@ -91,12 +96,20 @@ class Pending:
             )
         return records
 
-    def replay(self, client, run_id: str) -> int:
+    def replay(self, client: MlflowClient, run_id: str) -> int:
         """Write every kept record to MLflow run ``run_id``; the file goes only when all went through."""
-        from mlflow.entities import Metric
+        records = self.records()
+        self._check_run(client, run_id)
+        for record in records:
+            _replay_record(client, run_id, record)
+        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir / PENDING_ARTIFACTS, ignore_errors=True)
+        return len(records)
+
+    def _check_run(self, client: MlflowClient, run_id: str) -> None:
+        """Refuse to replay into a store that does not hold run ``run_id`` (another server, a wrong URI)."""
         from mlflow.exceptions import MlflowException
 
-        records = self.records()
         try:
             client.get_run(run_id)
         except MlflowException:
@@ -104,30 +117,39 @@ class Pending:
                 f"{self.run_dir}: its MLflow run {run_id} is not in the tracking store ({client.tracking_uri}); relog "
                 "into the store the run was started in (logger.tracking_uri=... or MLFLOW_TRACKING_URI)"
             ) from None
-        for record in records:
-            kind = record["kind"]
-            if kind == "metrics":
-                stamp = int(record["time"] * 1000)
-                metrics = [Metric(k, float(v), stamp, record.get("step") or 0) for k, v in record["metrics"].items()]
-                client.log_batch(run_id, metrics=metrics)
-            elif kind == "tags":
-                for key, value in record["tags"].items():
-                    client.set_tag(run_id, key, value)
-            elif kind == "params":
-                logged = client.get_run(run_id).data.params
-                for key, value in record["params"].items():
-                    if key not in logged:  # params are write-once in MLflow; the same ones come at every stage
-                        client.log_param(run_id, key, value)
-            elif kind == "artifact":
-                client.log_artifact(run_id, record["path"], record.get("folder"))
-            elif kind == "status":
-                client.set_terminated(run_id, record["status"])
-        self.path.unlink(missing_ok=True)
-        shutil.rmtree(self.run_dir / PENDING_ARTIFACTS, ignore_errors=True)
-        return len(records)
 
 
-def resilient_logger(pending: Pending, **kwargs):
+def _replay_record(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
+    """Write one kept record (metrics, tags, params, an artifact or the final status) to MLflow run ``run_id``;
+    a record of another kind is passed over."""
+    kind = record["kind"]
+    if kind == "metrics":
+        from mlflow.entities import Metric
+
+        stamp = int(record["time"] * 1000)
+        metrics = [Metric(k, float(v), stamp, record.get("step") or 0) for k, v in record["metrics"].items()]
+        client.log_batch(run_id, metrics=metrics)
+    elif kind == "tags":
+        for key, value in record["tags"].items():
+            client.set_tag(run_id, key, value)
+    elif kind == "params":
+        _replay_params(client, run_id, record["params"])
+    elif kind == "artifact":
+        client.log_artifact(run_id, record["path"], record.get("folder"))
+    elif kind == "status":
+        client.set_terminated(run_id, record["status"])
+
+
+def _replay_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log the ``params`` run ``run_id`` does not have yet: params are write-once in MLflow, and the same ones come
+    at every stage."""
+    logged = client.get_run(run_id).data.params
+    for key, value in params.items():
+        if key not in logged:
+            client.log_param(run_id, key, value)
+
+
+def resilient_logger(pending: Pending, **kwargs: Any) -> MLFlowLogger:
     """Lightning's MLFlowLogger whose writes during and after training go through ``pending``: an unreachable
     tracking server never stops a run. ``tag`` and ``artifact`` are the run's other writes, kept the same way."""
     from lightning.pytorch.loggers import MLFlowLogger
@@ -135,12 +157,12 @@ def resilient_logger(pending: Pending, **kwargs):
 
     class ResilientMLFlowLogger(MLFlowLogger):
         @rank_zero_only
-        def log_metrics(self, metrics, step=None) -> None:
+        def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
             values = {k: float(v) for k, v in metrics.items()}
             pending.attempt("metrics", lambda: MLFlowLogger.log_metrics(self, metrics, step), metrics=values, step=step)
 
         @rank_zero_only
-        def log_hyperparams(self, params) -> None:
+        def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
             from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 
             values = {k: str(v)[:250] for k, v in _flatten_dict(_convert_params(params)).items()}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -51,6 +52,9 @@ from nucleiseg.tracking.study import (
 )
 from nucleiseg.tracking.summary_runs import write_summary_runs
 from nucleiseg.writing import write_json_atomic
+
+if TYPE_CHECKING:
+    from nucleiseg.inference.session import InferenceSettings
 
 __all__ = ["ReportError", "load_runs", "table_one_order", "write_report"]
 
@@ -281,7 +285,7 @@ def write_report(
     figure_configurations: list[str] | None = None,
     figure_image: int = 0,
     published_path: Path = PUBLISHED,
-    settings=None,
+    settings: InferenceSettings | None = None,
     summary_runs: bool = True,
 ) -> Path:
     """Write tables and figures of ``study`` into ``out`` (a new or empty folder, or with ``overwrite`` the

@@ -9,7 +9,7 @@ the study and are left out.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,9 @@ from nucleiseg.errors import NucleisegError
 from nucleiseg.models.factory import ENCODERS, configuration_label
 from nucleiseg.postprocess.instances import METHODS
 from nucleiseg.tracking.mlflow_store import resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 TABLE3_METRICS = ("jaccard", "f1", "recall", "precision", "accuracy", "images_per_second")
 TABLE2_METRICS = ("train_loss", "val_loss")
@@ -195,7 +198,7 @@ def paper_protocol(runs: pd.DataFrame) -> tuple[bool, list[str]]:
     return bool((finished.protocol == "paper").all()), differences
 
 
-def loss_curves(client, runs: pd.DataFrame, key: str) -> pd.DataFrame:
+def loss_curves(client: MlflowClient, runs: pd.DataFrame, key: str) -> pd.DataFrame:
     """Median over finished seeds of ``key`` per epoch and configuration: columns epoch, configuration, value."""
     rows = []
     for run in runs[runs.finished].itertuples():

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from nucleiseg.tracking.study import INSTANCE_METRICS, SUMMARY_TAG, TABLE2_METRICS, TABLE3_METRICS, aggregate
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 SUMMARISED = TABLE2_METRICS + TABLE3_METRICS + INSTANCE_METRICS
 COUNTS = ("n", "n_failed", "n_killed", "n_other")
@@ -32,7 +36,7 @@ def summary_metrics(row: dict) -> dict[str, float]:
     return metrics
 
 
-def write_summary_runs(client, study: str, runs: pd.DataFrame) -> list[str]:
+def write_summary_runs(client: MlflowClient, study: str, runs: pd.DataFrame) -> list[str]:
     """Replace the summary runs of ``study`` with one per configuration that has a finished seed; return ids."""
     from mlflow.entities import Metric
 
