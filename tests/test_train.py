@@ -247,7 +247,13 @@ def test_the_release_experiment_trains_a_distance_model_on_everything(tmp_path, 
     from nucleiseg.inference.checkpoint import load_checkpoint
 
     cfg = compose(
-        ["experiment=release", "data=synthetic", *fast_run_overrides(tmp_path, tracking_uri), "logger.overlays=0"]
+        [
+            "experiment=release",
+            "data=synthetic",
+            "data.sources.synthetic.microns_per_pixel=0.5",  # (synthetic tiles have no pixel size of their own)
+            *fast_run_overrides(tmp_path, tracking_uri),
+            "logger.overlays=0",
+        ]
     )
     assert cfg.model.head == "distance" and cfg.data.protocol.split == "none"
     metrics = run(cfg)
