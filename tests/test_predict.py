@@ -313,3 +313,16 @@ def test_two_predicts_into_one_folder_are_refused(trained_run, inputs, tmp_path,
         code = cli(["predict", str(inputs), "--out", str(out), "--checkpoint", str(trained_run[3]), "--quiet"])
     assert code == 2 and "in use by another process (pid" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [LOCK]  # the second touched nothing
+
+
+def test_the_onnxruntime_backend_gives_torchs_probabilities(trained_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is in the dev extra; without it the backend warns")
+    monkeypatch.setenv("NUCLEISEG_CACHE", str(tmp_path / "cache"))
+    image, _ = synthetic_tile(SyntheticSpec(150, 200, n_nuclei=40), 4)
+    torch_session = _session(trained_run, precision="32-true")
+    onnx_session = _session(trained_run, precision="32-true", backend="onnxruntime")
+    assert onnx_session.describe()["backend"] == "onnxruntime" and torch_session.describe()["backend"] == "torch"
+    ours, theirs = torch_session.predict(image), onnx_session.predict(image)
+    assert np.abs(ours.probability - theirs.probability).max() < 1e-4
+    assert np.array_equal(torch_session.instances(ours), onnx_session.instances(theirs))
+    assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))  # exported once, kept for the next session

@@ -388,3 +388,22 @@ def test_regions_that_miss_the_slide_or_do_not_parse_are_one_line(seams_slide, t
         summary = _run(seams_slide, tmp_path / f"out-{name}", roi=tmp_path / name)
         [(_, reason)] = summary.failed
         assert message in reason and name in reason and "\n" not in reason
+
+
+def test_windows_in_flight_change_nothing_in_the_outputs(seams_slide, tmp_path):
+    one = SlideSettings(**{**WINDOWS.__dict__, "workers": 1})
+    two = SlideSettings(**{**WINDOWS.__dict__, "workers": 2})
+    assert _run(seams_slide, tmp_path / "one", settings=one).ok
+    assert _run(seams_slide, tmp_path / "two", settings=two).ok
+    for name in ("features.csv", "slide.json"):
+        first = (tmp_path / "one" / "seams" / name).read_text()
+        second = (tmp_path / "two" / "seams" / name).read_text()
+        if name == "slide.json":
+            first, second = (json.loads(t) for t in (first, second))
+            for info in (first, second):
+                info.pop("seconds_this_session")
+        assert first == second, name
+    assert np.array_equal(
+        tifffile.imread(tmp_path / "one" / "seams" / "labels.tif"),
+        tifffile.imread(tmp_path / "two" / "seams" / "labels.tif"),
+    )
