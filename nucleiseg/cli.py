@@ -688,6 +688,13 @@ def build_parser() -> argparse.ArgumentParser:
     slide_bench.add_argument("--tissue", type=float, default=0.05, help="share of a synthetic slide that is tissue")
     slide_bench.add_argument("--slide", action="append", help="benchmark this slide instead (repeatable)")
     slide_bench.add_argument("--out", default=None, help="folder for benchmark_slide.csv")
+    slide_bench.add_argument(
+        "--baseline",
+        default=None,
+        metavar="'KEY=VALUE ...'",
+        help="also run each slide with these settings first and print speed ratios against them "
+        "(e.g. 'slide.workers=1 predict.backend=torch')",
+    )
     slide_bench.set_defaults(handler=_benchmark_slide)
 
     onnx = _command(

@@ -4,6 +4,11 @@ Writes a synthetic pyramidal slide of the sizes asked (a centred square of synth
 fraction, glass elsewhere), or takes the user's slide, and runs ``nucleiseg predict`` on it in a child process:
 wall time, tissue megapixels per second (at the model's resolution), nuclei per second and the child's peak
 resident memory. Several sizes with the same tissue area show whether memory grows with the slide (it should not).
+
+``--baseline "KEY=VALUE ..."`` also runs every slide with those settings first (e.g. the old path:
+``slide.workers=1 predict.backend=torch``), in the same invocation on the same files, and prints each setting's
+time as a ratio of the baseline's, with the two runs' nucleus counts and the largest difference of their
+nucleus centroids (the outputs must agree, not only the clocks).
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ import time
 from pathlib import Path
 
 from nucleiseg.slides.synthetic import synthetic_pool, tissue_content, write_slide
+
+
+def _cell(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def synthetic_slide(path: Path, size: int, tissue: float, mpp: float = 0.25) -> Path:
@@ -61,25 +70,62 @@ def measure(slide: Path, model: str | None, out: Path, extra: list[str]) -> dict
     }
 
 
+def _centroids(folder: Path) -> list[tuple[float, float]]:
+    """The nucleus centroids of one predict output (``features.csv``), sorted, in slide pixels."""
+    import pandas as pd
+
+    table = pd.read_csv(folder / "features.csv")
+    return sorted(zip(table["centroid_x"].round(3), table["centroid_y"].round(3), strict=True))
+
+
+def _agreement(baseline: Path, new: Path) -> float:
+    """Largest distance (slide pixels) between matching nucleus centroids of two runs; inf when counts differ."""
+    ours, theirs = _centroids(baseline), _centroids(new)
+    if len(ours) != len(theirs):
+        return math.inf
+    return max((math.dist(a, b) for a, b in zip(ours, theirs, strict=True)), default=0.0)
+
+
+def _measure_slides(args: argparse.Namespace, slides: list[Path], scratch: Path) -> list[dict]:
+    settings = [("baseline", args.baseline.split()), ("measured", args.words)] if args.baseline else [("", args.words)]
+    rows = []
+    for slide in slides:
+        outputs = {}
+        for label, words in settings:
+            outputs[label] = scratch / f"out-{slide.stem}-{label or 'run'}"
+            row = {"run": label or "measured", "settings": " ".join(words) or "(defaults)"}
+            row.update(measure(slide, args.model, outputs[label], words))
+            rows.append(row)
+            print(
+                f"{slide.name} {row['settings']}: {row['seconds']:.0f} s, peak {row['peak_rss_mb']:.0f} MB",
+                file=sys.stderr,
+            )
+        if args.baseline:
+            base, new = rows[-2], rows[-1]
+            new["speed_vs_baseline"] = base["seconds"] / new["seconds"]
+            new["max_centroid_shift_px"] = _agreement(
+                outputs["baseline"] / slide.stem, outputs["measured"] / slide.stem
+            )
+    return rows
+
+
 def run_slide_benchmark(args: argparse.Namespace) -> int:
     import pandas as pd
     from rich.table import Table
 
     from nucleiseg.console import make_console
 
-    rows = []
     with tempfile.TemporaryDirectory(prefix="nucleiseg-slide-bench-") as scratch:
         scratch = Path(scratch)
         slides = [Path(s) for s in args.slide] if args.slide else []
         for size in [] if args.slide else [int(s) for s in args.sizes.split(",")]:
             print(f"writing a {size} x {size} slide ({args.tissue:.0%} tissue)...", file=sys.stderr)
             slides.append(synthetic_slide(scratch / f"synthetic-{size}.tif", size, args.tissue))
-        for slide in slides:
-            rows.append(measure(slide, args.model, scratch / f"out-{slide.stem}", args.words))
-            print(f"{slide.name}: {rows[-1]['seconds']:.0f} s, peak {rows[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr)
+        rows = _measure_slides(args, slides, scratch)
     table = Table()
     columns = [
         "slide",
+        *(["settings"] if args.baseline else []),
         "width",
         "height",
         "tissue_fraction",
@@ -89,11 +135,12 @@ def run_slide_benchmark(args: argparse.Namespace) -> int:
         "nuclei",
         "nuclei_per_second",
         "peak_rss_mb",
+        *(["speed_vs_baseline", "max_centroid_shift_px"] if args.baseline else []),
     ]
     for column in columns:
         table.add_column(column.replace("_", " "), justify="left" if column == "slide" else "right")
     for row in rows:
-        table.add_row(*(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+        table.add_row(*(_cell(row.get(c, "")) for c in columns))
     console = make_console()
     console.print("nucleiseg benchmark-slide")
     console.print(table)
