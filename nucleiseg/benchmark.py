@@ -460,7 +460,7 @@ def run_benchmark(args: argparse.Namespace, cfg: DictConfig) -> int:
     for encoder in encoders:
         check_configuration(encoder, False)
     out = Path(args.out) if args.out else None
-    for name in ("benchmark.md", "benchmark.csv"):
+    for name in ("suite.md", "suite.csv") if args.suite == "gpu" else ("benchmark.md", "benchmark.csv"):
         if out is not None and (out / name).exists() and not args.overwrite:
             raise FileExistsError(f"{out / name} exists; pass --overwrite to replace it")
     device = resolve_device("cpu" if args.device == "cpu" else "auto" if args.device == "auto" else "gpu")
@@ -475,6 +475,8 @@ def run_benchmark(args: argparse.Namespace, cfg: DictConfig) -> int:
         loop_epochs=args.loop_epochs,
         compile_model=args.compile,
     )
+    if args.suite == "gpu":
+        return _run_suite(args, cfg, options, out)
     measurements = benchmark(cfg, options, log=lambda line: print(line, file=sys.stderr))
     hours = projected_study_hours(measurements, cfg)
     title = f"nucleiseg benchmark: {measurements[0].device}, {options.image_size}x{options.image_size}"
@@ -496,6 +498,40 @@ def run_benchmark(args: argparse.Namespace, cfg: DictConfig) -> int:
         console.print(f"written: {out / 'benchmark.md'}, {out / 'benchmark.csv'}")
     if not args.no_mlflow:
         _log_benchmark(cfg, measurements, text)
+    return 0
+
+
+def _run_suite(args: argparse.Namespace, cfg: DictConfig, options: Options, out: Path | None) -> int:
+    """``--suite gpu``: :mod:`nucleiseg.benchmark_suite`'s one table, printed and written as suite.md + suite.csv."""
+    import pandas as pd
+    from rich.table import Table
+
+    from nucleiseg.benchmark_suite import SuiteOptions, run_suite, suite_markdown
+    from nucleiseg.console import make_console
+    from nucleiseg.writing import write_bytes_atomic
+
+    suite = SuiteOptions(
+        measure=options,
+        sweep=options.encoders,
+        sweep_epochs=args.sweep_epochs,
+        slide_size=args.slide_size,
+        slide_tissue=0.05,
+        model=args.model,
+    )
+    rows = run_suite(cfg, suite, log=lambda line: print(line, file=sys.stderr))
+    text = suite_markdown(rows, options.device)
+    table = Table(title=text.splitlines()[0])
+    for column in ("part", "measure", "value", "unit", "note"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for row in rows:
+        table.add_row(row["part"], row["measure"], f"{row['value']:.3g}", row["unit"], row["note"])
+    console = make_console()
+    console.print(table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(out / "suite.md", text.encode())
+        write_bytes_atomic(out / "suite.csv", pd.DataFrame(rows).to_csv(index=False).encode())
+        console.print(f"written: {out / 'suite.md'}, {out / 'suite.csv'}")
     return 0
 
 

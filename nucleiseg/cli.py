@@ -648,7 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "benchmark",
         "training loop, training step and inference throughput of the configurations",
-        "  nucleiseg benchmark --configs unet_bn,densenet121 --image-size 256",
+        "  nucleiseg benchmark --configs unet_bn,densenet121 --image-size 256\n"
+        "  nucleiseg benchmark --suite gpu --out reports/gpu          (one GPU, about 8 minutes)\n"
+        "  nucleiseg benchmark --suite gpu --device cpu --image-size 64 --configs unet_bn --slide-size 3000",
     )
     bench.add_argument("words", nargs="*", metavar="KEY=VALUE", help=WORDS_HELP)
     bench.add_argument("--configs", default=None, help="comma-separated encoders (default: all of Table I)")
@@ -663,6 +665,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="folder for benchmark.md and benchmark.csv")
     bench.add_argument("--overwrite", action="store_true", help="replace benchmark files in --out")
     bench.add_argument("--no-mlflow", action="store_true", help="do not log the measurements to MLflow")
+    bench.add_argument(
+        "--suite",
+        choices=["configs", "gpu"],
+        default="configs",
+        help="configs: the table per configuration; gpu: one table of inference (fast, compiled), loop vs step, a "
+        "packed sweep of the architectures with the projected 140-run time, and a whole slide",
+    )
+    bench.add_argument("--sweep-epochs", type=int, default=2, help="--suite gpu: epochs of each packed-sweep run")
+    bench.add_argument("--slide-size", type=int, default=40000, help="--suite gpu: side of the slide (0: no slide)")
+    bench.add_argument("--model", default=None, help="--suite gpu: the slide's model (default: the default model)")
     bench.set_defaults(handler=_benchmark)
 
     relog = _command(
