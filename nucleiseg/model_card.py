@@ -22,6 +22,16 @@ def _format(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _resolution(data: Mapping[str, Any]) -> str:
+    """The training resolution as the checkpoint records it: one scale, or each dataset's (the paper's squash)."""
+    if data.get("model_mpp"):
+        return f"{data['model_mpp']:.2f} um/px, every source resampled to it"
+    per_dataset = data.get("dataset_mpp") or {}
+    if per_dataset:
+        return "; ".join(f"{name} at {mpp:.2f} um/px" for name, mpp in sorted(per_dataset.items()))
+    return "unknown: the checkpoint records no pixel size"
+
+
 def model_card(hparams: Mapping[str, Any], metrics: Mapping[str, float], final: Mapping[str, float], run: str) -> str:
     data = hparams.get("data") or {}
     datasets = ["synthetic"] if data.get("synthetic") else sorted((data.get("dataset_scale") or {}).keys())
@@ -70,9 +80,9 @@ def model_card(hparams: Mapping[str, Any], metrics: Mapping[str, float], final: 
         "",
         "## Use",
         "",
-        "Research use on H&E-stained tissue near the training resolution (40x, about 0.25 um/px; MoNuSeg was seen at "
-        "half that). `nucleiseg predict IMAGES --checkpoint model.ckpt --out OUT --mpp MICRONS_PER_PIXEL` gives "
-        "masks, nuclei, measurements and QuPath GeoJSON. Not a medical device.",
+        f"Research use on H&E-stained tissue near the training resolution ({_resolution(data)}). "
+        "`nucleiseg predict IMAGES --model model.ckpt --out OUT --mpp MICRONS_PER_PIXEL` gives masks, nuclei, "
+        "measurements and QuPath GeoJSON. Not a medical device.",
     ]
     if data.get("synthetic"):
         lines += ["", "**Trained on synthetic tiles: a smoke-test model. Do not use it on real images.**"]
