@@ -163,7 +163,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.images is not None and args.monuseg is not None:
         raise UsageError("evaluate one set at a time: --images/--masks or --monuseg")
     overrides, extra = split_overrides(args.words)
-    from nucleiseg.evaluate import evaluate, log_evaluation, summary_json
+    from nucleiseg.evaluate import evaluate, summary_json
+    from nucleiseg.tracking.evaluation import log_evaluation
 
     if len(extra) > 1 or (extra and args.model):
         raise UsageError(f"evaluate takes one model (--model) and KEY=VALUE overrides; got {extra + [args.model]}")
@@ -217,7 +218,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _tune_postprocess(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from nucleiseg.evaluate import split_source
+    from nucleiseg.inference.prepared import split_source
     from nucleiseg.inference.session import iterate_split
     from nucleiseg.retune import retune
     from nucleiseg.tracking.mlflow_store import tracking_uri

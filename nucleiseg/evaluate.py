@@ -18,6 +18,7 @@ import numpy as np
 from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_mask_and_kind, read_rgb
 from nucleiseg.data.prepare import load_manifest
 from nucleiseg.errors import ConfigError, DatasetLayoutError
+from nucleiseg.inference.prepared import split_source
 from nucleiseg.inference.session import InferenceSession, Item, iterate_split
 from nucleiseg.postprocess.instances import methods_for
 
@@ -83,31 +84,6 @@ def monuseg_items(root: str | Path) -> Iterator[Item]:
     for source in find_monuseg_release(root):
         image, mask = source.load()
         yield source.name, image, mask
-
-
-def split_source(session: InferenceSession, data_folder: str | Path | None) -> tuple[Path, bool]:
-    """The prepared dataset to evaluate (given, else the checkpoint's own) and whether images need the model's
-    stain normalisation (a split prepared without it) or not (prepared with the same one)."""
-    folder = data_folder or (session.hparams.get("data") or {}).get("folder")
-    if folder is None:
-        raise ConfigError(
-            f"{session.source}: the checkpoint does not record its training data; name the data "
-            "(e.g. data=paper) or evaluate --images/--masks or --monuseg"
-        )
-    folder = Path(folder)
-    if not (folder / "manifest.json").is_file():
-        raise FileNotFoundError(
-            f"{folder}: the prepared dataset this checkpoint was trained on is not there (moved or deleted); "
-            "name the data to prepare it again (e.g. data=paper data.sources.tnbc.root=...)"
-        )
-    manifest = load_manifest(folder)
-    model_stain = session.hparams.get("stain")
-    if manifest.get("stain") and manifest["stain"] != model_stain:
-        raise ConfigError(
-            f"{folder}: the split was stain-normalised differently from this checkpoint's training data; prepare "
-            "it with data.stain.method=none or the same reference"
-        )
-    return folder, not manifest.get("stain")
 
 
 def _synthetic(folder: str | Path) -> bool:
@@ -192,35 +168,3 @@ def summary_json(session: InferenceSession, results: Mapping[str, Any]) -> dict[
         "settings": {k: described[k] for k in ("encoder", "head", "device", "precision", "batch_size", "tta")},
         **({"images_per_second": results[f"{prefix}/images_per_second"]} if "speed" in results else {}),
     }
-
-
-def log_evaluation(
-    tracking: str, study: str, session: InferenceSession, results: Mapping[str, Any], artifacts: str | None = None
-) -> str:
-    """Record an evaluation as an MLflow run of experiment ``study`` (artifacts under ``artifacts`` when the
-    experiment is new); return its run id."""
-    import mlflow
-
-    from nucleiseg.tracking.mlflow_store import use_experiment
-
-    use_experiment(tracking, study, artifacts)
-    described = session.describe()
-    name = session.path.parent.parent.name if session.path and session.path.name == "model.ckpt" else session.source
-    with mlflow.start_run(run_name=f"evaluate-{name}") as active:
-        mlflow.set_tags(
-            {
-                "checkpoint": str(session.path.resolve()) if session.path else session.source,
-                "encoder": str(described["encoder"]),
-                "head": session.head,
-                "pretrained": str(session.hparams.get("pretrained", False)).lower(),
-                "evaluated_on": str(results["evaluated_on"]),
-                "device": described["device"],
-                "precision": described["precision"],
-                "postprocess.tuned_on": described["tuned_on"],
-                **{f"speed.{k}": str(v) for k, v in (results.get("speed") or {}).items() if k != "images_per_second"},
-            }
-        )
-        mlflow.log_params({f"postprocess.{k}": v for k, v in session.postprocess.as_dict().items()})
-        mlflow.log_param("threshold", session.threshold)
-        mlflow.log_metrics({k: float(v) for k, v in results.items() if isinstance(v, float | int)})
-        return active.info.run_id

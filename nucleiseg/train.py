@@ -40,8 +40,8 @@ from nucleiseg.data.prepare import load_manifest, prepare_dataset, prepared_path
 from nucleiseg.devices import cuda_available, device_name, resolve_flag, resolve_precision
 from nucleiseg.errors import ConfigError, NucleisegError, first_line
 from nucleiseg.inference.checkpoint import plain, write_model_checkpoint
+from nucleiseg.inference.held_out_pass import SessionTestPass
 from nucleiseg.inference.session import InferenceSession, InferenceSettings, iterate_split
-from nucleiseg.inference.test_pass import SessionTestPass
 from nucleiseg.locking import LockedError, exclusive
 from nucleiseg.model_card import model_card
 from nucleiseg.models.factory import check_configuration, check_head, configuration_label

@@ -273,7 +273,7 @@ def test_sigterm_in_the_test_phase_records_a_killed_run_that_resumes(train_overr
     import os
     import signal
 
-    from nucleiseg.inference.test_pass import SessionTestPass
+    from nucleiseg.inference.held_out_pass import SessionTestPass
 
     cfg = compose(train_overrides + ["study=sigterm", "trainer.max_epochs=2"])
     original = SessionTestPass.on_test_epoch_end

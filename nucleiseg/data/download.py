@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from urllib.parse import urlparse
 
 from nucleiseg.data.archive import extract_safely
 from nucleiseg.errors import NucleisegError
+from nucleiseg.network import host_reachable
 
 
 class DownloadError(NucleisegError):
@@ -81,16 +81,6 @@ def _manual_instructions(archive: Archive, target_dir: Path) -> str:
 def _reachable(url: str, timeout: float) -> bool:
     parsed = urlparse(url)
     return host_reachable(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), timeout)
-
-
-def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds: offline machines fail fast
-    with instructions instead of waiting for a chain of HTTP retries."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def file_checksum(path: Path, algorithm: str) -> str:

@@ -1,6 +1,6 @@
 """One LightningModule for every configuration and head: the paper's loss (plus the distance term), Adam, and
 pixel metrics on validation. The held-out test metrics come from the inference session
-(:class:`nucleiseg.inference.test_pass.SessionTestPass`), the same path as ``nucleiseg evaluate``."""
+(:class:`nucleiseg.inference.held_out_pass.SessionTestPass`), the same path as ``nucleiseg evaluate``."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def _cached(encoder: str) -> Path | None:
 
 
 def _host_reachable(host: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    from nucleiseg.data.download import host_reachable
+    from nucleiseg.network import host_reachable
 
     return host_reachable(host, 443, timeout)
 

@@ -157,6 +157,10 @@ def resolve(spec: str | None) -> tuple[Path, str]:
     path = Path(name).expanduser()
     if path.is_file():
         return path, str(path)
+    if spec in (None, "", DEFAULT):
+        raise ModelError(f"no default model in {PRETRAINED / 'registry.json'}: name one with --model (a file or URL)")
+    if path.suffix in (".ckpt", ".safetensors", ".pt", ".pth") or "/" in name:
+        raise ModelError(f"--model {spec}: checkpoint not found (no such file)")
     raise ModelError(
         f"--model {spec}: not a file, a URL or a known model; known models: {', '.join(sorted(entries))} "
         "(`nucleiseg models` describes them), or models:/NAME/VERSION from MLflow's registry"

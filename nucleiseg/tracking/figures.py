@@ -86,9 +86,9 @@ def prediction_figure(
     from skimage.segmentation import find_boundaries
 
     from nucleiseg.data.datamodule import load_split
-    from nucleiseg.evaluate import split_source
+    from nucleiseg.inference.overlays import error_overlay
+    from nucleiseg.inference.prepared import split_source
     from nucleiseg.inference.session import InferenceSession
-    from nucleiseg.tracking.overlays import error_overlay
 
     chosen = _chosen_runs(runs, configurations)
     figure, axes = plt.subplots(len(chosen), 5, figsize=(15, 3.1 * len(chosen)), squeeze=False)

@@ -139,8 +139,10 @@ def test_the_mlflow_model_registry_gives_models_by_name_and_version(trained_run,
     from nucleiseg.tracking.registry import register_model
 
     monkeypatch.setenv("NUCLEISEG_CACHE", str(tmp_path / "cache"))
+    from nucleiseg.inference.checkpoint import load_checkpoint
+
     client = MlflowClient(tracking_uri)
-    [run] = client.search_runs([client.get_experiment_by_name("evaluated").experiment_id])
+    run = client.get_run(load_checkpoint(trained_run[3])[1]["mlflow_run_id"])  # (evaluations share its experiment)
     version = register_model(tracking_uri, run.info.run_id, "tiny-nuclei", "# card\nthe test model")
     assert register_model(tracking_uri, run.info.run_id, "tiny-nuclei", "again") == version  # once per run
     assert client.get_model_version("tiny-nuclei", version).description.startswith("# card")

@@ -18,8 +18,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 
+from nucleiseg.inference.overlays import comparison_panel
 from nucleiseg.inference.session import InferenceSession, InferenceSettings, Prediction, iterate_split
-from nucleiseg.tracking.overlays import comparison_panel
 from nucleiseg.writing import png_bytes, write_bytes_atomic
 
 
