@@ -14,6 +14,7 @@ from nucleiseg.errors import NucleisegError
 from nucleiseg.tracking.study import table_one_order
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from nucleiseg.inference.session import InferenceSettings
@@ -40,12 +41,11 @@ def save(figure: Figure, stem: Path, dpi: int) -> list[Path]:
     return paths
 
 
-def plot_curves(curves: pd.DataFrame, title: str, ylabel: str, stem: Path) -> list[Path]:
-    """One line per configuration over epochs (whole-number ticks: epochs are counts)."""
-    plt = _pyplot()
+def draw_curves(axis: Axes, curves: pd.DataFrame, title: str, ylabel: str) -> None:
+    """One line per configuration over epochs on ``axis``, in Table I's order (whole-number ticks: epochs are
+    counts). The report's figures and the loss-curve notebook both draw with it."""
     from matplotlib.ticker import MaxNLocator
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
     order = [c for c in table_one_order() if c in set(curves.configuration)]
     order += sorted(set(curves.configuration) - set(order))
     for configuration in order:
@@ -57,6 +57,12 @@ def plot_curves(curves: pd.DataFrame, title: str, ylabel: str, stem: Path) -> li
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, ncol=2)
+
+
+def plot_curves(curves: pd.DataFrame, title: str, ylabel: str, stem: Path) -> list[Path]:
+    """:func:`draw_curves` as ``stem.png`` and ``stem.svg``."""
+    figure, axis = _pyplot().subplots(figsize=(7, 4.5))
+    draw_curves(axis, curves, title, ylabel)
     return save(figure, stem, dpi=150)
 
 
