@@ -8,9 +8,9 @@ published values beside it: the comparison would not mean what it seems to.
 
 from __future__ import annotations
 
-from typing import Any
-
 from omegaconf import DictConfig, OmegaConf
+
+from nucleiseg.plain import plain
 
 # What the paper fixes (section III); the split seed is not among them (the paper does not say which 25 TNBC
 # images it held out, so every data.protocol.seed is one reading of its protocol).
@@ -54,11 +54,7 @@ def differences_from_paper(cfg: DictConfig, reference: DictConfig | None = None)
     reference = reference if reference is not None else _paper_defaults()
     found = []
     for key in PROTOCOL_KEYS:
-        ours, paper = _plain(OmegaConf.select(cfg, key)), _plain(OmegaConf.select(reference, key))
+        ours, paper = plain(OmegaConf.select(cfg, key)), plain(OmegaConf.select(reference, key))
         if ours != paper:
             found.append(f"{key}={ours} (paper: {paper})")
     return found
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

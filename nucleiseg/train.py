@@ -39,7 +39,7 @@ from nucleiseg.data.online_augment import OnlineAugment
 from nucleiseg.data.prepare import load_manifest, prepare_dataset, prepared_path, training_resolution
 from nucleiseg.devices import cuda_available, device_name, resolve_flag, resolve_precision
 from nucleiseg.errors import ConfigError, NucleisegError, first_line
-from nucleiseg.inference.checkpoint import plain, write_model_checkpoint
+from nucleiseg.inference.checkpoint import write_model_checkpoint
 from nucleiseg.inference.held_out_pass import SessionTestPass
 from nucleiseg.inference.session import InferenceSession, InferenceSettings, iterate_split
 from nucleiseg.locking import LockedError, exclusive
@@ -48,6 +48,7 @@ from nucleiseg.models.factory import check_configuration, check_head, configurat
 from nucleiseg.models.lit_module import SegmentationModule
 from nucleiseg.models.weights import check_imagenet_weights
 from nucleiseg.parallel import share_cpu_threads
+from nucleiseg.plain import plain
 from nucleiseg.postprocess.instances import Postprocess
 from nucleiseg.progress import EpochLines
 from nucleiseg.protocol import differences_from_paper

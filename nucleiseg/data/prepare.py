@@ -34,31 +34,16 @@ from nucleiseg.data.synthetic import SyntheticSpec, synthetic_sources
 from nucleiseg.data.tnbc import find_tnbc
 from nucleiseg.data.transforms import augment_pair, rescale_pair, resize_pair, tile_pair
 from nucleiseg.errors import ConfigError
+from nucleiseg.plain import plain
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 2  # 2: records carry the source image size (the model's training scale)
 
 
-def _plain(config: Any) -> Any:
-    """A DictConfig or mapping as plain, JSON-serialisable Python objects."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(config):
-            return OmegaConf.to_container(config, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if isinstance(config, Mapping):
-        return {k: _plain(v) for k, v in config.items()}
-    if isinstance(config, list | tuple):
-        return [_plain(v) for v in config]
-    return config
-
-
 def config_hash(config: Mapping) -> str:
     """SHA-256 of a config's canonical JSON."""
-    return hashlib.sha256(json.dumps(_plain(config), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(plain(config), sort_keys=True).encode()).hexdigest()
 
 
 def collect_sources(sources_cfg: Mapping, stack: ExitStack) -> dict[str, list[SourceImage]]:
@@ -243,7 +228,7 @@ def _check_pixel_sizes(sources_cfg: Mapping, protocol: Mapping) -> None:
 
 
 def _build(data_cfg: Mapping, target: Path, overwrite: bool, log: Callable[[str], object]) -> Path:
-    protocol = _plain(data_cfg["protocol"])
+    protocol = plain(data_cfg["protocol"])
     _check_pixel_sizes(data_cfg["sources"], protocol)
     scratch = target.parent / f".{target.name}.tmp-{os.getpid()}"
     try:
@@ -266,9 +251,9 @@ def _build(data_cfg: Mapping, target: Path, overwrite: bool, log: Callable[[str]
             "name": data_cfg["name"],
             "seed": protocol["seed"],
             "config": {
-                "sources": _plain(data_cfg["sources"]),
+                "sources": plain(data_cfg["sources"]),
                 "protocol": protocol,
-                "stain": _plain(data_cfg.get("stain")),
+                "stain": plain(data_cfg.get("stain")),
             },
             "stain": normaliser.state() if normaliser is not None else None,
             "counts": {s: len(records[s]) for s in SPLITS},

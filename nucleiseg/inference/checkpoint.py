@@ -14,6 +14,7 @@ import torch
 
 from nucleiseg.errors import NucleisegError, first_line
 from nucleiseg.models.factory import SegmentationNet, create_model
+from nucleiseg.plain import plain
 from nucleiseg.writing import write_bytes_atomic
 
 MODEL_CHECKPOINT_KEY = "nucleiseg_model_checkpoint"  # marks a finished run's weights-only checkpoint (format 1)
@@ -94,19 +95,6 @@ def _build(path: Path, state_dict: dict[str, torch.Tensor], hparams: dict[str, A
             f"{path}: weights do not fit encoder={hparams['encoder']} ({first_line(error)})"
         ) from None
     return model.eval(), hparams
-
-
-def plain(value: Any) -> Any:
-    """Hyper-parameters as the plain containers ``torch.load(weights_only=True)`` reads back (no OmegaConf)."""
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
 
 
 def _save_atomic(payload: dict, path: Path) -> None:
