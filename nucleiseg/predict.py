@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -33,7 +32,7 @@ from nucleiseg.inference.session import InferenceSession
 from nucleiseg.postprocess.features import nucleus_features, write_features
 from nucleiseg.progress import Progress
 from nucleiseg.slides.reader import SLIDE_SUFFIXES
-from nucleiseg.writing import png_bytes, tiff_bytes, write_bytes_atomic, write_json_atomic
+from nucleiseg.writing import install_files, png_bytes, tiff_bytes, write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from nucleiseg.slides.predict_slide import SlideSettings
@@ -252,8 +251,7 @@ def predict_image(
         }
         folder.mkdir(parents=True, exist_ok=True)
         clear_outputs(folder)
-        for output in outputs:
-            os.replace(scratch / output, folder / output)
+        install_files(scratch, folder, outputs)
         write_json_atomic(folder / DONE, record)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -33,6 +34,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
     write_bytes_atomic(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+
+
+def install_files(scratch: Path, folder: Path, names: Iterable[str], stale: Iterable[str] = ()) -> None:
+    """Move the finished files ``names`` of ``scratch`` into ``folder`` (same file system: each a rename) after
+    removing ``stale``, the files of an earlier result that the new one does not replace. Files of ``folder`` in
+    neither list are not touched; the caller writes its record (``done.json``, a marker) last."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(names)
+    for name in set(stale) - set(names):
+        (folder / name).unlink(missing_ok=True)
+    for name in names:
+        os.replace(scratch / name, folder / name)
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -51,7 +51,7 @@ from nucleiseg.tracking.study import (
     table_one_order,
 )
 from nucleiseg.tracking.summary_runs import write_summary_runs
-from nucleiseg.writing import write_json_atomic
+from nucleiseg.writing import install_files, write_json_atomic
 
 if TYPE_CHECKING:
     from nucleiseg.inference.session import InferenceSettings
@@ -246,12 +246,8 @@ def _check_out(out: Path, overwrite: bool) -> list[str]:
 def _install(scratch: Path, out: Path, earlier: list[str]) -> None:
     """Move the new report's files into ``out`` (the earlier report's files replaced or removed, nothing else
     touched), the marker last."""
-    out.mkdir(parents=True, exist_ok=True)
     files = sorted(p.name for p in scratch.iterdir())
-    for name in set(earlier) - set(files):
-        (out / name).unlink(missing_ok=True)
-    for name in files:
-        os.replace(scratch / name, out / name)
+    install_files(scratch, out, files, stale=earlier)
     write_json_atomic(out / MARKER, {"files": files})
 
 
