@@ -203,7 +203,7 @@ class EpochClock(L.Callback):
 def _quiet_libraries() -> Iterator[None]:
     """Lightning's and MLflow's set-up lines and Lightning's pytree notice, which train.py's logging config also
     hides: the benchmark prints its own table, not theirs."""
-    from nucleiseg.train import PYTREE_NOTICE
+    from nucleiseg.assemble import PYTREE_NOTICE
 
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "mlflow", "alembic")]
     levels = [logger.level for logger in loggers]
@@ -224,7 +224,7 @@ def _loop(cfg: DictConfig, scratch: Path) -> tuple[float, int]:
 
     from nucleiseg.data.prepare import load_manifest, prepare_dataset
     from nucleiseg.tracking.mlflow_store import use_experiment
-    from nucleiseg.train import build_datamodule, build_module, build_trainer, training_callbacks
+    from nucleiseg.assemble import build_datamodule, build_module, build_trainer, training_callbacks
 
     folder = prepare_dataset(cfg.data, log=lambda line: None)
     manifest = load_manifest(folder)
@@ -317,7 +317,7 @@ def _measure(
     del naive_module
     loop_cfg = _loop_config(cfg, encoder, size, max(options.loop_epochs, 2), scratch, device)
     from nucleiseg.data.prepare import prepare_dataset
-    from nucleiseg.train import build_datamodule
+    from nucleiseg.assemble import build_datamodule
 
     datamodule = build_datamodule(loop_cfg, prepare_dataset(loop_cfg.data, log=lambda line: None), device.type)
     datamodule.setup("fit")

@@ -6,12 +6,15 @@ The name is derived from the configuration, so re-launching the same command fin
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.data.prepare import config_hash
+from nucleiseg.errors import ConfigError
 
 # Keys that do not change what a run computes: excluded from its identity (name and config hash).
 VOLATILE_KEYS = (
@@ -151,3 +154,47 @@ def identity_hash(cfg: DictConfig) -> str:
 def run_folder(cfg: DictConfig) -> Path:
     """``outputs/<study>/<run name>/``: checkpoints, ``run.json``, ``done.json`` (or ``failed.json``)."""
     return Path(cfg.paths.output_root).expanduser().resolve() / cfg.study / run_name(cfg)
+
+
+class RunRefused(ConfigError):
+    """The run folder holds a run this command must not touch (another configuration, or one in progress)."""
+
+
+@dataclass
+class RunFolder:
+    """A run's name, folder and identity, and what an earlier session left there."""
+
+    name: str
+    path: Path
+    identity: str
+    previous: dict | None  # run.json of an earlier session
+
+    @property
+    def done(self) -> Path:
+        return self.path / "done.json"
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / "run.json"
+
+
+def read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunRefused(f"{path}: not readable as JSON ({error}); move it away to start this run afresh") from None
+
+
+def inspect_folder(cfg: DictConfig) -> RunFolder:
+    """Name, folder and identity of ``cfg``'s run; refuses (touching nothing) a folder of another configuration."""
+    folder = RunFolder(run_name(cfg), run_folder(cfg), identity_hash(cfg), None)
+    folder.previous = read_json(folder.run_file)
+    if folder.previous is not None and folder.previous.get("identity") != folder.identity:
+        found = str(folder.previous.get("identity"))[:10]
+        raise RunRefused(
+            f"{folder.path} holds a run of another configuration (identity {found}, now {folder.identity[:10]}); "
+            "use another study=NAME or remove that folder"
+        )
+    return folder

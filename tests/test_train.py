@@ -329,22 +329,22 @@ def test_a_kill_while_finishing_resumes_the_finish_not_the_training(train_overri
     """SIGTERM in the last seconds (the training checkpoint gone, done.json not yet written): the same command
     finishes the run without training again, and no metric is logged twice into its MLflow run. Test values are
     logged once, at the last epoch's step."""
-    import nucleiseg.train as train_module
+    import nucleiseg.run_finish as finish_module
     from nucleiseg.train import RunKilled
 
     cfg = compose(train_overrides + ["study=finishkill", "trainer.max_epochs=2"])
-    original = train_module.model_card
+    original = finish_module.model_card
 
     def killed(*args, **kwargs):
         raise RunKilled("stopped by signal SIGTERM; re-run the same command to resume")
 
-    monkeypatch.setattr(train_module, "model_card", killed)
+    monkeypatch.setattr(finish_module, "model_card", killed)
     with pytest.raises(SystemExit) as exit_info:
         main(cfg)
     assert exit_info.value.code == 143
     folder = run_folder(cfg)
     assert not (folder / "checkpoints" / "last.ckpt").exists() and not (folder / "done.json").exists()
-    monkeypatch.setattr(train_module, "model_card", original)
+    monkeypatch.setattr(finish_module, "model_card", original)
     monkeypatch.setattr(lit_module.SegmentationModule, "training_step", lambda *a: pytest.fail("trained again"))
     result = main(cfg)
     assert result["status"] == "finished" and (folder / "done.json").is_file()
