@@ -155,6 +155,18 @@ def _data_info(cfg: DictConfig, manifest: dict, data_folder: Path) -> dict[str, 
 
 
 def build_module(cfg: DictConfig, manifest: dict, data_folder: Path, accelerator: str) -> SegmentationModule:
+    """The run's LightningModule: :func:`module_from_config` with what the prepared data gives it (its stain
+    state, and the data record the checkpoint keeps)."""
+    return module_from_config(
+        cfg, accelerator, stain=manifest.get("stain"), data=_data_info(cfg, manifest, data_folder)
+    )
+
+
+def module_from_config(
+    cfg: DictConfig, accelerator: str, stain: dict | None = None, data: dict | None = None
+) -> SegmentationModule:
+    """The LightningModule of ``cfg`` (encoder, head, loss, the ``_partial_`` optimizer and scheduler completed
+    here), before any data exists: what ``benchmark`` and the dry run time. Fused Adam on CUDA."""
     optimizer = instantiate(cfg.optimizer)
     if cfg.optimizer.get("fused") is None and cuda_available(accelerator):
         # the same Adam in fused CUDA kernels: one launch per step instead of several per parameter group
@@ -167,12 +179,12 @@ def build_module(cfg: DictConfig, manifest: dict, data_folder: Path, accelerator
         optimizer=optimizer,
         weights_dir=cfg.model.weights_dir,
         channels_last=resolve_flag(cfg.model.channels_last, accelerator, "model.channels_last"),
-        stain=manifest.get("stain"),
+        stain=stain,
         head=cfg.model.head,
         distance_weight=float(cfg.loss.distance_weight),
         unet_widths=plain(cfg.model.unet_widths),
         postprocess=Postprocess.from_mapping(cfg.postprocess).resolved(cfg.model.head).as_dict(),
-        data=_data_info(cfg, manifest, data_folder),
+        data=data,
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
     )
     if cfg.model.compile:

@@ -9,7 +9,8 @@ from nucleiseg.cli.common import WORDS_HELP, add_command, add_model_option, comp
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from nucleiseg.benchmark import LOOP_DATA, run_benchmark
+    from nucleiseg.benchmark import LOOP_DATA
+    from nucleiseg.benchmark_output import run_benchmark
 
     return run_benchmark(args, compose([*LOOP_DATA, *overrides_only(args, "benchmark")]))
 
