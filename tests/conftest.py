@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,12 @@ from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_train(*words: str, multirun: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python train.py [-m] WORDS`` from the repository root, as a user types it; output captured."""
+    command = [sys.executable, str(REPO / "train.py"), *(["-m"] if multirun else []), *words]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def write_tnbc(root: Path, images_per_slide=(3, 2, 2), size: int = 64, seed: int = 0) -> Path:

@@ -53,11 +53,9 @@ def test_value_choices_are_the_codes_own():
 
 
 def _train(*words, timeout=60):
-    from tests.conftest import REPO
+    from tests.conftest import run_train
 
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *words], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+    return run_train(*words, timeout=timeout)
 
 
 def test_a_wrong_value_is_refused_before_the_heavy_imports_with_the_closest_choice():

@@ -10,13 +10,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from nucleiseg.cli import main as cli
-from tests.conftest import REPO, fast_run_overrides
+from tests.conftest import REPO, fast_run_overrides, run_train
 
 
 def _train(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
+    return run_train(*args, timeout=timeout)
 
 
 def test_ddp_on_cpu_with_two_processes(tmp_path, tracking_uri):

@@ -6,13 +6,11 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, fast_run_overrides
+from tests.conftest import REPO, fast_run_overrides, run_train
 
 
 def _train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", "-m", *overrides], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
+    return run_train(*overrides, multirun=True, timeout=timeout)
 
 
 def _per_seed(client, study):

@@ -222,16 +222,12 @@ def test_compiled_training_writes_the_same_checkpoint_keys(train_overrides):
 
 
 def test_missing_imagenet_weights_fail_before_any_data_work(train_overrides, tmp_path, monkeypatch):
-    import time
-
     import nucleiseg.models.weights as weights
 
     monkeypatch.setattr(weights, "_host_reachable", lambda host, timeout=3.0: False)
     monkeypatch.setattr(weights, "_cached", lambda encoder: None)
-    started = time.perf_counter()
     with pytest.raises(weights.WeightsNotFoundError, match="resnet50-19c8e357.pth"):
         run(compose(train_overrides + ["encoder=resnet50", "pretrained=true", "model.unet_widths=null"]))
-    assert time.perf_counter() - started < 5
     assert not (tmp_path / "data").exists() and not (tmp_path / "outputs").exists()
 
 

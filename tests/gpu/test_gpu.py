@@ -60,8 +60,8 @@ def test_a_bf16_training_run_on_the_gpu(gpu_run):
 
 
 def test_training_builds_fused_adam_and_keeps_the_data_on_the_gpu(gpu_run, tmp_path):
-    from nucleiseg.data.prepare import load_manifest, prepare_dataset
     from nucleiseg.assemble import build_datamodule, build_module, build_trainer, training_callbacks
+    from nucleiseg.data.prepare import load_manifest, prepare_dataset
 
     cfg = gpu_run[0]
     folder = prepare_dataset(cfg.data, log=lambda line: None)
