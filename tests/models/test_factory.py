@@ -14,23 +14,32 @@ def test_table_one_has_fourteen_configurations():
     assert len(TABLE_I) == 14
 
 
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
-    """ImageNet-format weight files made here (seeded random values): the pretrained path runs offline."""
-    from safetensors.torch import save_file
+class WeightFiles:
+    """ImageNet-format weight files made here on demand (a recognisable 0.5 in every float tensor, so a test sees
+    the file's values, not a fresh init): the pretrained path runs offline, one encoder built per file asked."""
 
-    folder = tmp_path_factory.mktemp("weights")
-    for name, spec in ENCODERS.items():
-        if spec.has_imagenet_weights:
-            torch.manual_seed(7)
-            state = create_model(name).network.encoder.state_dict()
-            # a recognisable value in every tensor, so the test sees the file's values, not a fresh init
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def __call__(self, encoder: str):
+        from safetensors.torch import save_file
+
+        path = self.folder / f"{encoder}.imagenet.safetensors"
+        if not path.is_file():
+            state = create_model(encoder).network.encoder.state_dict()
             state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in state.items()}
-            save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"{name}.imagenet.safetensors"))
-    return folder
+            save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        return self.folder
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory):
+    return WeightFiles(tmp_path_factory.mktemp("weights"))
 
 
 SMP_ENCODERS = [name for name, spec in ENCODERS.items() if spec.has_imagenet_weights]
+# one encoder per family in the default suite (ResNet, DenseNet); the other four full-size ones under -m slow
+QUICK = ("resnet50", "densenet121")
 
 
 def _forward_backward(model, channels: int) -> None:
@@ -41,11 +50,14 @@ def _forward_backward(model, channels: int) -> None:
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("encoder", SMP_ENCODERS)
-def test_imagenet_weights_load_into_every_encoder(encoder, weights_dir):
+@pytest.mark.parametrize(
+    "encoder", [e if e in QUICK else pytest.param(e, marks=pytest.mark.slow) for e in SMP_ENCODERS]
+)
+def test_imagenet_weights_load_into_every_encoder(encoder, weight_files):
     """Every encoder of Table I takes its weights file (key for key): the pretrained path runs offline."""
     from safetensors.torch import load_file
 
+    weights_dir = weight_files(encoder)
     model = create_model(encoder, pretrained=True, weights_dir=weights_dir)
     saved = load_file(str(weights_dir / f"{encoder}.imagenet.safetensors"))
     loaded = model.network.encoder.state_dict()
@@ -68,9 +80,9 @@ def test_each_family_and_head_does_forward_and_backward(encoder, widths, head):
 @pytest.mark.parametrize(
     ("encoder", "pretrained"), TABLE_I, ids=[f"{e}-{'imagenet' if p else 'scratch'}" for e, p in TABLE_I]
 )
-def test_every_configuration_does_forward_and_backward(encoder, pretrained, weights_dir):
+def test_every_configuration_does_forward_and_backward(encoder, pretrained, weight_files):
     torch.manual_seed(0)
-    model = create_model(encoder, pretrained=pretrained, weights_dir=weights_dir if pretrained else None)
+    model = create_model(encoder, pretrained=pretrained, weights_dir=weight_files(encoder) if pretrained else None)
     _forward_backward(model, 1)
 
 
