@@ -29,6 +29,7 @@ from nucleiseg.data.datamodule import NucleiDataModule
 from nucleiseg.data.online_augment import OnlineAugment
 from nucleiseg.data.prepare import load_manifest, prepare_dataset, prepared_path, training_resolution
 from nucleiseg.devices import cuda_available, device_name, resolve_flag, resolve_precision
+from nucleiseg.epoch_lines import EpochLines
 from nucleiseg.errors import ConfigError
 from nucleiseg.inference.held_out_pass import SessionTestPass
 from nucleiseg.inference.session import InferenceSettings
@@ -37,7 +38,6 @@ from nucleiseg.models.lit_module import SegmentationModule
 from nucleiseg.models.weights import check_imagenet_weights
 from nucleiseg.plain import plain
 from nucleiseg.postprocess.instances import Postprocess
-from nucleiseg.progress import EpochLines
 from nucleiseg.protocol import differences_from_paper
 from nucleiseg.run_identity import RunFolder, configuration_hash, variant_label
 from nucleiseg.tracking.mlflow_store import artifact_location, flatten, git_commit, tracking_uri

@@ -36,8 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from nucleiseg.data.datamodule import to_model_input
 from nucleiseg.data.image_io import read_mask, read_rgb
+from nucleiseg.data.model_input import to_model_input
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
 from nucleiseg.devices import (
     autocast,

@@ -18,6 +18,7 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries
 from torch.utils.data import DataLoader, Dataset
 
+from nucleiseg.data.model_input import to_model_input
 from nucleiseg.data.online_augment import OnlineAugment
 from nucleiseg.data.prepare import load_manifest
 
@@ -64,11 +65,6 @@ def load_split(folder: str | Path, split: str, distance_targets: bool = False) -
         for index, mask in enumerate(masks_array):
             distances[index] = torch.from_numpy(distance_map(mask))
     return TensorPairs(images, torch.from_numpy(masks_array), distances)
-
-
-def to_model_input(image: torch.Tensor) -> torch.Tensor:
-    """uint8 ``Bx3xHxW`` -> float32 in [0, 1]: the one place pixel values are scaled for the models."""
-    return image.float().div_(255.0) if image.dtype == torch.uint8 else image
 
 
 class NucleiDataModule(L.LightningDataModule):

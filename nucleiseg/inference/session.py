@@ -26,7 +26,6 @@ from nucleiseg.data.stain import from_state
 from nucleiseg.devices import resolve_device, resolve_flag, resolve_inference_precision
 from nucleiseg.errors import ConfigError
 from nucleiseg.inference.tiling import Segmenter
-from nucleiseg.metrics.scoring import Scorer
 from nucleiseg.postprocess.instances import Postprocess, binarise, methods_for, separate_instances
 
 log = logging.getLogger(__name__)
@@ -290,6 +289,8 @@ class InferenceSession:
         """Pixel metrics (whole split and per image) and instance metrics for every separation method the head
         supports, keyed ``PREFIX/metric`` and ``PREFIX/metric_METHOD``; ``on_prediction(index, image, mask,
         prediction)`` sees each prediction (overlays) without predicting twice."""
+        from nucleiseg.metrics.scoring import Scorer  # (torchmetrics: only when scoring, not for predict)
+
         scorer = Scorer(self.threshold, iou_threshold, methods_for(self.head))
         for index, (_, image, mask) in enumerate(items):
             prediction = self.predict(image, scale, normalise)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nucleiseg.data.datamodule import to_model_input
+from nucleiseg.data.model_input import to_model_input
 from nucleiseg.data.stain import StainNormaliser
 from nucleiseg.data.transforms import resize_image
 from nucleiseg.devices import autocast

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
@@ -129,6 +128,8 @@ def create_model(
         return SegmentationNet(network, normalise=None, head=head)
     if unet_widths:
         raise ConfigError(f"model.unet_widths applies to the plain U-Nets only, not to encoder={encoder}")
+    import segmentation_models_pytorch as smp  # (with timm and torchvision: not imported for the plain U-Nets)
+
     network = smp.Unet(encoder_name=spec.smp_name, encoder_weights=None, in_channels=3, classes=classes)
     if pretrained:
         state_dict, _ = imagenet_state_dict(spec.smp_name, weights_dir, allow_download)

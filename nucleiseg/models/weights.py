@@ -13,8 +13,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from segmentation_models_pytorch.encoders import encoders as smp_encoders
-from segmentation_models_pytorch.encoders._legacy_pretrained_settings import pretrained_settings
 
 from nucleiseg.errors import NucleisegError
 
@@ -28,6 +26,10 @@ class WeightsNotFoundError(NucleisegError):
 
 def _settings(encoder: str) -> tuple[str, str, str]:
     """``(hub repo id, hub revision, torchvision url)`` of the ImageNet weights of ``encoder``."""
+    # (imported here: segmentation_models_pytorch brings timm and torchvision, which the plain U-Nets never need)
+    from segmentation_models_pytorch.encoders import encoders as smp_encoders
+    from segmentation_models_pytorch.encoders._legacy_pretrained_settings import pretrained_settings
+
     hub = smp_encoders[encoder]["pretrained_settings"]["imagenet"]
     url = pretrained_settings.get(encoder, {}).get("imagenet", {}).get("url", "")
     return hub["repo_id"], hub.get("revision"), url
