@@ -30,7 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tune.balance": ("dataset", "image"),
     "data.stain.method": ("none", "macenko", "reinhard"),
     "slide.roi_mode": ("intersect", "replace"),
-    "predict.backend": ("torch", "onnxruntime"),
+    "predict.backend": ("auto", "torch", "onnxruntime"),
     "cohort.launcher": ("local", "local_parallel", "slurm", "slurm_local"),
 }
 BOOLEANS = ("pretrained", "resume", "skip_finished", "dry_run", "deterministic", "predict.tta")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,8 @@ def requires_shared_data(*parts: str):
 
 
 os.environ.setdefault("NUCLEISEG_CONF", str(REPO / "conf"))
+# models the tests download or export (ONNX copies of model files) go to a cache of their own, not the user's
+os.environ.setdefault("NUCLEISEG_CACHE", tempfile.mkdtemp(prefix="nucleiseg-test-cache-"))
 
 
 @pytest.fixture(scope="session")

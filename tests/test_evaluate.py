@@ -31,8 +31,9 @@ def _session(checkpoint, **settings) -> InferenceSession:
 def test_evaluate_reproduces_the_training_test_metrics(trained):
     """The checkpoint knows its data: no data config is needed, and the numbers are training's test pass."""
     _, _, metrics, checkpoint = trained
-    # training's test pass runs at predict.precision=auto (bf16 on CPUs with native bf16, fp32 elsewhere): the same
-    results = evaluate(_session(checkpoint, precision="auto"), split="test")
+    # training's test pass runs the in-memory model through PyTorch at predict.precision=auto (bf16 on CPUs with
+    # native bf16, fp32 elsewhere): the same path here (a model file would otherwise run through ONNX Runtime)
+    results = evaluate(_session(checkpoint, precision="auto", backend="torch"), split="test")
     for name in ("jaccard", "f1", "recall", "precision", "accuracy"):
         assert results[f"test/{name}"] == pytest.approx(metrics[f"test/{name}"], abs=1e-5)
     assert results["n_images"] == 6 and "test/images_per_second" not in results  # speed only when asked

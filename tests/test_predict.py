@@ -316,13 +316,31 @@ def test_two_predicts_into_one_folder_are_refused(trained_run, inputs, tmp_path,
 
 
 def test_the_onnxruntime_backend_gives_torchs_probabilities(trained_run, tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime", reason="onnxruntime is in the dev extra; without it the backend warns")
     monkeypatch.setenv("NUCLEISEG_CACHE", str(tmp_path / "cache"))
     image, _ = synthetic_tile(SyntheticSpec(150, 200, n_nuclei=40), 4)
-    torch_session = _session(trained_run, precision="32-true")
+    torch_session = _session(trained_run, precision="32-true", backend="torch")
     onnx_session = _session(trained_run, precision="32-true", backend="onnxruntime")
     assert onnx_session.describe()["backend"] == "onnxruntime" and torch_session.describe()["backend"] == "torch"
     ours, theirs = torch_session.predict(image), onnx_session.predict(image)
     assert np.abs(ours.probability - theirs.probability).max() < 1e-4
     assert np.array_equal(torch_session.instances(ours), onnx_session.instances(theirs))
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))  # exported once, kept for the next session
+
+
+def test_the_automatic_backend_is_onnx_runtime_in_fp32_for_a_model_file_on_a_cpu(trained_run, tmp_path, monkeypatch):
+    """auto: ONNX Runtime (fp32) for a model file on a CPU; PyTorch when bf16 is asked for, when the model is
+    only in memory (training's test pass and tuning) or when onnxruntime is not installed."""
+    import importlib.util
+
+    from nucleiseg.inference.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("NUCLEISEG_CACHE", str(tmp_path / "cache"))
+    automatic = _session(trained_run)
+    assert automatic.describe()["backend"] == "onnxruntime" and automatic.describe()["precision"] == "32-true"
+    assert _session(trained_run, precision="bf16-mixed").describe()["backend"] == "torch"
+    model, hparams = load_checkpoint(trained_run[3])
+    assert InferenceSession(model, hparams, InferenceSettings()).describe()["backend"] == "torch"
+    found = importlib.util.find_spec
+    missing = {"onnxruntime"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else found(name, *a))
+    assert _session(trained_run).describe()["backend"] == "torch"

@@ -13,6 +13,7 @@ whenever a user value replaces the checkpoint's.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ from nucleiseg.inference.tiling import Segmenter
 from nucleiseg.postprocess.instances import Postprocess, binarise, methods_for, separate_instances
 
 log = logging.getLogger(__name__)
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 DEFAULT_THRESHOLD = 0.5  # section III-D of the paper
 # (name, uint8 HxWx3 image, int32 HxW instance labels): what evaluation iterates over
@@ -50,7 +52,7 @@ class InferenceSettings:
     tta: bool = False
     compile: bool = False
     channels_last: bool | str = "auto"
-    backend: str = "torch"  # torch | onnxruntime (CPU only: the network through ONNX Runtime, checked against torch)
+    backend: str = "auto"  # auto | torch | onnxruntime (CPU only: the network through ONNX Runtime, checked)
     scale: float | None = None
     microns_per_pixel: float | None = None
     assumed_mpp: float | None = 0.25  # an input of unknown pixel size is taken to be this (40x); None: refused
@@ -66,8 +68,8 @@ class InferenceSettings:
             raise ConfigError(f"predict.scale={self.scale}: expected a positive factor")
         if self.microns_per_pixel is not None and not self.microns_per_pixel > 0:
             raise ConfigError(f"predict.microns_per_pixel={self.microns_per_pixel}: expected a positive pixel size")
-        if self.backend not in ("torch", "onnxruntime"):
-            raise ConfigError(f"predict.backend={self.backend!r}: expected torch or onnxruntime")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"predict.backend={self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.assumed_mpp is not None and not self.assumed_mpp > 0:
             raise ConfigError(f"predict.assumed_mpp={self.assumed_mpp}: expected a positive pixel size, or null")
         if self.threshold is not None and not 0 < self.threshold < 1:
@@ -94,7 +96,7 @@ class InferenceSettings:
             tta=bool(predict["tta"]),
             compile=bool(predict["compile"]),
             channels_last=cfg["model"]["channels_last"],
-            backend=str(predict.get("backend", "torch")),
+            backend=str(predict.get("backend", "auto")),
             scale=None if predict["scale"] is None else float(predict["scale"]),
             microns_per_pixel=None if predict["microns_per_pixel"] is None else float(predict["microns_per_pixel"]),
             assumed_mpp=None if predict.get("assumed_mpp") is None else float(predict["assumed_mpp"]),
@@ -152,14 +154,35 @@ class InferenceSession:
         model, hparams = load_checkpoint(path)
         return cls(model, hparams, settings, source=label or str(path), path=path)
 
+    def _uses_onnx(self) -> bool:
+        """``backend=onnxruntime`` on a CPU; ``auto``: on a CPU, for a model read from a file (exported once per
+        file into the cache), in fp32 (precision auto or 32-true), not compiled, when onnxruntime is installed.
+        ONNX Runtime computes what eager PyTorch computes in fp32 (the same nuclei, measured on a whole slide), and
+        faster on the CPUs we measured; bf16 autocast, the alternative on CPUs with native bf16, moves about 1% of
+        the nuclei (experiments/benchmarks.md)."""
+        backend = self.settings.backend
+        if self.device.type != "cpu" or backend == "torch":
+            return False
+        if backend == "onnxruntime":
+            return True
+        return (
+            self.path is not None
+            and self.settings.precision in ("auto", "32-true")
+            and not self.settings.compile
+            and importlib.util.find_spec("onnxruntime") is not None
+        )
+
     def _runner(self, model: torch.nn.Module) -> torch.nn.Module:
-        """What computes the logits: the model, or on a CPU with ``backend=onnxruntime`` its ONNX Runtime copy."""
-        if self.settings.backend != "onnxruntime" or self.device.type != "cpu":
+        """What computes the logits: the model, or (:meth:`_uses_onnx`) its ONNX Runtime copy, in fp32."""
+        if not self._uses_onnx():
             return model
         from nucleiseg.inference.onnx_backend import onnx_model
 
         key = f"{self.path.resolve() if self.path else id(model)}:{self.path.stat().st_mtime_ns if self.path else 0}"
-        return onnx_model(model, key, torch.get_num_threads())
+        runner = onnx_model(model, key, torch.get_num_threads())
+        if runner is not model:
+            self.precision = "32-true"  # ONNX Runtime computes in fp32, whatever autocast would have done
+        return runner
 
     def _resolve(self, settings: InferenceSettings) -> tuple[float, Postprocess, dict[str, str]]:
         """Threshold and post-processing by precedence: user > checkpoint > default, with where each came from."""
