@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage.color import rgb2hsv
 from skimage.filters import threshold_multiotsu, threshold_otsu
 from skimage.morphology import disk, remove_small_holes, remove_small_objects
 
@@ -25,6 +24,15 @@ def is_greyscale(thumbnail: np.ndarray) -> bool:
     return bool(np.percentile(spread, 99) <= GREY_SPREAD)
 
 
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation of ``uint8 HxWx3`` as ``skimage.color.rgb2hsv`` computes it ((max - min) / max, 0 where
+    max - min is 0), without the hue and value it also computes: a third of its time on a slide's thumbnail."""
+    channels = rgb.astype(np.float64) * (1.0 / 255.0)  # (as skimage scales: bit for bit the same values)
+    top = channels.max(axis=-1)
+    delta = top - channels.min(axis=-1)
+    return np.divide(delta, top, out=np.zeros_like(delta), where=delta > 0)
+
+
 def tissue_mask(thumbnail: np.ndarray, min_object_fraction: float = 1e-4) -> np.ndarray:
     """``uint8 HxWx3`` low-resolution view -> boolean tissue mask of the same size. A greyscale view has no
     saturation to threshold: tissue is what is darker than the glass (Otsu on darkness)."""
@@ -32,7 +40,7 @@ def tissue_mask(thumbnail: np.ndarray, min_object_fraction: float = 1e-4) -> np.
     if greyscale:
         signal, floor = 1.0 - thumbnail.mean(axis=-1) / 255.0, MIN_DARKNESS
     else:
-        signal, floor = rgb2hsv(thumbnail)[..., 1], MIN_SATURATION
+        signal, floor = saturation(thumbnail), MIN_SATURATION
     if signal.max() < floor or signal.max() - signal.min() < floor:
         return np.zeros(signal.shape, bool)
     if greyscale:

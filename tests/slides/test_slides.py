@@ -407,3 +407,14 @@ def test_windows_in_flight_change_nothing_in_the_outputs(seams_slide, tmp_path):
         tifffile.imread(tmp_path / "one" / "seams" / "labels.tif"),
         tifffile.imread(tmp_path / "two" / "seams" / "labels.tif"),
     )
+
+
+def test_tissue_saturation_is_skimages_bit_for_bit():
+    from skimage.color import rgb2hsv
+
+    from nucleiseg.slides.tissue import saturation
+
+    image = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    image[:10] = 0  # black: no division by zero
+    image[10:20] = 255  # white: no saturation
+    assert np.array_equal(saturation(image), rgb2hsv(image)[..., 1])
