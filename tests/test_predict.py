@@ -325,6 +325,12 @@ def test_the_onnxruntime_backend_gives_torchs_probabilities(trained_run, tmp_pat
     assert np.abs(ours.probability - theirs.probability).max() < 1e-4
     assert np.array_equal(torch_session.instances(ours), onnx_session.instances(theirs))
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))  # exported once, kept for the next session
+    threads = onnx_session.runner.threads
+    with onnx_session.network_threads(1):  # as the slide path runs several windows at once
+        assert onnx_session.runner.threads == 1
+        single = onnx_session.predict(image)
+    assert onnx_session.runner.threads == threads
+    assert np.array_equal(single.probability, theirs.probability)  # the thread count changes nothing
 
 
 def test_the_automatic_backend_is_onnx_runtime_in_fp32_for_a_model_file_on_a_cpu(trained_run, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,18 @@ class InferenceSession:
         if runner is not model:
             self.precision = "32-true"  # ONNX Runtime computes in fp32, whatever autocast would have done
         return runner
+
+    @contextmanager
+    def network_threads(self, threads: int) -> Iterator[None]:
+        """Within the block, the ONNX Runtime network runs with ``threads`` intra-op threads (PyTorch's thread
+        count is process-wide and stays as it is)."""
+        switch = getattr(self.runner, "use_threads", None)
+        previous = switch(threads) if switch else None
+        try:
+            yield
+        finally:
+            if switch:
+                switch(previous)
 
     def _resolve(self, settings: InferenceSettings) -> tuple[float, Postprocess, dict[str, str]]:
         """Threshold and post-processing by precedence: user > checkpoint > default, with where each came from."""

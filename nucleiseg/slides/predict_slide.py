@@ -62,7 +62,7 @@ class SlideSettings:
     labels: bool = False  # also write labels.tif (tiled, pyramidal, int32 nucleus ids)
     min_pixels: int = 4096 * 4096  # a plain image larger than this goes through the windowed path too
     roi_mode: str = "intersect"  # regions of interest (--roi): within the tissue found, or in its place
-    workers: int = 2  # windows in flight at once (read, network, separation overlap); 1: one after another
+    workers: int = 3  # windows in flight at once (read, network, separation overlap); 1: one after another
 
     def __post_init__(self) -> None:
         if self.window < 64 or self.margin < 0 or self.margin * 2 >= self.window * 4:
@@ -320,17 +320,21 @@ def _windows_in_order(
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
+    import torch
+
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nucleiseg-window")
     in_flight: deque = deque()
-    try:
-        for window in todo:
-            in_flight.append(pool.submit(predict_window, slide, session, plan, window, roi))
-            if len(in_flight) >= workers:
+    # windows in the network at once share the cores: each gets its share of threads (ONNX Runtime)
+    with session.network_threads(max(1, torch.get_num_threads() // workers)):
+        try:
+            for window in todo:
+                in_flight.append(pool.submit(predict_window, slide, session, plan, window, roi))
+                if len(in_flight) >= workers:
+                    yield in_flight.popleft().result()
+            while in_flight:
                 yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass

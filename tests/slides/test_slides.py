@@ -391,8 +391,9 @@ def test_regions_that_miss_the_slide_or_do_not_parse_are_one_line(seams_slide, t
 
 
 def test_windows_in_flight_change_nothing_in_the_outputs(seams_slide, tmp_path):
+    """Three windows in flight (the network's threads shared between them) write what one at a time writes."""
     one = SlideSettings(**{**WINDOWS.__dict__, "workers": 1})
-    two = SlideSettings(**{**WINDOWS.__dict__, "workers": 2})
+    two = SlideSettings(**{**WINDOWS.__dict__, "workers": 3})
     assert _run(seams_slide, tmp_path / "one", settings=one).ok
     assert _run(seams_slide, tmp_path / "two", settings=two).ok
     for name in ("features.csv", "slide.json"):
