@@ -29,6 +29,7 @@ from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_rgb
 from nucleiseg.errors import ConfigError, NucleisegError, first_line
 from nucleiseg.inference.export import geojson_bytes, geojson_nuclei, outline_overlay, warning_banner
 from nucleiseg.inference.session import InferenceSession
+from nucleiseg.output_folder import DONE, OUTPUTS, clear_outputs, folder_state
 from nucleiseg.postprocess.features import nucleus_features, write_features
 from nucleiseg.progress import Progress
 from nucleiseg.slides.reader import SLIDE_SUFFIXES
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 INPUT_SUFFIXES = tuple(dict.fromkeys(IMAGE_SUFFIXES + SLIDE_SUFFIXES))
-OUTPUTS = ("probability.tif", "mask.png", "instances.tif", "overlay.png", "nuclei.geojson", "features.csv")
-DONE, IN_PROGRESS = "done.json", ".in_progress"
 LOCK = ".nucleiseg-predict.lock"
 
 
@@ -109,96 +108,6 @@ def settings_fingerprint(session: InferenceSession) -> str:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-OWNED = (*OUTPUTS, "features.parquet", DONE, IN_PROGRESS)  # images; a slide's are SLIDE_OWNED
-
-
-def owned_names() -> tuple[str, ...]:
-    """Every file and folder ``predict`` writes in ``OUT/NAME/``: what ``--overwrite`` replaces, nothing else."""
-    from nucleiseg.slides.predict_slide import SLIDE_OWNED
-
-    return tuple(dict.fromkeys(OWNED + SLIDE_OWNED))
-
-
-def clear_outputs(folder: Path) -> list[str]:
-    """Remove what predict wrote in ``folder``; return the names of files it did not write (kept, and said)."""
-    import shutil
-
-    if not folder.is_dir():
-        return []
-    owned = set(owned_names())
-    for name in owned:
-        target = folder / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-    kept = sorted(p.name for p in folder.iterdir() if p.name not in owned and not p.name.startswith(".nucleiseg"))
-    if kept:
-        log.warning("%s: kept %s, not written by nucleiseg predict", folder, ", ".join(kept))
-    return kept
-
-
-@dataclass(frozen=True)
-class State:
-    """What ``OUT/NAME/`` holds for one input: ``new``, ``done`` (by the same input, model and settings),
-    ``interrupted`` (resumable), ``other`` (another input, model or settings: ``why``) or ``foreign``."""
-
-    kind: str
-    why: str = ""
-
-
-def folder_state(folder: Path, fingerprint: str, identity: dict, labels: bool = False) -> State:
-    """Whether ``folder``'s outputs were made from this input (its content, not its name), by this model with
-    these settings; ``labels``: a finished slide without ``labels.tif`` is resumed to add it."""
-    from nucleiseg.slides.predict_slide import JOURNAL
-
-    done = folder / DONE
-    if done.is_file():
-        return _finished_state(done, fingerprint, identity, labels)
-    plan = folder / JOURNAL / "plan.json"
-    if plan.is_file():
-        return _journal_state(plan, fingerprint, identity)
-    if (folder / IN_PROGRESS).exists():
-        return State("foreign", "left unfinished by an earlier version")
-    if folder.is_dir() and any((folder / name).exists() for name in owned_names()):
-        return State("foreign", "of unknown origin")
-    return State("new")
-
-
-def _finished_state(done: Path, fingerprint: str, identity: dict, labels: bool) -> State:
-    """The state of a folder whose ``done.json`` is ``done``: ``done``, ``interrupted`` (a slide finished without
-    ``labels.tif`` when ``labels`` asks for it), ``other`` or ``foreign`` (the record cannot be read)."""
-    from nucleiseg.input_identity import describe_input, same_input
-
-    try:
-        record = json.loads(done.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return State("foreign", "of unknown origin (unreadable done.json)")
-    if not same_input(record.get("input"), identity):
-        return State("other", f"made from another input: {describe_input(record.get('input'))}")
-    if record.get("fingerprint") != fingerprint:
-        return State("other", "made by another model or other settings")
-    if labels and "slide" in record and "labels.tif" not in record.get("outputs", []):
-        return State("interrupted")
-    return State("done")
-
-
-def _journal_state(plan: Path, fingerprint: str, identity: dict) -> State:
-    """The state of a folder holding a slide's unfinished windows, whose journal plan is ``plan``: ``interrupted``
-    (resumable), ``other`` or ``foreign`` (the plan cannot be read)."""
-    from nucleiseg.input_identity import describe_input, same_input
-
-    try:
-        record = json.loads(plan.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return State("foreign", "of unknown origin (unreadable journal)")
-    if not same_input(record.get("input"), identity):
-        return State("other", f"holds unfinished windows of another input: {describe_input(record.get('input'))}")
-    if record.get("fingerprint") != fingerprint:
-        return State("other", "holds unfinished windows of another model or other settings")
-    return State("interrupted")
 
 
 def predict_image(

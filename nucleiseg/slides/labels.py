@@ -15,7 +15,8 @@ import tifffile
 from nucleiseg.slides.reader import Slide
 
 if TYPE_CHECKING:
-    from nucleiseg.slides.predict_slide import Journal, Plan
+    from nucleiseg.slides.journal import Journal
+    from nucleiseg.slides.plan import Plan
 
 
 def _paint(

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,105 +32,22 @@ import pandas as pd
 from scipy import ndimage
 
 from nucleiseg.data.transforms import resize_image
-from nucleiseg.errors import ConfigError
 from nucleiseg.inference.export import nucleus_features_geojson
 from nucleiseg.inference.session import InferenceSession
 from nucleiseg.postprocess.features import nucleus_features
+from nucleiseg.slides.journal import JOURNAL, Journal
+from nucleiseg.slides.plan import Plan, SlideSettings, Window, plan_slide
 from nucleiseg.slides.reader import Slide
+from nucleiseg.slides.slide_outputs import assemble
 from nucleiseg.slides.tissue import is_greyscale, tissue_fraction, tissue_mask
-from nucleiseg.writing import png_bytes, write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from nucleiseg.progress import Progress
     from nucleiseg.slides.roi import Regions
 
 log = logging.getLogger(__name__)
-JOURNAL = ".windows"
 SLIDE_OUTPUTS = ("nuclei.geojson", "features.csv", "overview.png", "tissue.png", "slide.json")
 SLIDE_OWNED = (*SLIDE_OUTPUTS, "features.parquet", "labels.tif", JOURNAL)  # what --overwrite replaces
-
-
-@dataclass(frozen=True)
-class SlideSettings:
-    """The ``slide`` config group: window geometry, tissue detection, optional outputs."""
-
-    window: int = 1024  # core of a window, in model pixels
-    margin: int = 96  # context around a core, in model pixels: wider than the largest nucleus
-    thumbnail: int = 2048  # longest side of the low-resolution view (tissue, overview)
-    min_tissue: float = 0.02  # share of a window's core that must be tissue for it to be predicted
-    labels: bool = False  # also write labels.tif (tiled, pyramidal, int32 nucleus ids)
-    min_pixels: int = 4096 * 4096  # a plain image larger than this goes through the windowed path too
-    roi_mode: str = "intersect"  # regions of interest (--roi): within the tissue found, or in its place
-    workers: int = 3  # windows in flight at once (read, network, separation overlap); 1: one after another
-
-    def __post_init__(self) -> None:
-        if self.window < 64 or self.margin < 0 or self.margin * 2 >= self.window * 4:
-            raise ConfigError(
-                f"slide.window={self.window}, slide.margin={self.margin}: expected window >= 64, margin >= 0"
-            )
-        if not 0 <= self.min_tissue <= 1:
-            raise ConfigError(f"slide.min_tissue={self.min_tissue}: expected a share between 0 and 1")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError(f"slide.workers={self.workers!r}: expected a whole number >= 1")
-        if self.roi_mode not in ("intersect", "replace"):
-            raise ConfigError(f"slide.roi_mode={self.roi_mode!r}: expected intersect or replace")
-
-    @classmethod
-    def from_config(cls, cfg: Mapping) -> SlideSettings:
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
-
-
-@dataclass(frozen=True)
-class Window:
-    index: int
-    x: int  # core origin at the read level
-    y: int
-    width: int  # core size at the read level (smaller at the slide's right and bottom edges)
-    height: int
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How a slide is read: level, factors between level 0, the read level and the model, window geometry."""
-
-    level: int
-    level_downsample: float  # level-0 pixels per read-level pixel
-    model_downsample: float  # level-0 pixels per model pixel (d)
-    resize: float  # model pixels per read-level pixel (r = level_downsample / d)
-    core: int  # read-level pixels
-    margin: int  # read-level pixels
-    slide_mpp: float | None
-    model_mpp: float | None
-
-    def windows(self, slide: Slide) -> list[Window]:
-        width, height = slide.level_dimensions[self.level]
-        return [
-            Window(index, x, y, min(self.core, width - x), min(self.core, height - y))
-            for index, (y, x) in enumerate(
-                (y, x) for y in range(0, height, self.core) for x in range(0, width, self.core)
-            )
-        ]
-
-
-def plan_slide(slide: Slide, session: InferenceSession, settings: SlideSettings) -> Plan:
-    """The read level and scale factors from the slide's and the model's resolution (or the user's scale); a
-    slide without a pixel size follows the rule of every input (:meth:`InferenceSession.input_mpp`)."""
-    model_mpp = session.model_mpp
-    slide_mpp = slide.mpp
-    if session.settings.scale is not None:
-        downsample = 1.0 / session.settings.scale
-    elif model_mpp:
-        slide_mpp = session.input_mpp(str(slide.path), slide.mpp)
-        downsample = model_mpp / slide_mpp
-    else:
-        log.warning("%s: the model records no training resolution; reading at full resolution", session.source)
-        downsample = 1.0
-    level = slide.best_level(downsample)
-    level_downsample = slide.level_downsamples[level]
-    resize = level_downsample / downsample
-    core = max(16, int(round(settings.window / resize / 16)) * 16)  # a multiple of 16: the label image's tiles
-    margin = int(math.ceil(settings.margin / resize))
-    return Plan(level, level_downsample, downsample, resize, core, margin, slide_mpp, model_mpp)
 
 
 def _centroids(labels: np.ndarray) -> np.ndarray:
@@ -176,16 +92,6 @@ def _slide_columns(frame: pd.DataFrame, window: Window, plan: Plan) -> pd.DataFr
         out["perimeter_um"] = out.perimeter_px * plan.slide_mpp
         out["equivalent_diameter_um"] = out.equivalent_diameter_px * plan.slide_mpp
     return out
-
-
-def slide_columns(plan: Plan, regions: bool = False) -> list[str]:
-    """The columns of a slide's table (see :mod:`nucleiseg.postprocess.features` for the shared schema); with
-    regions of interest, ``region`` names the one holding each nucleus."""
-    from nucleiseg.postprocess.features import COLUMNS
-
-    columns = ["image", "nucleus_id", "window", *COLUMNS[2:]]
-    columns += ["area_um2", "perimeter_um", "equivalent_diameter_um"] if plan.slide_mpp else []
-    return columns + (["region"] if regions else [])
 
 
 def _in_regions(kept: np.ndarray, window: Window, plan: Plan, roi: Regions | None) -> tuple[np.ndarray, list[str]]:
@@ -241,69 +147,6 @@ def _read_level_labels(kept: np.ndarray, plan: Plan, window: Window) -> np.ndarr
         cols = np.minimum((np.arange(read_w) * plan.resize).astype(int), kept.shape[1] - 1)
         kept = kept[rows][:, cols]
     return kept
-
-
-class Journal:
-    """``OUT/NAME/.windows/``: one JSON file per finished window (+ ``.npz`` labels), and the plan they share,
-    which names the input (size and content hash), the model and settings (fingerprint) and the geometry."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder / JOURNAL
-
-    def start(self, fingerprint: str, plan: Plan, tissue_windows: list[int], identity: dict | None = None) -> None:
-        from nucleiseg.input_identity import describe_input, same_input
-
-        state = {"fingerprint": fingerprint, "plan": asdict(plan), "tissue_windows": tissue_windows, "input": identity}
-        found = self.state()
-        if found is not None:
-            if identity is not None and not same_input(found.get("input"), identity):
-                raise ConfigError(
-                    f"{self.folder}: windows of another input ({describe_input(found.get('input'))}); pass --overwrite"
-                )
-            if found["fingerprint"] != fingerprint or found["plan"] != state["plan"]:
-                raise ConfigError(f"{self.folder}: windows of another model or other settings; pass --overwrite")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.folder / "plan.json", state)
-
-    def state(self) -> dict | None:
-        path = self.folder / "plan.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def done(self, with_labels: bool = False) -> set[int]:
-        """Windows finished (with their labels, when ``with_labels``: a run that adds ``labels.tif`` redoes the
-        windows an earlier run finished without them)."""
-        finished = set()
-        for path in self.folder.glob("W*.json"):
-            index = int(path.stem[1:])
-            if (
-                not with_labels
-                or (self.folder / f"W{index:07d}.npz").is_file()
-                or not json.loads(path.read_text())["n"]
-            ):
-                finished.add(index)
-        return finished
-
-    def write(self, entry: dict[str, Any]) -> None:
-        import io
-
-        labels = entry.pop("labels", None)
-        if labels is not None:
-            buffer = io.BytesIO()
-            np.savez_compressed(buffer, labels=labels.astype(np.int32))
-            write_bytes_atomic(self.folder / f"W{entry['index']:07d}.npz", buffer.getvalue())
-        write_bytes_atomic(self.folder / f"W{entry['index']:07d}.json", json.dumps(entry).encode())
-
-    def entries(self) -> Iterator[dict[str, Any]]:
-        for path in sorted(self.folder.glob("W*.json")):
-            yield json.loads(path.read_text())
-
-    def labels(self, index: int) -> np.ndarray | None:
-        """A window's nuclei over its read region (core + margin), or None when it has none."""
-        path = self.folder / f"W{index:07d}.npz"
-        if not path.is_file():
-            return None
-        with np.load(path) as stored:
-            return stored["labels"]
 
 
 def _windows_in_order(
@@ -418,121 +261,3 @@ def predict_slide(
     counts, outputs = assemble(folder, slide, plan, journal, thumbnail, thumb_downsample, mask, settings, roi)
     summary.update(counts)
     return SlideResult(summary["n_nuclei"], summary, outputs)
-
-
-def assemble(
-    folder: Path,
-    slide: Slide,
-    plan: Plan,
-    journal: Journal,
-    thumbnail: np.ndarray,
-    thumb_downsample: float,
-    mask: np.ndarray,
-    settings: SlideSettings,
-    roi: Regions | None = None,
-) -> tuple[dict[str, Any], list[str]]:
-    """Stream the journal into the slide's outputs; returns counts for ``slide.json`` and the files written."""
-    from nucleiseg.writing import atomic_stream
-
-    offsets: dict[int, int] = {}
-    centres: list[np.ndarray] = []
-    per_region: dict[str, int] = dict.fromkeys(roi.names, 0) if roi is not None else {}
-    total, touching, first = 0, 0, True
-    parquet = _ParquetRows(folder / "features.parquet")
-    with atomic_stream(folder / "nuclei.geojson") as geojson, atomic_stream(folder / "features.csv") as table:
-        geojson.write('{"type":"FeatureCollection","features":[')
-        for entry in journal.entries():
-            offsets[entry["index"]] = total
-            rows = pd.DataFrame(entry["rows"])
-            if len(rows):
-                rows.insert(0, "nucleus_id", total + rows.pop("local_id"))
-                rows.insert(0, "image", slide.path.stem)
-                for feature, row in zip(entry["features"], rows.to_dict("records"), strict=True):
-                    measured = {k: float(v) for k, v in row.items() if k not in ("window", "image", "region")}
-                    feature["properties"]["measurements"] = measured
-                    geojson.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
-                    first = False
-                table.write(rows.to_csv(index=False, header=total == 0))
-                for region in rows.get("region", []):
-                    per_region[region] += 1
-                parquet.append(rows)
-                centres.append(rows[["centroid_x", "centroid_y"]].to_numpy())
-            total += entry["n"]
-            touching += entry.get("touching_edge", 0)
-        geojson.write("]}")
-        if total == 0:
-            table.write(",".join(slide_columns(plan, roi is not None)) + "\n")
-    outputs = ["nuclei.geojson", "features.csv", "tissue.png", "overview.png"]
-    if parquet.close():
-        outputs.append("features.parquet")
-    write_bytes_atomic(folder / "tissue.png", png_bytes((mask * 255).astype(np.uint8)))
-    write_bytes_atomic(folder / "overview.png", png_bytes(_overview(thumbnail, thumb_downsample, centres)))
-    if settings.labels:
-        from nucleiseg.slides.labels import write_labels
-
-        write_labels(folder / "labels.tif", slide, plan, journal, offsets)
-        outputs.append("labels.tif")
-    if touching:
-        log.warning(
-            "%s: %d nuclei touch the edge of their window's context: nuclei larger than slide.margin=%d model pixels "
-            "may be cut; raise slide.margin",
-            slide.path,
-            touching,
-            round(plan.margin * plan.resize),
-        )
-    counts: dict[str, Any] = {"n_nuclei": total, "nuclei_touching_window_edge": touching}
-    if roi is not None:
-        areas = roi.areas_um2(plan.slide_mpp)
-        counts["regions"] = {
-            name: {
-                "nuclei": per_region[name],
-                "area_mm2": areas[name] / 1e6 if areas[name] is not None else None,
-                "nuclei_per_mm2": per_region[name] / (areas[name] / 1e6) if areas[name] else None,
-            }
-            for name in roi.names
-        }
-    return counts, outputs
-
-
-def _overview(thumbnail: np.ndarray, downsample: float, centres: list[np.ndarray]) -> np.ndarray:
-    """The low-resolution view with a yellow dot on every nucleus found."""
-    overview = thumbnail.copy()
-    if centres:
-        points = np.concatenate(centres) / downsample
-        cols = np.clip(points[:, 0].astype(int), 0, overview.shape[1] - 1)
-        rows = np.clip(points[:, 1].astype(int), 0, overview.shape[0] - 1)
-        overview[rows, cols] = (255, 230, 0)
-    return overview
-
-
-class _ParquetRows:
-    """features.parquet written window by window (with pyarrow; skipped without it)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.writer, self.temporary = path, None, None
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            self.path = None
-
-    def append(self, rows: pd.DataFrame) -> None:
-        if self.path is None:
-            return
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.Table.from_pandas(rows, preserve_index=False)
-        if self.writer is None:
-            self.temporary = self.path.with_name(f".{self.path.name}.tmp")
-            self.writer = pq.ParquetWriter(self.temporary, table.schema)
-        self.writer.write_table(table.cast(self.writer.schema))
-
-    def close(self) -> bool:
-        """Finish the file; whether one was written (a slide without nuclei gets none: its CSV has the header)."""
-        if self.writer is None:
-            return False
-        import os
-
-        self.writer.close()
-        os.replace(self.temporary, self.path)
-        return True
