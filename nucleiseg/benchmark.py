@@ -157,21 +157,26 @@ def _widths(cfg: DictConfig, encoder: str) -> list[int] | None:
     )
 
 
-def _module(cfg: DictConfig, encoder: str, device: torch.device, channels_last: bool) -> SegmentationModule:
-    """``encoder``'s LightningModule as train.py builds it (:func:`nucleiseg.assemble.module_from_config`), from
-    random initialisation, with the memory format asked for and no compilation, on ``device``."""
-    from nucleiseg.assemble import module_from_config
-
+def _for_encoder(cfg: DictConfig, encoder: str, values: dict) -> DictConfig:
+    """A copy of ``cfg`` for ``encoder`` from random initialisation (its widths), with ``values`` set on top."""
     cfg = cfg.copy()
     for key, value in {
         "encoder": encoder,
         "pretrained": False,
         "model.unet_widths": _widths(cfg, encoder),
-        "model.channels_last": channels_last,
-        "model.compile": False,
+        **values,
     }.items():
         OmegaConf.update(cfg, key, value, force_add=True)
-    return module_from_config(cfg, device.type).to(device)
+    return cfg
+
+
+def _module(cfg: DictConfig, encoder: str, device: torch.device, channels_last: bool) -> SegmentationModule:
+    """``encoder``'s LightningModule as train.py builds it (:func:`nucleiseg.assemble.module_from_config`), from
+    random initialisation, with the memory format asked for and no compilation, on ``device``."""
+    from nucleiseg.assemble import module_from_config
+
+    values = {"model.channels_last": channels_last, "model.compile": False}
+    return module_from_config(_for_encoder(cfg, encoder, values), device.type).to(device)
 
 
 class EpochClock(L.Callback):
@@ -242,21 +247,19 @@ def _loop(cfg: DictConfig, scratch: Path) -> tuple[float, int]:
 def _loop_config(
     cfg: DictConfig, encoder: str, image_size: int, epochs: int, scratch: Path, device: torch.device
 ) -> DictConfig:
-    cfg = cfg.copy()
-    for key, value in {
-        "encoder": encoder,
-        "pretrained": False,
-        "model.unet_widths": _widths(cfg, encoder),
-        "trainer.max_epochs": epochs,
-        "trainer.accelerator": "gpu" if device.type == "cuda" else "cpu",
-        "progress_bar": "none",
-        "data.sources.synthetic.tile_size": image_size,
-        "data.protocol.image_size": image_size,
-        "data.prepared_root": str(scratch / "data"),
-        "tune.enabled": False,
-    }.items():
-        OmegaConf.update(cfg, key, value, force_add=True)
-    return cfg
+    return _for_encoder(
+        cfg,
+        encoder,
+        {
+            "trainer.max_epochs": epochs,
+            "trainer.accelerator": "gpu" if device.type == "cuda" else "cpu",
+            "progress_bar": "none",
+            "data.sources.synthetic.tile_size": image_size,
+            "data.protocol.image_size": image_size,
+            "data.prepared_root": str(scratch / "data"),
+            "tune.enabled": False,
+        },
+    )
 
 
 @dataclass(frozen=True)
