@@ -39,7 +39,7 @@ class OnnxModel(torch.nn.Module):
         self.sessions: dict[int, Any] = {}
         self._lock = threading.Lock()
 
-    def _session(self, threads: int) -> Any:  # noqa: ANN401 - an onnxruntime.InferenceSession
+    def _session(self, threads: int) -> Any:  # an onnxruntime.InferenceSession (imported on first use)
         import onnxruntime
 
         with self._lock:
