@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -32,14 +32,13 @@ from nucleiseg.devices import cuda_available, device_name, resolve_flag, resolve
 from nucleiseg.epoch_lines import EpochLines
 from nucleiseg.errors import ConfigError
 from nucleiseg.inference.held_out_pass import SessionTestPass
-from nucleiseg.inference.session import InferenceSettings
 from nucleiseg.models.factory import check_configuration, check_head, configuration_label
 from nucleiseg.models.lit_module import SegmentationModule
 from nucleiseg.models.weights import check_imagenet_weights
 from nucleiseg.plain import plain
-from nucleiseg.postprocess.instances import Postprocess
 from nucleiseg.protocol import differences_from_paper
 from nucleiseg.run_identity import RunFolder, configuration_hash, variant_label
+from nucleiseg.settings import build, carried_settings, inference_settings, postprocess_settings
 from nucleiseg.tracking.mlflow_store import artifact_location, flatten, git_commit, tracking_uri
 from nucleiseg.tracking.pending import Pending, resilient_logger
 from nucleiseg.writing import write_json_atomic
@@ -62,8 +61,11 @@ def validate(cfg: DictConfig) -> None:
     resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     resolve_flag(cfg.model.channels_last, cfg.trainer.accelerator, "model.channels_last")
     resolve_flag(cfg.data.loader.pin_memory, cfg.trainer.accelerator, "data.loader.pin_memory")
-    Postprocess.from_mapping(cfg.postprocess).resolved(cfg.model.head)
-    InferenceSettings.from_config(cfg)
+    postprocess_settings(cfg)
+    inference_settings(cfg)
+    build(cfg.speed), build(cfg.tune), build(cfg.slide)
+    if cfg.get("threshold") is None:
+        raise ConfigError("threshold=null: training needs a probability threshold between 0 and 1")
     from nucleiseg.config_checks import BOOLEANS, CHOICES, RANGES, WHOLE_AT_LEAST, check_value
 
     for key in (*CHOICES, *BOOLEANS, *RANGES, *WHOLE_AT_LEAST):
@@ -165,32 +167,27 @@ def build_module(cfg: DictConfig, manifest: dict, data_folder: Path, accelerator
 def module_from_config(
     cfg: DictConfig, accelerator: str, stain: dict | None = None, data: dict | None = None
 ) -> SegmentationModule:
-    """The LightningModule of ``cfg`` (encoder, head, loss, the ``_partial_`` optimizer and scheduler completed
-    here), before any data exists: what ``benchmark`` and the dry run time. Fused Adam on CUDA."""
+    """The LightningModule of the ``model`` group, before any data exists (what ``benchmark`` and the dry run
+    time), completed with the run-time values: encoder and pretrained, threshold, the ``loss`` group, the
+    ``_partial_`` optimizer (fused Adam on CUDA) and scheduler, channels_last resolved for ``accelerator``, the
+    post-processing the checkpoint records, and ``stain`` and ``data`` from the prepared data."""
     optimizer = instantiate(cfg.optimizer)
     if cfg.optimizer.get("fused") is None and cuda_available(accelerator):
         # the same Adam in fused CUDA kernels: one launch per step instead of several per parameter group
         optimizer = functools.partial(optimizer, fused=True)
-    module = SegmentationModule(
+    return build(
+        cfg.model,
         encoder=cfg.encoder,
         pretrained=cfg.pretrained,
-        smooth=cfg.loss.smooth,
-        threshold=cfg.threshold,
+        threshold=float(cfg.threshold),
+        loss=build(cfg.loss),
         optimizer=optimizer,
-        weights_dir=cfg.model.weights_dir,
-        channels_last=resolve_flag(cfg.model.channels_last, accelerator, "model.channels_last"),
-        stain=stain,
-        head=cfg.model.head,
-        distance_weight=float(cfg.loss.distance_weight),
-        unet_widths=plain(cfg.model.unet_widths),
-        postprocess=Postprocess.from_mapping(cfg.postprocess).resolved(cfg.model.head).as_dict(),
-        data=data,
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        channels_last=resolve_flag(cfg.model.channels_last, accelerator, "model.channels_last"),
+        postprocess=postprocess_settings(cfg).as_dict(),
+        stain=stain,
+        data=data,
     )
-    if cfg.model.compile:
-        # in place (nn.Module.compile), so state_dict keys and checkpoints are the same as without it
-        module.model.compile()
-    return module
 
 
 def build_datamodule(cfg: DictConfig, data_folder: Path, accelerator: str) -> NucleiDataModule:
@@ -221,33 +218,21 @@ def checkpoint_every(cfg: DictConfig) -> int:
 
 
 def training_callbacks(cfg: DictConfig, run_path: Path, has_val: bool, *extra: L.Callback) -> list[L.Callback]:
-    """Checkpoints first: ``last.ckpt`` (with optimizer state, for resume) every :func:`checkpoint_every` epochs
-    and, only when ``test_checkpoint=best``, ``best.ckpt`` (weights only) by validation loss; then ``extra``,
-    then progress: rich bars on a terminal, one plain line per epoch in logs and files (``progress_bar``)."""
-    folder = run_path / "checkpoints"
-    # "top 1 without a monitor" is Lightning's way to keep just the latest checkpoint, under our name last.ckpt
-    # (its save_last only writes when a top-k checkpoint was written in the same step)
-    latest = ModelCheckpoint(
-        dirpath=folder,
-        filename="last",
-        monitor=None,
-        save_top_k=1,
-        every_n_epochs=checkpoint_every(cfg),
-        enable_version_counter=False,
-    )
-    callbacks: list[L.Callback] = [latest]
-    if cfg.test_checkpoint == "best":
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=folder,
-                filename="best",
-                monitor="loss/val" if has_val else "loss/train",
-                mode="min",
-                save_weights_only=True,
-                auto_insert_metric_name=False,
-                enable_version_counter=False,
-            )
-        )
+    """The ``callbacks`` group, each from its ``_target_``, completed with the run's checkpoint folder:
+    ``last_checkpoint`` every :func:`checkpoint_every` epochs, ``best_checkpoint`` only when
+    ``test_checkpoint=best`` (by the training loss when there is no validation split); then ``extra``, then
+    progress: rich bars on a terminal, one plain line per epoch in logs and files (``progress_bar``)."""
+    folder = str(run_path / "checkpoints")
+    callbacks: list[L.Callback] = []
+    for name, node in cfg.callbacks.items():
+        if node is None or (name == "best_checkpoint" and cfg.test_checkpoint != "best"):
+            continue
+        if name == "last_checkpoint":
+            callbacks.append(build(node, dirpath=folder, every_n_epochs=checkpoint_every(cfg)))
+        elif name == "best_checkpoint":
+            callbacks.append(build(node, dirpath=folder, **({} if has_val else {"monitor": "loss/train"})))
+        else:
+            callbacks.append(build(node))
     callbacks += extra
     mode = cfg.progress_bar
     if mode == "auto":
@@ -274,18 +259,12 @@ def build_trainer(cfg: DictConfig, run_path: Path, logger: MLFlowLogger, callbac
 
 
 def build_test_pass(cfg: DictConfig, logger: MLFlowLogger) -> SessionTestPass:
-    speed = None
-    if cfg.speed.enabled:
-        speed = {
-            "image_size": int(cfg.speed.image_size or cfg.data.protocol.image_size),
-            "batch_size": int(cfg.speed.batch_size),
-            "warmup": int(cfg.speed.warmup),
-            "iterations": int(cfg.speed.iterations),
-        }
+    """The held-out test pass, run by the session of the model just trained (its own threshold and
+    post-processing, :func:`~nucleiseg.settings.carried_settings`), timed per the ``speed`` group."""
     return SessionTestPass(
-        InferenceSettings.from_config(cfg),
+        carried_settings(cfg),
         iou_threshold=float(cfg.metrics.iou_threshold),
-        speed=speed,
+        speed=build(cfg.speed).measurement(int(cfg.data.protocol.image_size)),
         overlays=int(cfg.logger.overlays),
         log_artifact=logger.artifact,
     )

@@ -52,6 +52,21 @@ TABLE_COLUMNS = [
 
 
 @dataclass(frozen=True)
+class CohortSettings:
+    """The ``cohort`` config group (``conf/cohort/default.yaml`` holds the defaults)."""
+
+    launcher: str  # local | local_parallel | slurm | slurm_local
+    shards: int | str  # auto, or a number of jobs
+    slurm: dict[str, Any]  # per job of the array: partition, gpus_per_node, cpus_per_task, mem_gb, timeout_min, ...
+
+    def __post_init__(self) -> None:
+        if self.launcher not in LAUNCHERS:
+            raise ConfigError(f"cohort.launcher={self.launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+        if self.shards != "auto" and (not isinstance(self.shards, int) or self.shards < 1):
+            raise ConfigError(f"cohort.shards={self.shards!r}: expected auto or a whole number >= 1")
+
+
+@dataclass(frozen=True)
 class Entry:
     """One slide of a cohort (and its regions of interest)."""
 
@@ -214,18 +229,18 @@ def run_shard(job: CohortJob, entries: list[Entry]) -> list[dict[str, Any]]:
     fails is recorded with its reason and the shard goes on."""
     from nucleiseg.config import compose
     from nucleiseg.console import setup_logging
-    from nucleiseg.inference.session import InferenceSession, InferenceSettings
+    from nucleiseg.inference.session import InferenceSession
     from nucleiseg.model_sources import resolve_model
     from nucleiseg.predict import predict
-    from nucleiseg.slides.predict_slide import SlideSettings
+    from nucleiseg.settings import build, inference_settings
 
     setup_logging()
-    cfg = compose(job.overrides)
-    settings = InferenceSettings.from_config(cfg, explicit=[o.split("=", 1)[0] for o in job.overrides])
+    cfg = compose(job.overrides, "inference")
+    settings = inference_settings(cfg)
     model_path, label = resolve_model(job.model, job.run_id, job.overrides)
     session = InferenceSession.from_checkpoint(model_path, settings, label=label)
     model_sha = _model_hash(model_path)
-    slide_settings = SlideSettings(**{**SlideSettings.from_config(cfg.slide).__dict__, "labels": job.labels})
+    slide_settings = build(cfg.slide, labels=job.labels)
     rows = []
     for entry in entries:
         started = time.perf_counter()
@@ -276,22 +291,20 @@ def _executor(launcher: str, out: Path, settings: dict[str, Any], gpus: int) -> 
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         options = {k: v for k, v in settings.items() if v is not None}
         executor.update_parameters(
-            timeout_min=int(options.pop("timeout_min", 240)),
-            slurm_array_parallelism=int(options.pop("array_parallelism", 16)),
+            timeout_min=int(options.pop("timeout_min")),
+            slurm_array_parallelism=int(options.pop("array_parallelism")),
             **{f"slurm_{k}": v for k, v in options.items()},
         )
         return executor
     executor = submitit.LocalExecutor(folder=folder)
-    executor.update_parameters(timeout_min=int(settings.get("timeout_min") or 240), gpus_per_node=gpus)
+    executor.update_parameters(timeout_min=int(settings["timeout_min"]), gpus_per_node=gpus)
     return executor
 
 
 def run_cohort(
     job: CohortJob,
     inputs: list[str],
-    launcher: str = "local",
-    shards: int | str = "auto",
-    slurm: dict[str, Any] | None = None,
+    settings: CohortSettings,
     tracking_uri: str | None = None,
 ) -> Any:
     """Predict a cohort into ``job.out`` (see the module docstring); returns the cohort table (a DataFrame)."""
@@ -299,8 +312,7 @@ def run_cohort(
 
     from nucleiseg.locking import exclusive
 
-    if launcher not in LAUNCHERS:
-        raise ConfigError(f"cohort.launcher={launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+    launcher = settings.launcher
     entries, problems = read_cohort(inputs)
     if not entries and not problems:
         raise ConfigError(f"no slide found in {inputs}")
@@ -310,12 +322,12 @@ def run_cohort(
         for name, reason in problems:
             log.warning("%s: %s", name, reason)
             _record(job.out, {"slide": Path(name).name, "path": str(name), "status": "failed", "reason": reason})
-        groups = shard(entries, _shard_count(shards, launcher, len(entries))) if entries else []
+        groups = shard(entries, _shard_count(settings.shards, launcher, len(entries))) if entries else []
         if launcher == "local":
             for group in groups:
                 run_shard(job, group)
         else:
-            _run_jobs(job, groups, launcher, slurm or {})
+            _run_jobs(job, groups, launcher, settings.slurm)
         write_table(job.out)
     table = pd.read_csv(job.out / "cohort.csv")
     if tracking_uri:

@@ -12,7 +12,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.errors import ConfigError
 
-GROUPS = ("data", "trainer", "logger", "paths", "hydra", "paper_config", "experiment")
+GROUPS = (
+    "data",
+    "model",
+    "loss",
+    "optimizer",
+    "callbacks",
+    "postprocess",
+    "predict",
+    "slide",
+    "cohort",
+    "speed",
+    "tune",
+    "trainer",
+    "logger",
+    "paths",
+    "hydra",
+    "paper_config",
+    "experiment",
+)
 
 
 def config_dir() -> Path:
@@ -29,12 +47,22 @@ def config_dir() -> Path:
 def _compose(overrides: list[str], config_name: str) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
     from nucleiseg.parallel import register_resolvers
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+    # inside a Hydra app (train.py) Hydra is initialised already: set it aside for this composition, then restore it
+    backup = get_gh_backup() if GlobalHydra.instance().is_initialized() else None
+    if backup is not None:
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    finally:
+        if backup is not None:
+            restore_gh_from_backup(backup)
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:

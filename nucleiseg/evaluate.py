@@ -97,14 +97,19 @@ def evaluate(
     images: str | Path | None = None,
     masks: str | Path | None = None,
     monuseg: str | Path | None = None,
-    iou_threshold: float = 0.5,
+    iou_threshold: float | None = None,
     speed: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``session``'s model on one evaluation set: ``monuseg`` (the test release), ``images``/``masks``
     folders, or a prepared ``split`` (of ``data_folder``, else of the checkpoint's own training data).
 
     Returns flat metrics (``PREFIX/metric``, ``PREFIX/metric_METHOD``), ``n_images``, ``evaluated_on``, and with
-    ``speed`` (``image_size``, ``batch_size``, ``warmup``, ``iterations``) the inference speed."""
+    ``speed`` (``image_size``, ``batch_size``, ``warmup``, ``iterations``) the inference speed.
+    ``iou_threshold=None``: ``metrics.iou_threshold`` of ``conf/``."""
+    if iou_threshold is None:
+        from nucleiseg.settings import default_value
+
+        iou_threshold = float(default_value("metrics.iou_threshold"))
     if (images is None) != (masks is None):
         raise ConfigError("--images and --masks go together")
     if images is not None and monuseg is not None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float) -> torch.Tensor:
     """``1 - Dice`` over the whole batch; ``logits`` and ``target`` (0/1) share a shape."""
     probabilities = torch.sigmoid(logits.float()).flatten()
     target = target.float().flatten()
@@ -30,7 +30,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -
 class BCEDiceLoss(nn.Module):
     """``BCE + Dice loss`` of the paper; returns the total and its two parts."""
 
-    def __init__(self, smooth: float = 1.0) -> None:
+    def __init__(self, smooth: float) -> None:
         super().__init__()
         self.smooth = smooth
 
@@ -45,7 +45,7 @@ class SegmentationLoss(nn.Module):
     error between the predicted distance map (sigmoid of channel 1) and each nucleus's normalised distance
     transform (Naylor et al., IEEE TMI 2018 regress it with a squared error too)."""
 
-    def __init__(self, smooth: float = 1.0, distance_weight: float = 1.0) -> None:
+    def __init__(self, smooth: float, distance_weight: float) -> None:
         super().__init__()
         self.mask_loss = BCEDiceLoss(smooth)
         self.distance_weight = distance_weight

@@ -261,9 +261,9 @@ def predict(
     ``lock="input"``: lock each input's folder instead of ``out`` (the shards of a cohort share ``out``; their
     launcher holds the cohort's lock), an input in use elsewhere is reported and skipped."""
     from nucleiseg.locking import exclusive
-    from nucleiseg.slides.predict_slide import SlideSettings
+    from nucleiseg.settings import defaults
 
-    slide_settings = slide_settings or SlideSettings()
+    slide_settings = slide_settings or defaults("slide")
     files, missing = expand_inputs(inputs)
     summary = PredictSummary(failed=list(missing))
     if not files and not missing:

@@ -22,7 +22,7 @@ from typing import Any
 from nucleiseg.errors import ConfigError
 from nucleiseg.inference.checkpoint import update_hyperparameters
 from nucleiseg.inference.session import InferenceSession, iterate_split
-from nucleiseg.postprocess.tuning import TuningResult, tune, tuning_tags
+from nucleiseg.postprocess.tuning import TuneSettings, TuningResult, tune, tuning_tags
 from nucleiseg.writing import write_bytes_atomic, write_json_atomic
 
 
@@ -52,21 +52,19 @@ def retune(
     session: InferenceSession,
     checkpoint: Path,
     items: Iterable[tuple[str, Any, Any]],
-    grid: Mapping[str, Any],
-    objective: str,
+    settings: TuneSettings,
     iou_threshold: float,
     normalise: bool,
     split: str,
     out: Path | None = None,
     tracking_uri: str | None = None,
-    balance: str = "dataset",
 ) -> dict[str, Any]:
     """Tune, then record the result where it belongs (see the module docstring); returns a JSON-able summary."""
     run_folder = None if out is not None else run_folder_of(checkpoint)
     test_folder = _test_folder(session) if run_folder is not None else None  # refuses before any work
     if out is not None and out.exists():
         raise ConfigError(f"--out {out}: exists; choose a new file name")
-    result = tune(session, items, grid, objective, iou_threshold, normalise, balance)
+    result = tune(session, items, settings, iou_threshold, normalise)
     target = checkpoint
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +85,9 @@ def retune(
         "previous": previous.get("postprocess"),
     }
     if run_folder is not None:
-        summary["test"] = _rescore_run(run_folder, checkpoint, test_folder, result, split, previous, tracking_uri)
+        summary["test"] = _rescore_run(
+            run_folder, checkpoint, test_folder, result, split, previous, tracking_uri, iou_threshold
+        )
     return summary
 
 
@@ -99,6 +99,7 @@ def _rescore_run(
     split: str,
     previous: dict[str, Any],
     tracking_uri: str | None,
+    iou_threshold: float,
 ) -> dict[str, float]:
     """Score the run's test split with the checkpoint as it now is; rewrite done.json and the model card; send the
     new values to the run's MLflow run. Returns the new test metrics."""
@@ -107,7 +108,9 @@ def _rescore_run(
     session = InferenceSession.from_checkpoint(checkpoint)
     metrics: dict[str, float] = {}
     if test_folder is not None:
-        scored = session.evaluate(iterate_split(test_folder, "test"), "test", normalise=False)
+        scored = session.evaluate(
+            iterate_split(test_folder, "test"), "test", normalise=False, iou_threshold=iou_threshold
+        )
         metrics = {k: float(v) for k, v in scored.items() if isinstance(v, float | int)}
     done_path = run_folder / "done.json"
     done = json.loads(done_path.read_text())

@@ -30,14 +30,13 @@ def session_for(
     """The inference session of ``model`` (a name, file, URL or ``models:/NAME/VERSION``) with ``predict.*`` and
     post-processing ``overrides`` (``("predict.tta=true", "postprocess.min_area=20")``); kept for the next call."""
     from nucleiseg.config import compose
-    from nucleiseg.inference.session import InferenceSession, InferenceSettings
+    from nucleiseg.inference.session import InferenceSession
     from nucleiseg.model_sources import resolve_model
+    from nucleiseg.settings import inference_settings
 
-    words = [*overrides, *([f"predict.microns_per_pixel={mpp}"] if mpp else [])]
-    cfg = compose(words)
-    settings = InferenceSettings.from_config(cfg, explicit=[w.split("=", 1)[0] for w in words])
+    cfg = compose([*overrides, *([f"predict.microns_per_pixel={mpp}"] if mpp else [])], "inference")
     path, label = resolve_model(None if model in (None, "default") else model, None, list(overrides))
-    return InferenceSession.from_checkpoint(path, settings, label=label)
+    return InferenceSession.from_checkpoint(path, inference_settings(cfg), label=label)
 
 
 def segment(
@@ -80,11 +79,10 @@ def segment_slide(
     with ``labels``) exactly as ``nucleiseg predict`` writes them; returns the nuclei table (slide coordinates)."""
     from nucleiseg.config import compose
     from nucleiseg.predict import output_name, predict
-    from nucleiseg.slides.predict_slide import SlideSettings
+    from nucleiseg.settings import build
 
     session = session_for(model, mpp, tuple(overrides))
-    settings = SlideSettings.from_config(compose(list(overrides)).slide)
-    settings = SlideSettings(**{**settings.__dict__, "labels": labels, "min_pixels": 0})
+    settings = build(compose(list(overrides), "inference").slide, labels=labels, min_pixels=0)
     summary = predict([slide], out, session, overwrite=overwrite, progress="none", slide_settings=settings)
     problems = summary.failed + summary.not_written
     if problems:

@@ -37,12 +37,11 @@ from nucleiseg.assemble import PYTREE_NOTICE, Setup, build_logger, mlflow_run_to
 from nucleiseg.data.datamodule import NucleiDataModule
 from nucleiseg.devices import resolve_precision
 from nucleiseg.errors import NucleisegError, first_line
-from nucleiseg.inference.session import InferenceSession, InferenceSettings, iterate_split
+from nucleiseg.inference.session import InferenceSession, iterate_split
 from nucleiseg.locking import LockedError, exclusive
 from nucleiseg.models.factory import configuration_label
 from nucleiseg.models.lit_module import SegmentationModule
 from nucleiseg.parallel import share_cpu_threads
-from nucleiseg.plain import plain
 from nucleiseg.run_finish import FINISHING, MODEL_CHECKPOINT, publish, seal
 from nucleiseg.run_identity import (
     RunFolder,
@@ -52,6 +51,7 @@ from nucleiseg.run_identity import (
     run_folder,
     run_name,
 )
+from nucleiseg.settings import build, carried_settings
 from nucleiseg.tracking.mlflow_store import artifact_location, tracking_uri
 from nucleiseg.tracking.study import SUPERSEDED_TAG
 from nucleiseg.writing import write_json_atomic
@@ -101,21 +101,15 @@ def _load_test_weights(cfg: DictConfig, trainer: L.Trainer, module: Segmentation
 def _tune(cfg: DictConfig, module: SegmentationModule, datamodule: NucleiDataModule, logger: MLFlowLogger) -> None:
     """Search the post-processing on the validation split; the best values go into the module's hparams (and
     so into the checkpoint) and into MLflow."""
-    if not cfg.tune.enabled or not datamodule.manifest["counts"]["val"]:
+    settings = build(cfg.tune)
+    if not settings.enabled or not datamodule.manifest["counts"]["val"]:
         return
     from nucleiseg.postprocess.tuning import tune, tuning_metrics, tuning_tags
 
-    settings = replace(InferenceSettings.from_config(cfg), device=str(module.device), compile=False)
-    session = InferenceSession(module.model, dict(module.hparams), settings)
-    grid = plain(cfg.tune.grid.get(session.postprocess.method) or {})
+    inference = replace(carried_settings(cfg), device=str(module.device), compile=False)
+    session = InferenceSession(module.model, dict(module.hparams), inference)
     result = tune(
-        session,
-        iterate_split(datamodule.folder, "val"),
-        grid,
-        cfg.tune.objective,
-        float(cfg.metrics.iou_threshold),
-        normalise=False,
-        balance=str(cfg.tune.balance),
+        session, iterate_split(datamodule.folder, "val"), settings, float(cfg.metrics.iou_threshold), normalise=False
     )
     module.hparams.update(result.hparams("val"))
     for key, value in tuning_tags(result, "val").items():

@@ -15,6 +15,7 @@ from nucleiseg.config import compose
 from nucleiseg.data.image_io import read_mask, read_rgb
 from nucleiseg.errors import ConfigError, ImageReadError
 from nucleiseg.run_identity import run_folder
+from nucleiseg.settings import defaults
 from nucleiseg.train import main, run
 from tests.conftest import fast_run_overrides, run_train
 
@@ -26,7 +27,7 @@ def _runs(uri, study):
 
 
 def test_outputs_keep_the_umask_permissions(trained_run, tmp_path):
-    from nucleiseg.inference.session import InferenceSession, InferenceSettings
+    from nucleiseg.inference.session import InferenceSession
     from nucleiseg.predict import predict
     from nucleiseg.writing import write_bytes_atomic, write_json_atomic
 
@@ -35,7 +36,7 @@ def test_outputs_keep_the_umask_permissions(trained_run, tmp_path):
         write_json_atomic(tmp_path / "run.json", {"a": 1})
         image, _ = np.full((40, 40, 3), 200, np.uint8), None
         Image.fromarray(image).save(tmp_path / "tile.png")
-        session = InferenceSession.from_checkpoint(trained_run[3], InferenceSettings(tile_size=64))
+        session = InferenceSession.from_checkpoint(trained_run[3], defaults("predict", tile_size=64))
         assert predict([tmp_path / "tile.png"], tmp_path / "out", session, progress="none").ok
         write_bytes_atomic(tmp_path / "b.bin", b"x")
     finally:
@@ -253,13 +254,13 @@ def test_bad_predict_options_are_refused(trained_run, tmp_path, capsys):
 
 
 def test_an_input_named_dots_stays_inside_out(trained_run, tmp_path):
-    from nucleiseg.inference.session import InferenceSession, InferenceSettings
+    from nucleiseg.inference.session import InferenceSession
     from nucleiseg.predict import LOCK, predict
 
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(folder / "...png", format="PNG")
-    session = InferenceSession.from_checkpoint(trained_run[3], InferenceSettings(tile_size=64))
+    session = InferenceSession.from_checkpoint(trained_run[3], defaults("predict", tile_size=64))
     summary = predict([folder / "...png"], tmp_path / "out", session, progress="none")
     assert summary.ok
     written = [p for p in (tmp_path / "out").iterdir() if p.name != LOCK]  # (the folder's lock stays, as training's)
@@ -354,7 +355,6 @@ def test_a_greyscale_slide_still_finds_its_tissue_and_says_why_nuclei_may_be_mis
     import logging
 
     from nucleiseg.predict import predict
-    from nucleiseg.slides.predict_slide import SlideSettings
     from nucleiseg.slides.synthetic import synthetic_pool, tissue_content, write_slide
     from tests.slides.test_slides import oracle_session
 
@@ -363,7 +363,7 @@ def test_a_greyscale_slide_still_finds_its_tissue_and_says_why_nuclei_may_be_mis
     ]
     box = (400, 300, 1000, 800)
     path = write_slide(tmp_path / "grey.tif", 1600, 1200, tissue_content(grey, [box]), mpp=0.5)
-    settings = SlideSettings(window=256, margin=32, thumbnail=400, min_tissue=0.05)
+    settings = defaults("slide", window=256, margin=32, thumbnail=400, min_tissue=0.05)
     with caplog.at_level(logging.WARNING, logger="nucleiseg"):
         summary = predict([path], tmp_path / "out", oracle_session(), progress="none", slide_settings=settings)
     assert summary.ok and "greyscale slide" in caplog.text

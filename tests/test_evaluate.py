@@ -14,7 +14,8 @@ from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
 from nucleiseg.errors import DatasetLayoutError
 from nucleiseg.evaluate import evaluate
 from nucleiseg.inference.checkpoint import CheckpointError, load_checkpoint
-from nucleiseg.inference.session import InferenceSession, InferenceSettings
+from nucleiseg.inference.session import InferenceSession
+from nucleiseg.settings import defaults
 from nucleiseg.tracking.report import write_report
 from tests.conftest import mask_polygons, region_xml
 
@@ -25,7 +26,7 @@ def trained(trained_run):
 
 
 def _session(checkpoint, **settings) -> InferenceSession:
-    return InferenceSession.from_checkpoint(checkpoint, InferenceSettings(**settings))
+    return InferenceSession.from_checkpoint(checkpoint, defaults("predict", **settings))
 
 
 def test_evaluate_reproduces_the_training_test_metrics(trained):

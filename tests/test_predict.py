@@ -10,8 +10,9 @@ from PIL import Image
 import nucleiseg.predict as predict_module
 from nucleiseg.cli import main as cli
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
-from nucleiseg.inference.session import InferenceSession, InferenceSettings
+from nucleiseg.inference.session import InferenceSession
 from nucleiseg.predict import OUTPUTS, predict
+from nucleiseg.settings import defaults
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def inputs(tmp_path):
 
 def _session(trained_run, **settings):
     options = {"tile_size": 64, "microns_per_pixel": 0.25, "scale": 1.0, **settings}
-    return InferenceSession.from_checkpoint(trained_run[3], InferenceSettings(**options))
+    return InferenceSession.from_checkpoint(trained_run[3], defaults("predict", **options))
 
 
 def test_predict_writes_every_output(trained_run, inputs, tmp_path, caplog):
@@ -345,7 +346,7 @@ def test_the_automatic_backend_is_onnx_runtime_in_fp32_for_a_model_file_on_a_cpu
     assert automatic.describe()["backend"] == "onnxruntime" and automatic.describe()["precision"] == "32-true"
     assert _session(trained_run, precision="bf16-mixed").describe()["backend"] == "torch"
     model, hparams = load_checkpoint(trained_run[3])
-    assert InferenceSession(model, hparams, InferenceSettings()).describe()["backend"] == "torch"
+    assert InferenceSession(model, hparams, defaults("predict")).describe()["backend"] == "torch"
     found = importlib.util.find_spec
     missing = {"onnxruntime"}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else found(name, *a))

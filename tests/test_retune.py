@@ -26,10 +26,10 @@ def finished(train_overrides, tracking_uri):
 
 
 def _choose(min_area):
-    def fake_tune(session, items, grid, objective, iou_threshold, normalise, balance="dataset"):
+    def fake_tune(session, items, settings, iou_threshold, normalise):
         list(items)
         chosen = Postprocess.from_mapping({**session.postprocess.as_dict(), "min_area": min_area})
-        return TuningResult(chosen, session.threshold, objective, 0.5, 0.4, 2)
+        return TuningResult(chosen, session.threshold, settings.objective, 0.5, 0.4, 2)
 
     return fake_tune
 

@@ -62,11 +62,12 @@ def overrides_only(args: argparse.Namespace, command: str, allowed: str = "KEY=V
     return overrides
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The configuration with the user's overrides (nucleiseg.config.compose, imported only now)."""
+def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
+    """The configuration with the user's overrides (nucleiseg.config.compose, imported only now); ``inference``:
+    the one where the values a checkpoint carries are null unless given (``conf/inference.yaml``)."""
     from nucleiseg.config import compose as compose_config
 
-    return compose_config(overrides)
+    return compose_config(overrides, config_name)
 
 
 def open_session(
@@ -74,12 +75,11 @@ def open_session(
 ) -> tuple[InferenceSession, DictConfig]:
     """An inference session of the model file ``model`` (named ``label``) with the user's overrides (and option
     flags, as overrides)."""
-    from nucleiseg.inference.session import InferenceSession, InferenceSettings
+    from nucleiseg.inference.session import InferenceSession
+    from nucleiseg.settings import inference_settings
 
-    typed = [*overrides, *flags]
-    cfg = compose(typed)
-    settings = InferenceSettings.from_config(cfg, explicit=[o.split("=", 1)[0] for o in typed])
-    return InferenceSession.from_checkpoint(model, settings, label=label), cfg
+    cfg = compose([*overrides, *flags], "inference")
+    return InferenceSession.from_checkpoint(model, inference_settings(cfg), label=label), cfg
 
 
 MODEL_HELP = (

@@ -48,13 +48,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     speed = None
     if args.speed:
-        image_size = cfg.speed.image_size or (session.hparams.get("data") or {}).get("image_size", 512)
-        speed = {
-            "image_size": int(image_size),
-            "batch_size": int(cfg.speed.batch_size),
-            "warmup": int(cfg.speed.warmup),
-            "iterations": int(cfg.speed.iterations),
-        }
+        from nucleiseg.settings import build, default_value
+
+        trained_at = (session.hparams.get("data") or {}).get("image_size") or default_value("data.protocol.image_size")
+        speed = build(cfg.speed, enabled=True).measurement(int(trained_at))
     results = evaluate(
         session,
         split=args.split,
@@ -91,11 +88,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _tune_postprocess(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
     from nucleiseg.inference.prepared import split_source
     from nucleiseg.inference.session import iterate_split
     from nucleiseg.retune import retune
+    from nucleiseg.settings import build
     from nucleiseg.tracking.mlflow_store import tracking_uri
 
     overrides, extra = split_overrides(args.words)
@@ -113,14 +109,12 @@ def _tune_postprocess(args: argparse.Namespace) -> int:
         session,
         checkpoint,
         iterate_split(folder, args.split),
-        OmegaConf.to_container(cfg.tune.grid.get(session.postprocess.method) or {}),
-        args.objective or cfg.tune.objective,
+        build(cfg.tune, **({"objective": args.objective} if args.objective else {})),
         float(cfg.metrics.iou_threshold),
         normalise,
         args.split,
         out=Path(args.out).expanduser() if args.out else None,
         tracking_uri=None if args.no_mlflow else tracking_uri(cfg.logger),
-        balance=str(cfg.tune.balance),
     )
     print(json.dumps(summary, indent=1))
     return 0

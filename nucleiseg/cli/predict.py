@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from nucleiseg.cli.common import (
@@ -31,24 +30,16 @@ def _predict_cohort(args: argparse.Namespace, inputs: list[str], overrides: list
     if args.roi:
         raise UsageError("--roi is for one slide; give a cohort's regions in the CSV list's 'roi' column")
     from nucleiseg.cohort import CohortJob, run_cohort
+    from nucleiseg.settings import build
     from nucleiseg.tracking.mlflow_store import tracking_uri
 
     cfg = compose(overrides)
-    launcher = args.launcher or cfg.cohort.launcher
-    shards = args.shards or cfg.cohort.shards
+    given = {"launcher": args.launcher, "shards": args.shards}  # the options replace the config's values
+    settings = build(cfg.cohort, **{key: value for key, value in given.items() if value})
     job = CohortJob(
         Path(args.out).expanduser(), args.model, args.run_id, overrides, args.overwrite, args.labels, cfg.logger
     )
-    from omegaconf import OmegaConf
-
-    table = run_cohort(
-        job,
-        inputs,
-        launcher,
-        shards,
-        OmegaConf.to_container(cfg.cohort.slurm),
-        None if args.no_mlflow else tracking_uri(cfg.logger),
-    )
+    table = run_cohort(job, inputs, settings, None if args.no_mlflow else tracking_uri(cfg.logger))
     counts = table.status.value_counts().to_dict()
     print(
         f"cohort {job.out}: {len(table)} slides, "
@@ -74,11 +65,9 @@ def _predict(args: argparse.Namespace) -> int:
     if args.launcher or args.shards or any(word.lower().endswith(".csv") for word in inputs):
         return _predict_cohort(args, inputs, [*overrides, *flags])
     session, cfg = open_session(*resolve_model(args.model, args.run_id, overrides), overrides, flags)
-    from nucleiseg.slides.predict_slide import SlideSettings
+    from nucleiseg.settings import build
 
-    slide_settings = SlideSettings.from_config(cfg.slide)
-    if args.labels:
-        slide_settings = dataclasses.replace(slide_settings, labels=True)
+    slide_settings = build(cfg.slide, **({"labels": True} if args.labels else {}))
     progress = "none" if args.quiet else "auto"
     summary = predict(
         inputs,

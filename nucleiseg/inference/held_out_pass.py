@@ -33,7 +33,7 @@ class SessionTestPass(L.Callback):
     def __init__(
         self,
         settings: InferenceSettings,
-        iou_threshold: float = 0.5,
+        iou_threshold: float,
         speed: Mapping[str, int] | None = None,
         overlays: int = 0,
         log_artifact: Callable[[Path, str], None] | None = None,

@@ -6,8 +6,8 @@ and the benchmark's inference figure all go through :class:`InferenceSession`, b
 device, precision, batch, tiling, channels-last, compile, stain normalisation, scale, threshold and the
 post-processing that turns maps into nuclei.
 
-Precedence for the values a checkpoint can carry (``threshold``, ``postprocess.*``): a value the user set
-explicitly > the checkpoint's (tuned on validation, or the training config) > the default. The log says so
+Precedence for the values a checkpoint can carry (``threshold``, ``postprocess.*``): a value given (not null in
+``conf/inference.yaml``) > the checkpoint's (tuned on validation, or the training config) > the default. The log says so
 whenever a user value replaces the checkpoint's.
 """
 
@@ -29,36 +29,37 @@ from nucleiseg.devices import resolve_device, resolve_flag, resolve_inference_pr
 from nucleiseg.errors import ConfigError
 from nucleiseg.inference.tiling import Segmenter
 from nucleiseg.postprocess.instances import Postprocess, binarise, methods_for, separate_instances
+from nucleiseg.settings import default_value, defaults
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnxruntime")
 
-DEFAULT_THRESHOLD = 0.5  # section III-D of the paper
 # (name, uint8 HxWx3 image, int32 HxW instance labels): what evaluation iterates over
 Item = tuple[str, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """How to run a model. ``threshold`` and ``postprocess`` hold only what the user set explicitly (``None`` /
-    missing keys: the checkpoint's value, else the default); ``scale=None``: decided per input (1 for images
-    already at the model's resolution; from ``microns_per_pixel`` and the checkpoint's resolution when both known).
-    """
+    """How to run a model: the ``predict`` config group (``conf/predict/default.yaml`` holds the defaults; built by
+    :func:`nucleiseg.settings.inference_settings`, or :func:`nucleiseg.settings.defaults` without a config).
+    ``threshold`` and ``postprocess`` hold only the values given (``None`` / missing keys: the checkpoint's);
+    ``scale=None``: decided per input (1 for images already at the model's resolution; from ``microns_per_pixel``
+    and the checkpoint's resolution when both are known)."""
 
-    device: str = "auto"  # auto | cpu | gpu | cuda | cuda:K
-    precision: str = "auto"  # auto: bf16 on GPUs and on CPUs with native bf16, else fp32
-    batch_size: int = 4  # tiles per forward pass
-    tile_size: int = 512
-    overlap: float = 0.25
-    tta: bool = False
-    compile: bool = False
-    channels_last: bool | str = "auto"
-    backend: str = "auto"  # auto | torch | onnxruntime (CPU only: the network through ONNX Runtime, checked)
-    scale: float | None = None
-    microns_per_pixel: float | None = None
-    assumed_mpp: float | None = 0.25  # an input of unknown pixel size is taken to be this (40x); None: refused
-    threshold: float | None = None
-    postprocess: Mapping[str, Any] = field(default_factory=dict)
+    device: str  # auto | cpu | gpu | cuda | cuda:K
+    precision: str  # auto: bf16 on GPUs and on CPUs with native bf16, else fp32
+    batch_size: int  # tiles per forward pass
+    tile_size: int
+    overlap: float
+    tta: bool
+    compile: bool
+    channels_last: bool | str
+    backend: str  # auto | torch | onnxruntime (CPU only: the network through ONNX Runtime, checked)
+    scale: float | None
+    microns_per_pixel: float | None
+    assumed_mpp: float | None  # an input of unknown pixel size is taken to be this (40x); None: refused
+    threshold: float | None = None  # None: the checkpoint's (not a default: "nothing given")
+    postprocess: Mapping[str, Any] = field(default_factory=dict)  # only the values given
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -75,35 +76,7 @@ class InferenceSettings:
             raise ConfigError(f"predict.assumed_mpp={self.assumed_mpp}: expected a positive pixel size, or null")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise ConfigError(f"threshold={self.threshold}: expected a probability between 0 and 1")
-        Postprocess.from_mapping(self.postprocess)  # names and values checked now, not at the first image
-
-    @classmethod
-    def from_config(cls, cfg: Mapping, explicit: Iterable[str] = ()) -> InferenceSettings:
-        """From a composed config: the ``predict`` group as given, and ``threshold`` / ``postprocess.KEY`` only
-        where ``explicit`` names them (the keys the user typed), so a checkpoint's tuned values are not
-        silently replaced by the config's defaults."""
-        explicit = {key.lstrip("+~") for key in explicit}
-        predict = cfg["predict"]
-        post = cfg["postprocess"]
-        chosen = {k: post[k] for k in post if k in Postprocess.__dataclass_fields__}
-        if "postprocess" not in explicit:
-            chosen = {k: v for k, v in chosen.items() if f"postprocess.{k}" in explicit}
-        return cls(
-            device=str(predict["device"]),
-            precision=str(predict["precision"]),
-            batch_size=predict["batch_size"],
-            tile_size=predict["tile_size"],
-            overlap=float(predict["overlap"]),
-            tta=bool(predict["tta"]),
-            compile=bool(predict["compile"]),
-            channels_last=cfg["model"]["channels_last"],
-            backend=str(predict.get("backend", "auto")),
-            scale=None if predict["scale"] is None else float(predict["scale"]),
-            microns_per_pixel=None if predict["microns_per_pixel"] is None else float(predict["microns_per_pixel"]),
-            assumed_mpp=None if predict.get("assumed_mpp") is None else float(predict["assumed_mpp"]),
-            threshold=float(cfg["threshold"]) if "threshold" in explicit else None,
-            postprocess=chosen,
-        )
+        Postprocess.check_names(self.postprocess)  # names checked now, values when merged with the checkpoint's
 
 
 @dataclass
@@ -130,7 +103,7 @@ class InferenceSession:
         path: str | Path | None = None,
     ) -> None:
         """``source``: how logs and outputs name the model (a path, or a registered name); ``path``: its file."""
-        settings = settings or InferenceSettings()
+        settings = settings or defaults("predict")
         self.settings, self.hparams, self.source = settings, dict(hparams), source
         self.path = Path(path) if path is not None else None
         self.head = str(self.hparams.get("head", "binary"))
@@ -209,7 +182,7 @@ class InferenceSession:
         elif self.hparams.get("threshold") is not None:
             threshold, origins["threshold"] = float(self.hparams["threshold"]), carried
         else:
-            threshold, origins["threshold"] = DEFAULT_THRESHOLD, "default"
+            threshold, origins["threshold"] = default_value("threshold"), "default"
         values = {}
         for name in Postprocess.__dataclass_fields__:
             if name in settings.postprocess:
@@ -319,7 +292,8 @@ class InferenceSession:
         prefix: str,
         scale: float = 1.0,
         normalise: bool = True,
-        iou_threshold: float = 0.5,
+        *,
+        iou_threshold: float,
         on_prediction: Callable[[int, np.ndarray, np.ndarray, Prediction], None] | None = None,
     ) -> dict[str, float]:
         """Pixel metrics (whole split and per image) and instance metrics for every separation method the head

@@ -40,7 +40,7 @@ class BinarisedMetrics(MetricCollection):
         return super().forward(self._binary(preds), target)
 
 
-def pixel_metrics(threshold: float = 0.5, prefix: str = "", sync_on_compute: bool = True) -> MetricCollection:
+def pixel_metrics(threshold: float, prefix: str = "", sync_on_compute: bool = True) -> MetricCollection:
     """Metrics taking ``preds`` (probabilities, any shape) and ``target`` (0/1, same shape).
 
     Empty cases: no nucleus in either prediction or truth is perfect agreement for Jaccard and F1 (1.0);
@@ -70,7 +70,7 @@ class PerImageOverlap(Metric):
 
     full_state_update = False
 
-    def __init__(self, threshold: float = 0.5, sync_on_compute: bool = True) -> None:
+    def __init__(self, threshold: float, sync_on_compute: bool = True) -> None:
         super().__init__(sync_on_compute=sync_on_compute)
         self.threshold = threshold
         self.add_state("stats", default=[], dist_reduce_fx="cat")

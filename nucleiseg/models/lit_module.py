@@ -38,35 +38,57 @@ class SegmentationModule(L.LightningModule):
         self,
         encoder: str,
         pretrained: bool,
-        smooth: float,
         threshold: float,
+        *,
+        head: str,
+        unet_widths: list[int] | None,
+        weights_dir: str | None,
+        channels_last: bool,
+        compile: bool,
+        register_as: str | None,
+        loss: SegmentationLoss | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        weights_dir: str | None = None,
-        channels_last: bool = False,
-        load_pretrained_weights: bool = True,
+        scheduler: Callable[..., Any] | None = None,
         stain: dict | None = None,
-        head: str = "binary",
-        distance_weight: float = 1.0,
-        unet_widths: list[int] | None = None,
         postprocess: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
-        scheduler: Callable[..., Any] | None = None,
+        load_pretrained_weights: bool = True,
     ) -> None:
-        """``optimizer`` is a partial taking the parameters (Hydra ``_partial_: true``); it is only needed to
-        train, so a module restored for inference is built without one. ``stain`` is the fitted stain normaliser
-        of the training data (:meth:`nucleiseg.data.stain.StainNormaliser.state`), kept so inference matches;
-        ``data`` describes the training data (name, folder, resolution) for evaluate and predict."""
+        """Built from the ``model`` config group by :func:`nucleiseg.assemble.module_from_config`, which gives it
+        the run-time values; the keyword arguments without a default are that group's keys (their defaults are in
+        ``conf/model/unet.yaml`` only). ``loss`` (the ``loss`` group) and ``optimizer`` (a partial taking the
+        parameters, Hydra ``_partial_: true``) are only needed to train, so a module restored for inference is built
+        without them; ``scheduler``: a partial taking the optimizer, stepped every epoch. ``stain`` is the fitted
+        stain normaliser of the training data (:meth:`nucleiseg.data.stain.StainNormaliser.state`), kept so
+        inference matches; ``data`` describes the training data (name, folder, resolution) for evaluate and
+        predict. ``compile``: the network compiled in place (state_dict keys and checkpoints as without it);
+        ``register_as``: the MLflow registry name the finished model is published under."""
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "load_pretrained_weights", "weights_dir"])
+        self.save_hyperparameters(
+            ignore=[
+                "loss",
+                "optimizer",
+                "scheduler",
+                "load_pretrained_weights",
+                "weights_dir",
+                "compile",
+                "register_as",
+            ]
+        )
+        if loss is not None:  # what the loss was trained with, for the record (the checkpoint's hparams)
+            self.hparams.update(smooth=loss.mask_loss.smooth, distance_weight=loss.distance_weight)
         # from a checkpoint the weights come from the checkpoint itself, never from ImageNet again
         self.model = create_model(
             encoder, pretrained and load_pretrained_weights, weights_dir, head=head, unet_widths=unet_widths
         )
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile()
+        self.register_as = register_as
         self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler  # a partial taking the optimizer (Hydra _partial_), stepped every epoch
-        self.criterion = SegmentationLoss(smooth, distance_weight)
+        self.scheduler_factory = scheduler
+        self.criterion = loss
         self.val_metrics = pixel_metrics(threshold, prefix="val/")
         # set on the device without a host sync; checked once per epoch (a per-step check would stall the GPU)
         self.register_buffer("_nonfinite_steps", torch.zeros((), dtype=torch.int64), persistent=False)
@@ -78,6 +100,8 @@ class SegmentationModule(L.LightningModule):
         return self.model(image)
 
     def _shared_step(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        if self.criterion is None:
+            raise NucleisegError("SegmentationModule was built without a loss; pass loss= to train or validate")
         logits = self(batch["image"])
         target = foreground(batch["mask"])
         distance = batch["distance"].unsqueeze(1) if "distance" in batch else None

@@ -29,17 +29,18 @@ METHODS = ("components", "watershed", "distance")
 
 @dataclass(frozen=True)
 class Postprocess:
-    """Parameters of the separation into nuclei (the ``postprocess`` config group).
+    """Parameters of the separation into nuclei (the ``postprocess`` config group, whose
+    ``conf/postprocess/default.yaml`` holds the defaults: :meth:`from_mapping` fills what a mapping leaves out).
 
     ``method=auto`` is ``distance`` for a model with a distance head and ``watershed`` otherwise.
     """
 
-    method: str = "auto"
-    min_distance: int = 4  # watershed: minimum distance in pixels between two nucleus centres
-    smoothing: float = 1.0  # Gaussian sigma on the distance map before seeding
-    min_area: int = 10  # nuclei smaller than this (pixels) are dropped, after the separation
-    fill_holes: int = 30  # holes up to this size (pixels) inside a nucleus are filled
-    seed_height: float = 0.1  # distance: h of the h-maxima of the predicted distance (0-1)
+    method: str
+    min_distance: int  # watershed: minimum distance in pixels between two nucleus centres
+    smoothing: float  # Gaussian sigma on the distance map before seeding
+    min_area: int  # nuclei smaller than this (pixels) are dropped, after the separation
+    fill_holes: int  # holes up to this size (pixels) inside a nucleus are filled
+    seed_height: float  # distance: h of the h-maxima of the predicted distance (0-1)
 
     def __post_init__(self) -> None:
         if self.method not in ("auto", *METHODS):
@@ -53,14 +54,24 @@ class Postprocess:
                 "and 0 < seed_height <= 1"
             )
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> Postprocess:
-        """From a config group or a checkpoint's dict; unknown keys are refused with the valid ones named."""
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+    @staticmethod
+    def check_names(values: Mapping[str, Any] | None) -> None:
+        """Unknown keys are refused with the valid ones named."""
+        known = {f.name for f in fields(Postprocess)}
+        unknown = sorted(set(values or {}) - known)
         if unknown:
             raise ConfigError(f"postprocess: unknown key(s) {unknown}; expected some of {sorted(known)}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> Postprocess:
+        """From a checkpoint's dict, a tuning trial or a few values: what ``values`` leaves out is the default of
+        ``conf/postprocess/default.yaml`` (a checkpoint from before a parameter existed gets its default)."""
+        cls.check_names(values)
+        values = dict(values or {})
+        if set(cls.__dataclass_fields__) - set(values):
+            from nucleiseg.settings import default_values
+
+            values = {**default_values("postprocess"), **values}
         return cls(**values)
 
     def resolved(self, head: str) -> Postprocess:
@@ -120,7 +131,7 @@ def separate_instances(
     ``distance`` (``float HxW`` in [0, 1]) is the predicted distance map, needed by the ``distance`` method.
     """
     if isinstance(settings, str):
-        settings = Postprocess(method=settings)
+        settings = Postprocess.from_mapping({"method": settings})
     method = settings.method
     if method not in METHODS:
         raise ConfigError(f"postprocess.method={method!r}: expected one of {METHODS} (auto is resolved by the head)")

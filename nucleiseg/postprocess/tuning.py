@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from nucleiseg.errors import ConfigError
 from nucleiseg.metrics.instance import InstanceMetrics
-from nucleiseg.postprocess.instances import Postprocess, separate_instances
+from nucleiseg.postprocess.instances import METHODS, Postprocess, separate_instances
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -71,23 +71,42 @@ def check_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
     return checked
 
 
+@dataclass(frozen=True)
+class TuneSettings:
+    """The ``tune`` config group (``conf/tune/default.yaml`` holds the defaults). ``balance``: ``dataset`` scores
+    the mean over datasets of each dataset's mean (a dataset cut into many tiles does not outvote the other),
+    ``image`` the mean over all images. ``grid``: per separation method, the values tried."""
+
+    enabled: bool
+    objective: str  # aji | aji_plus | pq
+    balance: str  # dataset | image
+    grid: Mapping[str, Mapping[str, Sequence[Any]]]
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"tune.objective={self.objective!r}: expected one of {OBJECTIVES}")
+        if self.balance not in BALANCES:
+            raise ConfigError(f"tune.balance={self.balance!r}: expected one of {BALANCES}")
+        for method, grid in self.grid.items():
+            if method not in METHODS:
+                raise ConfigError(f"tune.grid.{method}: not a separation method; expected some of {list(METHODS)}")
+            check_grid(grid or {})
+
+    def grid_for(self, method: str) -> dict[str, list[Any]]:
+        """The checked grid of one separation method (empty: only the untuned values are scored)."""
+        return check_grid(self.grid.get(method) or {})
+
+
 def tune(
     session: InferenceSession,
     items: Iterable[tuple[str, Any, Any]],
-    grid: Mapping[str, Sequence[Any]],
-    objective: str = "aji",
-    iou_threshold: float = 0.5,
-    normalise: bool = True,
-    balance: str = "dataset",
+    settings: TuneSettings,
+    iou_threshold: float,
+    normalise: bool,
 ) -> TuningResult:
-    """Search ``grid`` (for the session's separation method) on ``items`` with ``session``'s model. ``balance``:
-    ``dataset`` scores the mean over datasets of each dataset's mean (a dataset cut into many tiles does not
-    outvote the other), ``image`` the mean over all images."""
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"tune.objective={objective!r}: expected one of {OBJECTIVES}")
-    if balance not in BALANCES:
-        raise ConfigError(f"tune.balance={balance!r}: expected one of {BALANCES}")
-    grid = check_grid(grid)
+    """Search the grid of ``settings`` for the session's separation method on ``items`` with ``session``'s model,
+    scored by ``settings.objective`` balanced per ``settings.balance``."""
+    objective, balance, grid = settings.objective, settings.balance, settings.grid_for(session.postprocess.method)
     predictions = [
         (dataset_of(name) if balance == "dataset" else "", mask, session.predict(image, normalise=normalise))
         for name, image, mask in items

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,16 +19,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SlideSettings:
-    """The ``slide`` config group: window geometry, tissue detection, optional outputs."""
+    """The ``slide`` config group (``conf/slide/default.yaml`` holds the defaults): window geometry, tissue
+    detection, optional outputs."""
 
-    window: int = 1024  # core of a window, in model pixels
-    margin: int = 96  # context around a core, in model pixels: wider than the largest nucleus
-    thumbnail: int = 2048  # longest side of the low-resolution view (tissue, overview)
-    min_tissue: float = 0.02  # share of a window's core that must be tissue for it to be predicted
-    labels: bool = False  # also write labels.tif (tiled, pyramidal, int32 nucleus ids)
-    min_pixels: int = 4096 * 4096  # a plain image larger than this goes through the windowed path too
-    roi_mode: str = "intersect"  # regions of interest (--roi): within the tissue found, or in its place
-    workers: int = 3  # windows in flight at once (read, network, separation overlap); 1: one after another
+    window: int  # core of a window, in model pixels
+    margin: int  # context around a core, in model pixels: wider than the largest nucleus
+    thumbnail: int  # longest side of the low-resolution view (tissue, overview)
+    min_tissue: float  # share of a window's core that must be tissue for it to be predicted
+    labels: bool  # also write labels.tif (tiled, pyramidal, int32 nucleus ids)
+    min_pixels: int  # a plain image larger than this goes through the windowed path too
+    roi_mode: str  # regions of interest (--roi): within the tissue found, or in its place
+    workers: int  # windows in flight at once (read, network, separation overlap); 1: one after another
 
     def __post_init__(self) -> None:
         if self.window < 64 or self.margin < 0 or self.margin * 2 >= self.window * 4:
@@ -42,10 +42,6 @@ class SlideSettings:
             raise ConfigError(f"slide.workers={self.workers!r}: expected a whole number >= 1")
         if self.roi_mode not in ("intersect", "replace"):
             raise ConfigError(f"slide.roi_mode={self.roi_mode!r}: expected intersect or replace")
-
-    @classmethod
-    def from_config(cls, cfg: Mapping) -> SlideSettings:
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
 
 
 @dataclass(frozen=True)

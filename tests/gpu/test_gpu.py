@@ -14,8 +14,9 @@ import torch
 from nucleiseg.cli import main as cli
 from nucleiseg.config import compose
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
-from nucleiseg.inference.session import InferenceSession, InferenceSettings
+from nucleiseg.inference.session import InferenceSession
 from nucleiseg.run_identity import run_folder
+from nucleiseg.settings import defaults
 from nucleiseg.train import run
 from tests.conftest import fast_run_overrides
 
@@ -78,8 +79,8 @@ def test_training_builds_fused_adam_and_keeps_the_data_on_the_gpu(gpu_run, tmp_p
 
 def test_evaluate_on_the_gpu_matches_fp32_on_the_cpu(gpu_run):
     checkpoint = gpu_run[3]
-    gpu = InferenceSession.from_checkpoint(checkpoint, InferenceSettings(device="gpu"))
-    cpu = InferenceSession.from_checkpoint(checkpoint, InferenceSettings(device="cpu", precision="32-true"))
+    gpu = InferenceSession.from_checkpoint(checkpoint, defaults("predict", device="gpu"))
+    cpu = InferenceSession.from_checkpoint(checkpoint, defaults("predict", device="cpu", precision="32-true"))
     assert gpu.precision == "bf16-mixed" and gpu.channels_last
     from nucleiseg.evaluate import evaluate
 
@@ -94,9 +95,9 @@ def test_tiled_prediction_on_the_gpu(gpu_run, tmp_path, capsys):
     image, _ = synthetic_tile(SyntheticSpec(1100, 1500, n_nuclei=300), 3)
     Image.fromarray(image).save(tmp_path / "large.png")
     checkpoint = gpu_run[3]
-    gpu = InferenceSession.from_checkpoint(checkpoint, InferenceSettings(device="gpu", tile_size=256, batch_size=8))
+    gpu = InferenceSession.from_checkpoint(checkpoint, defaults("predict", device="gpu", tile_size=256, batch_size=8))
     cpu = InferenceSession.from_checkpoint(
-        checkpoint, InferenceSettings(device="cpu", precision="32-true", tile_size=256)
+        checkpoint, defaults("predict", device="cpu", precision="32-true", tile_size=256)
     )
     assert gpu.segmenter().n_tiles(1100, 1500) > 1
     difference = np.abs(gpu.predict(image).probability - cpu.predict(image).probability)

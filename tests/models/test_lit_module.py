@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
+from nucleiseg.losses import SegmentationLoss
 from nucleiseg.models.lit_module import SegmentationModule
+
+# the model group's keys, as conf/model/unet.yaml would give them (channels_last resolved for the CPU)
+GROUP = {"unet_widths": [16, 32, 64, 128, 256], "weights_dir": None, "channels_last": False, "compile": False}
+GROUP["register_as"] = None
 
 
 def _batch(n=3, size=32):
@@ -17,10 +22,11 @@ def test_small_model_overfits_a_synthetic_batch():
     module = SegmentationModule(
         "unet_bn",
         pretrained=False,
-        smooth=1.0,
         threshold=0.5,
+        head="binary",
+        loss=SegmentationLoss(smooth=1.0, distance_weight=1.0),
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
-        unet_widths=[16, 32, 64, 128, 256],
+        **GROUP,
     )
     optimizer = module.configure_optimizers()
     batch = _batch()
@@ -34,11 +40,13 @@ def test_small_model_overfits_a_synthetic_batch():
     assert losses[-1] < 0.35 * losses[0], losses[::20]
 
 
-def test_module_without_optimizer_cannot_train_but_can_predict():
-    module = SegmentationModule("unet", pretrained=False, smooth=1.0, threshold=0.5).eval()
+def test_module_without_optimizer_or_loss_cannot_train_but_can_predict():
+    module = SegmentationModule("unet", pretrained=False, threshold=0.5, head="binary", **GROUP).eval()
     assert module(_batch(1)["image"]).shape == (1, 1, 32, 32)
     with pytest.raises(ValueError, match="without an optimizer"):
         module.configure_optimizers()
+    with pytest.raises(ValueError, match="without a loss"):
+        module._shared_step(_batch(1))
 
 
 def test_the_distance_head_learns_the_distance_map_too():
@@ -49,12 +57,11 @@ def test_the_distance_head_learns_the_distance_map_too():
     module = SegmentationModule(
         "unet_bn",
         pretrained=False,
-        smooth=1.0,
         threshold=0.5,
-        optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
         head="distance",
-        distance_weight=2.0,
-        unet_widths=[16, 32, 64, 128, 256],
+        loss=SegmentationLoss(smooth=1.0, distance_weight=2.0),
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
+        **GROUP,
     )
     batch = _batch()
     batch["distance"] = torch.stack([torch.from_numpy(distance_map(m.numpy())) for m in batch["mask"]])
@@ -82,11 +89,11 @@ def test_a_configured_scheduler_anneals_the_learning_rate_each_epoch():
     cfg = compose(["experiment=release_cpu", "trainer.max_epochs=4"])
     module = SegmentationModule(
         "unet_bn",
-        False,
-        1.0,
-        0.5,
+        pretrained=False,
+        threshold=0.5,
+        head="binary",
         optimizer=instantiate(cfg.optimizer),
-        unet_widths=[4, 8, 16, 32, 64],
+        **{**GROUP, "unet_widths": [4, 8, 16, 32, 64]},
         scheduler=instantiate(cfg.scheduler),
     )
     configured = module.configure_optimizers()
@@ -100,3 +107,21 @@ def test_a_configured_scheduler_anneals_the_learning_rate_each_epoch():
     assert rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(1e-5)
     paper = compose([])
     assert paper.scheduler is None  # the paper's constant learning rate stays the default
+
+
+def test_the_model_group_builds_the_module_with_the_loss_group_and_run_time_values():
+    """conf/model's _target_ is the LightningModule; the assembly completes it (loss group, partial optimizer,
+    post-processing, channels_last resolved) and the checkpoint's hparams record what the loss trained with."""
+    from nucleiseg.assemble import module_from_config
+    from nucleiseg.config import compose
+
+    cfg = compose(
+        ["encoder=unet_bn", "pretrained=false", "model.head=distance", "model.unet_widths=[4,8,16,32,64]"]
+        + ["loss.distance_weight=3.0", "threshold=0.4", "postprocess.min_area=7"]
+    )
+    module = module_from_config(cfg, "cpu")
+    assert isinstance(module, SegmentationModule) and isinstance(module.criterion, SegmentationLoss)
+    assert module.criterion.distance_weight == 3.0 and module.hparams.distance_weight == 3.0
+    assert module.hparams.threshold == 0.4 and module.hparams.head == "distance" and not module.hparams.channels_last
+    assert module.hparams.postprocess["min_area"] == 7 and module.hparams.postprocess["method"] == "distance"
+    assert isinstance(module.configure_optimizers(), torch.optim.Adam)

@@ -6,6 +6,7 @@ from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
 from nucleiseg.errors import ConfigError
 from nucleiseg.metrics.instance import InstanceMetrics
 from nucleiseg.postprocess.instances import Postprocess, separate_instances
+from nucleiseg.settings import defaults
 
 
 def two_discs(offset: int = 17) -> tuple[np.ndarray, np.ndarray]:
@@ -30,9 +31,11 @@ def test_the_distance_method_cuts_where_the_predicted_distance_says():
     """Two discs overlapping so much that the mask's own geometry shows one blob; the predicted distance map
     (here: the true one) has two peaks, and the distance method recovers both nuclei."""
     mask, truth = two_discs(offset=8)
-    geometric = separate_instances(mask, settings=Postprocess(method="watershed", min_distance=8, smoothing=2.0))
+    geometric = separate_instances(
+        mask, settings=defaults("postprocess", method="watershed", min_distance=8, smoothing=2.0)
+    )
     by_distance = separate_instances(
-        mask.astype(np.float32), 0.5, Postprocess(method="distance", seed_height=0.1), distance_map(truth)
+        mask.astype(np.float32), 0.5, defaults("postprocess", method="distance", seed_height=0.1), distance_map(truth)
     )
     assert geometric.max() == 1 and by_distance.max() == 2
     assert np.array_equal(by_distance > 0, mask)
@@ -75,22 +78,22 @@ def test_small_objects_are_dropped_and_bad_settings_named():
     mask = np.zeros((20, 20), bool)
     mask[2:4, 2:4] = True  # 4 px
     mask[10:16, 10:16] = True
-    assert separate_instances(mask, settings=Postprocess(method="watershed", min_area=10)).max() == 1
+    assert separate_instances(mask, settings=defaults("postprocess", method="watershed", min_area=10)).max() == 1
     with pytest.raises(ConfigError, match="postprocess.method='stardist'"):
         separate_instances(mask, settings="stardist")
     with pytest.raises(ConfigError, match="min_area"):
-        Postprocess(min_area=-1)
+        defaults("postprocess", min_area=-1)
     with pytest.raises(ConfigError, match="seed_height"):
-        Postprocess(seed_height=0)
+        defaults("postprocess", seed_height=0)
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['min_dist'\]"):
         Postprocess.from_mapping({"min_dist": 3})
 
 
 def test_auto_method_follows_the_head():
-    assert Postprocess().resolved("binary").method == "watershed"
-    assert Postprocess().resolved("distance").method == "distance"
+    assert defaults("postprocess").resolved("binary").method == "watershed"
+    assert defaults("postprocess").resolved("distance").method == "distance"
     with pytest.raises(ConfigError, match="needs a model trained with model.head=distance"):
-        Postprocess(method="distance").resolved("binary")
+        defaults("postprocess", method="distance").resolved("binary")
 
 
 def test_an_empty_prediction_gives_no_nuclei_and_zero_scores():
@@ -111,10 +114,13 @@ def test_min_area_applies_to_the_nuclei_the_separation_makes():
     mask = (rows - 20) ** 2 + (cols - 20) ** 2 <= 100
     mask[20, 30:40] = True  # a one-pixel neck
     mask[19:22, 40:43] = True  # the knob
-    loose = separate_instances(mask, settings=Postprocess(method="watershed", min_distance=1, smoothing=0, min_area=0))
+    loose = separate_instances(
+        mask, settings=defaults("postprocess", method="watershed", min_distance=1, smoothing=0, min_area=0)
+    )
     assert np.bincount(loose.ravel())[1:].min() < 30  # the split does make a small piece here
     labels = separate_instances(
-        mask, settings=Postprocess(method="watershed", min_distance=1, smoothing=0, min_area=30, fill_holes=0)
+        mask,
+        settings=defaults("postprocess", method="watershed", min_distance=1, smoothing=0, min_area=30, fill_holes=0),
     )
     areas = np.bincount(labels.ravel())[1:]
     assert labels.max() >= 1 and areas.min() >= 30
@@ -130,12 +136,12 @@ def test_holes_are_filled_per_nucleus_and_concavities_are_not():
     labels[4:12, 29:33] = 0  # a notch open at the bottom of nucleus 3's box: a concavity, not a hole
     from nucleiseg.postprocess.instances import final_nuclei
 
-    out = final_nuclei(labels, Postprocess(min_area=10, fill_holes=30))
+    out = final_nuclei(labels, defaults("postprocess", min_area=10, fill_holes=30))
     assert out.max() == 2
     assert out[15, 12] == out[10, 12] > 0  # the hole left by the dropped piece belongs to its nucleus
     assert out[8, 30] == 0  # the notch stays background
     big_hole = np.zeros((30, 30), np.int32)
     big_hole[(np.ogrid[:30, :30][0] - 15) ** 2 + (np.ogrid[:30, :30][1] - 15) ** 2 <= 144] = 1
     big_hole[10:20, 10:20] = 0  # 100 px: larger than fill_holes
-    assert final_nuclei(big_hole, Postprocess(min_area=0, fill_holes=30))[15, 15] == 0
-    assert final_nuclei(big_hole, Postprocess(min_area=0, fill_holes=100))[15, 15] == 1
+    assert final_nuclei(big_hole, defaults("postprocess", min_area=0, fill_holes=30))[15, 15] == 0
+    assert final_nuclei(big_hole, defaults("postprocess", min_area=0, fill_holes=100))[15, 15] == 1

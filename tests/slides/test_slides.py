@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 import nucleiseg.slides.predict_slide as predict_slide_module
-from nucleiseg.inference.session import InferenceSession, InferenceSettings
+from nucleiseg.inference.session import InferenceSession
 from nucleiseg.predict import predict
+from nucleiseg.settings import defaults
 from nucleiseg.slides.predict_slide import SlideSettings
 from nucleiseg.slides.reader import SlideError, is_slide, open_slide
 from nucleiseg.slides.synthetic import discs_content, synthetic_pool, tissue_content, write_slide
@@ -35,7 +36,7 @@ def oracle_session(model_mpp=0.5, **settings) -> InferenceSession:
         "data": {"model_mpp": model_mpp},
     }
     options = {"device": "cpu", "precision": "32-true", "tile_size": 128, **settings}
-    return InferenceSession(Oracle(), hparams, InferenceSettings(**options))
+    return InferenceSession(Oracle(), hparams, defaults("predict", **options))
 
 
 SEAM_CENTRES = (
@@ -44,7 +45,7 @@ SEAM_CENTRES = (
     + [(512.0, 512.0), (1024.0, 768.0)]  # on window corners
     + [(130.0, 1100.0)]  # inside a window
 )
-WINDOWS = SlideSettings(window=128, margin=16, thumbnail=512, min_tissue=0.0, labels=True)
+WINDOWS = defaults("slide", window=128, margin=16, thumbnail=512, min_tissue=0.0, labels=True)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_only_tissue_is_predicted(tmp_path):
     calls = []
     original = predict_slide_module.predict_window
     session = oracle_session(model_mpp=0.5)
-    settings = SlideSettings(window=256, margin=32, thumbnail=600, min_tissue=0.05)
+    settings = defaults("slide", window=256, margin=32, thumbnail=600, min_tissue=0.05)
 
     def counting(*args, **kwargs):
         calls.append(args[3].index)
@@ -238,7 +239,7 @@ def test_a_slide_of_real_tnbc_tiles(tmp_path):
     pool = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((SHARED_DATA / "tnbc" / "Slide_01").glob("*.png"))]
     box = (1024, 512, 2560, 2048)
     path = write_slide(tmp_path / "tnbc.tif", 4096, 3072, tissue_content(pool, [box]), mpp=0.25, compression="jpeg")
-    settings = SlideSettings(window=512, margin=48, thumbnail=1024, min_tissue=0.05)
+    settings = defaults("slide", window=512, margin=48, thumbnail=1024, min_tissue=0.05)
     session = oracle_session(model_mpp=0.25)
     assert _run(path, tmp_path / "out", session, settings).ok
     info = json.loads((tmp_path / "out" / "tnbc" / "slide.json").read_text())

@@ -1,0 +1,126 @@
+"""The config groups of conf/: every object from its ``_target_``, every default value written in YAML only, and
+null at inference meaning "the checkpoint's"."""
+
+import dataclasses
+import importlib
+import inspect
+
+import pytest
+from omegaconf import OmegaConf
+
+from nucleiseg.config import compose
+from nucleiseg.errors import ConfigError
+from nucleiseg.settings import build, carried_settings, defaults, inference_settings
+
+
+def _target_nodes(node, path=""):
+    """(dotted path, node) of every config node with a ``_target_`` of ours, nested ones included."""
+    if OmegaConf.is_dict(node):
+        target = node.get("_target_")
+        if isinstance(target, str) and target.startswith("nucleiseg."):
+            yield path, node
+        for key in node:
+            if key != "hydra":
+                yield from _target_nodes(node._get_node(key), f"{path}.{key}" if path else str(key))
+
+
+def _callable(target):
+    module, _, name = target.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _defaults_in_code(target, keys):
+    """The keys of a config node that the code of its ``_target_`` gives a default too."""
+    built = _callable(target)
+    if dataclasses.is_dataclass(built):
+        return [
+            f.name
+            for f in dataclasses.fields(built)
+            if f.name in keys and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
+        ]
+    parameters = inspect.signature(built).parameters
+    return [k for k in keys if k in parameters and parameters[k].default is not inspect.Parameter.empty]
+
+
+def test_every_group_of_ours_has_a_target_and_no_default_written_twice():
+    cfg = compose([])
+    found = dict(_target_nodes(cfg))
+    expected = {"model", "loss", "postprocess", "predict", "slide", "cohort", "speed", "tune"}
+    assert expected <= set(found), sorted(found)
+    for path, node in found.items():
+        keys = [k for k in node if not str(k).startswith("_")]
+        assert not _defaults_in_code(node._target_, keys), f"{path}: defaults also written in {node._target_}"
+
+
+def test_the_checker_finds_a_default_written_twice():
+    """The test above can fail: a dataclass with a default for one of its node's keys is reported."""
+
+    @dataclasses.dataclass
+    class Twice:
+        window: int = 1024
+
+    import sys
+
+    sys.modules[__name__].Twice = Twice
+    assert _defaults_in_code(f"{__name__}.Twice", ["window"]) == ["window"]
+
+
+@pytest.mark.parametrize("group", ["postprocess", "predict", "slide", "cohort", "speed", "tune"])
+def test_each_settings_group_builds_with_the_yaml_values(group):
+    built = defaults(group)
+    values = OmegaConf.to_container(compose([])[group], resolve=True)
+    for key, value in values.items():
+        if not key.startswith("_"):
+            assert getattr(built, key) == value, f"{group}.{key}"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("slide.workers=0", r"slide\.workers=0"),
+        ("predict.tile_size=100", r"predict\.tile_size=100"),
+        ("speed.iterations=0", r"speed\.iterations=0"),
+        ("tune.objective=dice", r"tune\.objective='dice'"),
+        ("+tune.grid.watershed.min_dist=[1]", r"'min_dist' cannot be tuned"),
+        ("cohort.launcher=pbs", r"cohort\.launcher='pbs'"),
+        ("postprocess.min_area=-1", r"postprocess\.min_area=-1"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_key(override, message):
+    group = override.lstrip("+").split(".")[0]
+    with pytest.raises(ConfigError, match=message):
+        build(compose([override])[group])
+
+
+def test_at_inference_null_means_the_checkpoints_and_a_given_value_replaces_it():
+    untouched = inference_settings(compose([], "inference"))
+    assert untouched.threshold is None and untouched.postprocess == {}
+    given = inference_settings(compose(["threshold=0.6", "postprocess.min_area=30"], "inference"))
+    assert given.threshold == 0.6 and given.postprocess == {"min_area": 30}
+    # training's own test pass runs the model it trained: never the config's values again (they may be tuned)
+    training = compose(["threshold=0.6"])
+    assert inference_settings(training).threshold == 0.6
+    carried = carried_settings(training)
+    assert carried.threshold is None and carried.postprocess == {}
+
+
+def test_training_refuses_a_null_threshold_before_any_work():
+    from nucleiseg.assemble import validate
+
+    with pytest.raises(ConfigError, match="threshold=null"):
+        validate(compose(["encoder=unet_bn", "pretrained=false", "threshold=null"]))
+
+
+def test_callbacks_come_from_the_group_and_a_user_can_add_or_remove_one(tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from nucleiseg.assemble import training_callbacks
+
+    cfg = compose(["progress_bar=none", "+callbacks.rate={_target_:lightning.pytorch.callbacks.LearningRateMonitor}"])
+    made = training_callbacks(cfg, tmp_path, has_val=True)
+    checkpoints = [c for c in made if isinstance(c, ModelCheckpoint)]
+    assert [c.filename for c in checkpoints] == ["last"] and any(isinstance(c, LearningRateMonitor) for c in made)
+    assert checkpoints[0].dirpath == str(tmp_path / "checkpoints") and checkpoints[0]._every_n_epochs == 1
+    best = training_callbacks(compose(["progress_bar=none", "test_checkpoint=best"]), tmp_path, has_val=False)
+    assert [(c.filename, c.monitor) for c in best] == [("last", None), ("best", "loss/train")]
+    assert training_callbacks(compose(["progress_bar=none", "callbacks.last_checkpoint=null"]), tmp_path, True) == []
