@@ -25,6 +25,49 @@ def run_train(*words: str, multirun: bool = False, timeout: float = 600) -> subp
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+def run_train_here(*words: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    """:func:`run_train` inside this process: train.py's own key check and Hydra app with ``sys.argv`` set as the
+    user types it, stdout, stderr and the exit code captured the same way. It saves the 5 s of imports a new
+    process pays; what needs a process of its own (signals, DDP, SLURM, a server's environment) uses run_train.
+    Hydra's global state, the logging handlers, torch's thread count and the environment are restored after."""
+    import contextlib
+    import importlib.util
+    import io
+    import logging
+
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    argv = ["train.py", *(["-m"] if multirun else []), *words]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved = (sys.argv, os.getcwd(), dict(os.environ), torch.get_num_threads())
+    loggers = {name: (lg.handlers[:], lg.level) for name, lg in [("", logging.getLogger())]}
+    try:
+        sys.argv = argv
+        os.chdir(REPO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                # run as `python train.py` runs it: the module named __main__ (Hydra finds conf/ next to the file
+                # of a task function defined in __main__), its `if __name__ == "__main__"` block included
+                spec = importlib.util.spec_from_file_location("__main__", REPO / "train.py")
+                spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        os.environ.clear()
+        os.environ.update(saved[2])
+        torch.set_num_threads(saved[3])
+        for name, (handlers, level) in loggers.items():
+            logging.getLogger(name).handlers[:] = handlers
+            logging.getLogger(name).setLevel(level)
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def write_tnbc(root: Path, images_per_slide=(3, 2, 2), size: int = 64, seed: int = 0) -> Path:
     """A TNBC-layout folder: ``Slide_XX/XX_K.png`` (RGBA like the release) and ``GT_XX/XX_K.png`` {0,255}."""
     for slide, count in enumerate(images_per_slide, start=1):

@@ -1,4 +1,5 @@
-"""Hydra multirun sweeps, run as the user runs them: ``python train.py -m ...`` in a subprocess."""
+"""Hydra multirun sweeps, run as the user runs them: ``python train.py -m ...``, through train.py's own Hydra app
+(in this process where nothing needs a process of its own; in a subprocess for signals and SLURM)."""
 
 import re
 import subprocess
@@ -6,11 +7,11 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, fast_run_overrides, run_train
+from tests.conftest import REPO, fast_run_overrides, run_train, run_train_here
 
 
-def _train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return run_train(*overrides, multirun=True, timeout=timeout)
+def _train(*overrides: str) -> subprocess.CompletedProcess:
+    return run_train_here(*overrides, multirun=True)
 
 
 def _per_seed(client, study):
@@ -164,12 +165,13 @@ def test_sigterm_stops_a_sweep_on_purpose_and_the_same_command_goes_on(tmp_path,
 def test_the_slurm_code_path_with_submitit_on_this_machine(tmp_path, tracking_uri):
     """hydra/launcher=slurm_local: each job its own process through the submitit plugin, as on a cluster; one
     job fails (a plain U-Net with ImageNet weights), the other finishes, and the sweep says so and exits 1."""
-    result = _train(
+    result = run_train(
         "experiment=quickstart",
         "study=submitit",
         "pretrained=true,false",
         "hydra/launcher=slurm_local",
         *_small(tmp_path, tracking_uri),
+        multirun=True,
     )
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert "1 job(s) failed: unet_bn-imagenet-seed0" in result.stdout

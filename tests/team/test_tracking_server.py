@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, fast_run_overrides
+from tests.conftest import REPO, fast_run_overrides, run_train_here
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
@@ -118,9 +118,10 @@ class MlflowServer:
         tail = self.log.read_text()[-3000:]
         raise RuntimeError(f"mlflow server did not start within 180 s: {tail}")
 
-    def stop(self) -> None:
+    def stop(self, crash: bool = False) -> None:
+        """SIGTERM (a clean shutdown), or with ``crash`` SIGKILL: the server dies as in a crash or a lost node."""
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the server and its workers
+            os.killpg(self.process.pid, signal.SIGKILL if crash else signal.SIGTERM)  # the server and its workers
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -146,25 +147,14 @@ def _env(uri: str) -> dict:
 
 
 @pytest.mark.server
-def test_a_sweep_logs_to_a_postgresql_backed_server_and_everything_reads_back(team_server, tmp_path, capsys):
+def test_a_sweep_logs_to_a_postgresql_backed_server_and_everything_reads_back(
+    team_server, tmp_path, capsys, monkeypatch
+):
     overrides = [o for o in fast_run_overrides(tmp_path, "sqlite:///unused.db") if not o.startswith("logger.")]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "experiment=quickstart",
-            "study=team",
-            "seed=0,1",
-            *overrides,
-            "logger.overlays=1",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=_env(team_server.uri),
-    )
+    for key, value in _env(team_server.uri).items():
+        monkeypatch.setenv(key, value)
+    words = ["experiment=quickstart", "study=team", "seed=0,1", *overrides, "logger.overlays=1"]
+    result = run_train_here(*words, multirun=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     client = MlflowClient(team_server.uri)  # a fresh client: what another machine sees
     experiment = client.get_experiment_by_name("team").experiment_id
@@ -236,10 +226,10 @@ def test_a_server_that_goes_down_mid_run_loses_nothing(tmp_path):
         while time.monotonic() < deadline and not list((tmp_path / "outputs").glob("outage/*/run.json")):
             time.sleep(0.2)
         time.sleep(1.0)  # the run has created its MLflow run and logged its config
-        server.stop()
+        server.stop(crash=True)
         stdout, stderr = process.communicate(timeout=900)
     finally:
-        server.stop()
+        server.stop(crash=True)
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, stdout[-2000:] + stderr[-3000:]
@@ -263,4 +253,4 @@ def test_a_server_that_goes_down_mid_run_loses_nothing(tmp_path):
         assert record.data.tags.get("nucleiseg.done") == "true"
         assert not (folder / "mlflow_pending.jsonl").exists()
     finally:
-        server.stop()
+        server.stop(crash=True)
