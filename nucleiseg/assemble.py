@@ -26,7 +26,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.data.datamodule import NucleiDataModule
-from nucleiseg.data.online_augment import OnlineAugment
 from nucleiseg.data.prepare import load_manifest, prepare_dataset, prepared_path, training_resolution
 from nucleiseg.devices import cuda_available, device_name, resolve_flag, resolve_precision
 from nucleiseg.epoch_lines import EpochLines
@@ -200,7 +199,7 @@ def build_datamodule(cfg: DictConfig, data_folder: Path, accelerator: str) -> Nu
         pin_memory=not on_device and resolve_flag(loader.pin_memory, accelerator, "data.loader.pin_memory"),
         on_device=on_device,
         persistent_workers=bool(loader.persistent_workers),
-        online_augment=OnlineAugment(online) if online and online.get("enabled") else None,
+        online_augment=build(online, switches=("enabled",)) if online and online.get("enabled") else None,
         distance_targets=cfg.model.head == "distance",
     )
 

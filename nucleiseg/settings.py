@@ -22,23 +22,33 @@ if TYPE_CHECKING:
     from nucleiseg.postprocess.instances import Postprocess
 
 
-def build(node: DictConfig | Mapping[str, Any], **runtime: Any) -> Any:
+def build(node: DictConfig | Mapping[str, Any], *, switches: tuple[str, ...] = (), **runtime: Any) -> Any:
     """The object of a config node with a ``_target_``, completed with the ``runtime`` values (plain Python
-    containers inside, not OmegaConf nodes). A value of the wrong type is a one-line error naming the group."""
+    containers inside, not OmegaConf nodes). ``switches``: keys of the node that are the caller's to read (an
+    ``enabled`` flag), not arguments. A value of the wrong type is a one-line error naming the group."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    where = _where(node)
+    if switches:
+        node = {k: v for k, v in _plain(node).items() if k not in switches}
     try:
         return instantiate(node, _convert_="all", **runtime)
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
-        raise ConfigError(f"{_target(node)}: {cause or error}") from None
+        raise ConfigError(f"{where}: {cause or error}") from None
 
 
-def _target(node: DictConfig | Mapping[str, Any]) -> str:
-    return str(node.get("_target_", "?")) if isinstance(node, Mapping | DictConfig) else "?"
+def _plain(node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def _where(node: DictConfig | Mapping[str, Any]) -> str:
+    """The node's key in the config (``predict``, ``data.online_augment``) and its target, for error messages."""
+    key = node._get_full_key(None) if isinstance(node, DictConfig) else ""
+    return f"{key} ({node.get('_target_', '?')})" if key else str(node.get("_target_", "?"))
 
 
 @lru_cache(maxsize=1)
@@ -67,8 +77,7 @@ def default_value(key: str) -> Any:
 def given(node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The values of a config node that are set (not null), without Hydra's ``_target_``-style keys: at inference
     a null is the checkpoint's value (``conf/inference.yaml``)."""
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    return {k: v for k, v in values.items() if not k.startswith("_") and v is not None}
+    return {k: v for k, v in _plain(node).items() if not k.startswith("_") and v is not None}
 
 
 def inference_settings(cfg: DictConfig) -> InferenceSettings:

@@ -8,8 +8,6 @@ saturation/hue jitter and haematoxylin-eosin-DAB jitter) touch the image only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import kornia.augmentation as K
 import torch
 from skimage.color import hed_from_rgb, rgb_from_hed
@@ -26,7 +24,7 @@ class RandomHEDJitter(nn.Module):
     scikit-image's colour-deconvolution matrices, perturb, and back. Images are ``float32 Bx3xHxW`` in [0, 1].
     """
 
-    def __init__(self, sigma: float = 0.05, p: float = 0.5) -> None:
+    def __init__(self, sigma: float, p: float) -> None:
         super().__init__()
         self.sigma, self.p = sigma, p
 
@@ -42,19 +40,31 @@ class RandomHEDJitter(nn.Module):
 
 
 class OnlineAugment(nn.Module):
-    """Batch augmentation configured by ``data.online_augment`` (probabilities; 0 turns a transform off)."""
+    """Batch augmentation, the ``data.online_augment`` group's ``_target_`` (its YAML holds the defaults; its
+    ``enabled`` switch is the assembly's, not an argument): probabilities, 0 turns a transform off."""
 
-    def __init__(self, cfg: Mapping) -> None:
+    def __init__(
+        self,
+        *,
+        hflip: float,
+        vflip: float,
+        rotate: float,
+        rotate_degrees: float,
+        elastic: float,
+        colour_jitter: float,
+        hed_jitter: float,
+        hed_sigma: float,
+    ) -> None:
         super().__init__()
         geometric = []
-        if cfg.get("hflip", 0):
-            geometric.append(K.RandomHorizontalFlip(p=cfg["hflip"]))
-        if cfg.get("vflip", 0):
-            geometric.append(K.RandomVerticalFlip(p=cfg["vflip"]))
-        if cfg.get("rotate", 0):
-            geometric.append(K.RandomRotation(degrees=cfg.get("rotate_degrees", 180.0), p=cfg["rotate"]))
-        if cfg.get("elastic", 0):
-            geometric.append(K.RandomElasticTransform(p=cfg["elastic"]))
+        if hflip:
+            geometric.append(K.RandomHorizontalFlip(p=hflip))
+        if vflip:
+            geometric.append(K.RandomVerticalFlip(p=vflip))
+        if rotate:
+            geometric.append(K.RandomRotation(degrees=rotate_degrees, p=rotate))
+        if elastic:
+            geometric.append(K.RandomElasticTransform(p=elastic))
         # one sequence per set of targets: with and without the distance map (moved like the image, bilinear)
         self.geometric = (
             {
@@ -65,10 +75,10 @@ class OnlineAugment(nn.Module):
             else None
         )
         colour = []
-        if cfg.get("colour_jitter", 0):
-            colour.append(K.ColorJiggle(0.1, 0.1, 0.1, 0.02, p=cfg["colour_jitter"]))
+        if colour_jitter:
+            colour.append(K.ColorJiggle(0.1, 0.1, 0.1, 0.02, p=colour_jitter))
         self.colour = K.AugmentationSequential(*colour, data_keys=["input"]) if colour else None
-        self.hed = RandomHEDJitter(cfg.get("hed_sigma", 0.05), cfg["hed_jitter"]) if cfg.get("hed_jitter", 0) else None
+        self.hed = RandomHEDJitter(hed_sigma, hed_jitter) if hed_jitter else None
 
     @torch.no_grad()
     def forward(

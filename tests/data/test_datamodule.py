@@ -35,11 +35,26 @@ def test_datamodule_serves_cached_batches(prepared):
     assert len(module.test_dataloader().dataset) == 6
 
 
+def _augment(**probabilities):
+    """OnlineAugment with every transform off except ``probabilities`` (rotation 180 degrees, HED sigma 0.05)."""
+    off = {"hflip": 0, "vflip": 0, "rotate": 0, "elastic": 0, "colour_jitter": 0, "hed_jitter": 0}
+    return OnlineAugment(**{**off, "rotate_degrees": 180.0, "hed_sigma": 0.05, **probabilities})
+
+
+def test_the_config_builds_the_augmentation_only_when_enabled(prepared):
+    from nucleiseg.assemble import build_datamodule
+
+    folder = prepared
+    on = build_datamodule(compose(["experiment=release"]), folder, "cpu")
+    assert isinstance(on.online_augment, OnlineAugment) and on.online_augment.hed is not None
+    assert build_datamodule(compose([]), folder, "cpu").online_augment is None
+
+
 def test_online_augmentation_moves_mask_with_image():
     image = torch.zeros(2, 3, 16, 16)
     image[:, :, 2:6, 1:4] = 1.0
     mask = (image[:, 0] > 0).to(torch.int32) * 3
-    augment = OnlineAugment({"hflip": 1.0, "vflip": 0.0})
+    augment = _augment(hflip=1.0, vflip=0.0)
     out = augment(image, mask)
     out_image, out_mask = out["image"], out["mask"]
     assert torch.equal(out_image, image.flip(-1))
@@ -48,7 +63,7 @@ def test_online_augmentation_moves_mask_with_image():
     image = torch.zeros(4, 3, 32, 32)
     image[:, :, 4:14, 6:12] = 1.0
     mask = (image[:, 0] > 0).to(torch.int32)
-    rotated = OnlineAugment({"rotate": 1.0, "rotate_degrees": 90.0})(image, mask)
+    rotated = _augment(rotate=1.0, rotate_degrees=90.0)(image, mask)
     rotated_image, rotated_mask = rotated["image"], rotated["mask"]
     assert not torch.equal(rotated_mask, mask)
     for k in range(4):  # bilinear image vs nearest mask: equal up to the outline
@@ -73,12 +88,12 @@ def test_distance_targets_travel_with_the_batch_and_its_augmentation(prepared):
     for mask, distance in zip(batch["mask"].numpy(), batch["distance"].numpy(), strict=True):
         assert np.array_equal(distance, distance_map(mask))
     image = batch["image"].float() / 255
-    out = OnlineAugment({"hflip": 1.0, "vflip": 1.0})(image, batch["mask"], batch["distance"])
+    out = _augment(hflip=1.0, vflip=1.0)(image, batch["mask"], batch["distance"])
     # flips move the distance map exactly as they move the nuclei
     for mask, distance in zip(out["mask"].numpy(), out["distance"].numpy(), strict=True):
         assert np.abs(distance - distance_map(mask)).max() < 1e-6
     torch.manual_seed(0)
-    rotated = OnlineAugment({"rotate": 1.0, "rotate_degrees": 40.0})(image, batch["mask"], batch["distance"])
+    rotated = _augment(rotate=1.0, rotate_degrees=40.0)(image, batch["mask"], batch["distance"])
     # a rotation resamples the map bilinearly: close to the map of the rotated nuclei, never another nucleus's
     for mask, distance in zip(rotated["mask"].numpy(), rotated["distance"].numpy(), strict=True):
         inside = mask > 0
