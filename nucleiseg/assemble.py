@@ -190,15 +190,16 @@ def module_from_config(
 
 
 def build_datamodule(cfg: DictConfig, data_folder: Path, accelerator: str) -> NucleiDataModule:
+    """The ``data.loader`` group's DataModule over ``data_folder``, its ``auto`` values resolved for
+    ``accelerator``, with the online augmentation when ``data.online_augment.enabled``."""
     loader, online = cfg.data.loader, cfg.data.get("online_augment")
     on_device = resolve_flag(loader.on_device, accelerator, "data.loader.on_device")
-    return NucleiDataModule(
-        data_folder,
-        batch_size=loader.batch_size,
+    return build(
+        loader,
+        folder=data_folder,
         num_workers=0 if on_device else loader.num_workers,
         pin_memory=not on_device and resolve_flag(loader.pin_memory, accelerator, "data.loader.pin_memory"),
         on_device=on_device,
-        persistent_workers=bool(loader.persistent_workers),
         online_augment=build(online, switches=("enabled",)) if online and online.get("enabled") else None,
         distance_targets=cfg.model.head == "distance",
     )

@@ -45,7 +45,8 @@ def _defaults_in_code(target, keys):
 def test_every_group_of_ours_has_a_target_and_no_default_written_twice():
     cfg = compose([])
     found = dict(_target_nodes(cfg))
-    expected = {"model", "loss", "postprocess", "predict", "slide", "cohort", "speed", "tune"}
+    expected = {"model", "loss", "postprocess", "predict", "slide", "cohort", "speed", "tune", "data.loader"}
+    expected.add("data.online_augment")
     assert expected <= set(found), sorted(found)
     for path, node in found.items():
         keys = [k for k in node if not str(k).startswith("_")]

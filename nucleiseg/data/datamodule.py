@@ -73,16 +73,18 @@ class NucleiDataModule(L.LightningDataModule):
     def __init__(
         self,
         folder: str | Path,
-        batch_size: int = 3,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
+        *,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        persistent_workers: bool,
+        on_device: bool,
         online_augment: OnlineAugment | None = None,
         distance_targets: bool = False,
-        on_device: bool = False,
     ) -> None:
-        """``on_device``: move the cached tensors to the training device (a GPU) once at setup, so batches are
-        indexed there and nothing is copied from the host per step."""
+        """The ``data.loader`` group's ``_target_`` (its YAML holds the defaults; the assembly resolves its
+        ``auto`` values for the accelerator). ``on_device``: move the cached tensors to the training device (a
+        GPU) once at setup, so batches are indexed there and nothing is copied from the host per step."""
         super().__init__()
         self.on_device = on_device
         self.folder = Path(folder)

@@ -75,7 +75,7 @@ class Slide:
     def _read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         raise NotImplementedError
 
-    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+    def thumbnail(self, max_side: int) -> tuple[np.ndarray, float]:
         """A low-resolution RGB view of the whole slide and its downsample from level 0, in bounded memory: the
         smallest level at least ``max_side`` wide read whole when small enough, else shrunk block by block."""
         from nucleiseg.data.transforms import resize_image

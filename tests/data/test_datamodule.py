@@ -7,6 +7,9 @@ from nucleiseg.data.datamodule import NucleiDataModule, distance_map
 from nucleiseg.data.online_augment import OnlineAugment, RandomHEDJitter
 from nucleiseg.data.prepare import prepare_dataset
 
+# data.loader's keys as the assembly gives them on a CPU
+SERVED = {"num_workers": 0, "pin_memory": False, "persistent_workers": False, "on_device": False}
+
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
@@ -23,7 +26,7 @@ def prepared(tmp_path_factory):
 
 
 def test_datamodule_serves_cached_batches(prepared):
-    module = NucleiDataModule(prepared, batch_size=3)
+    module = NucleiDataModule(prepared, **{**SERVED, "batch_size": 3})
     module.setup("fit")
     batch = next(iter(module.train_dataloader()))
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (3, 3, 32, 32)
@@ -81,7 +84,7 @@ def test_hed_jitter_changes_stain_but_not_range():
 
 
 def test_distance_targets_travel_with_the_batch_and_its_augmentation(prepared):
-    module = NucleiDataModule(prepared, batch_size=2, distance_targets=True)
+    module = NucleiDataModule(prepared, **{**SERVED, "batch_size": 2}, distance_targets=True)
     module.setup("fit")
     batch = next(iter(module.train_dataloader()))
     assert batch["distance"].shape == batch["mask"].shape and batch["distance"].dtype == torch.float32
