@@ -107,10 +107,51 @@ NOT_CONFIGURATION = (
 SPLIT_OVERRIDES = ("data.protocol.seed", "data.protocol.split")
 
 
+# How the configuration is wired into objects is not what a run computes: the ``_target_`` of a group our own
+# code builds, the default checkpoint callbacks, and predict.channels_last (which follows model.channels_last)
+# are left out of a run's identity while they are the shipped ones. So a release that moves a default into a
+# group (as the config groups did) does not make every earlier run "another configuration"; a wiring the user
+# changed (their own module, an extra callback) is part of the identity.
+WIRING_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_")
+
+
+def _plain_identity(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` resolved to plain containers, without the shipped wiring (see :data:`WIRING_KEYS`)."""
+    from nucleiseg.settings import shipped_config
+
+    shipped = shipped_config()
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    _drop_our_targets(plain, OmegaConf.to_container(shipped, resolve=False))
+    if "callbacks" in cfg and OmegaConf.to_container(cfg.callbacks) == OmegaConf.to_container(shipped.callbacks):
+        plain.pop("callbacks", None)
+    predict, model = plain.get("predict"), plain.get("model")
+    if (
+        isinstance(predict, dict)
+        and isinstance(model, dict)
+        and predict.get("channels_last") == model.get("channels_last")
+    ):
+        predict.pop("channels_last", None)
+    return plain
+
+
+def _drop_our_targets(node: dict[str, Any], shipped: Any) -> None:
+    """Remove, in place, the wiring keys of the nodes whose ``_target_`` is ours and the shipped one."""
+    if not isinstance(shipped, dict):
+        return
+    target = node.get("_target_")
+    if isinstance(target, str) and target.startswith("nucleiseg.") and target == shipped.get("_target_"):
+        for key in WIRING_KEYS:
+            if key in node and node[key] == shipped.get(key):
+                node.pop(key)
+    for key, value in node.items():
+        if isinstance(value, dict):
+            _drop_our_targets(value, shipped.get(key))
+
+
 def configuration_hash(cfg: DictConfig) -> str:
     """Hash of what a configuration computes, the same for all its seeds and TNBC splits (the report groups runs
     by it: seeds of one configuration are never pooled with runs that changed, say, ``optimizer.lr``)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = _plain_identity(cfg)
     plain = {k: v for k, v in plain.items() if k not in VOLATILE_KEYS}
     for dotted in NOT_CONFIGURATION:
         *parents, leaf = dotted.split(".")
@@ -147,7 +188,7 @@ def _without_locations(value: Any) -> Any:
 def identity_hash(cfg: DictConfig) -> str:
     """Hash of everything that changes what a run computes (so a run folder is never reused for another);
     locations of data and weights are left out (see :data:`LOCATION_KEYS`)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = _plain_identity(cfg)
     return config_hash(_without_locations({k: v for k, v in plain.items() if k not in VOLATILE_KEYS}))
 
 

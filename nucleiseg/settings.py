@@ -52,7 +52,8 @@ def _where(node: DictConfig | Mapping[str, Any]) -> str:
 
 
 @lru_cache(maxsize=1)
-def _default_config() -> DictConfig:
+def shipped_config() -> DictConfig:
+    """``conf/config.yaml`` with no override, composed once per process."""
     from nucleiseg.config import compose
 
     return compose([])
@@ -61,17 +62,17 @@ def _default_config() -> DictConfig:
 def defaults(group: str, **changes: Any) -> Any:
     """The settings object of ``group`` with the defaults of ``conf/`` and ``changes``: ``defaults("slide",
     labels=True)``; what the Python API and tests use where no config was composed."""
-    return build(_default_config()[group], **changes)
+    return build(shipped_config()[group], **changes)
 
 
 def default_values(group: str) -> dict[str, Any]:
     """The default values of ``group`` in ``conf/`` (without ``_target_``): ``default_values("postprocess")``."""
-    return given(_default_config()[group])
+    return given(shipped_config()[group])
 
 
 def default_value(key: str) -> Any:
     """One top-level default of ``conf/config.yaml``: ``default_value("threshold")``."""
-    return OmegaConf.select(_default_config(), key)
+    return OmegaConf.select(shipped_config(), key)
 
 
 def given(node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

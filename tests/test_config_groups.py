@@ -125,3 +125,48 @@ def test_callbacks_come_from_the_group_and_a_user_can_add_or_remove_one(tmp_path
     best = training_callbacks(compose(["progress_bar=none", "test_checkpoint=best"]), tmp_path, has_val=False)
     assert [(c.filename, c.monitor) for c in best] == [("last", None), ("best", "loss/train")]
     assert training_callbacks(compose(["progress_bar=none", "callbacks.last_checkpoint=null"]), tmp_path, True) == []
+
+
+# identity and configuration hashes (first 16 hex digits) computed by commit d8fe718, before the config groups:
+# a run trained then is the same run now (a sweep launched again skips or resumes it; the report pools it)
+BEFORE_THE_GROUPS = {
+    (): ("944fcbbe628582c5", "e9f89eadd174d425"),
+    ("experiment=quickstart",): ("7341b3255f7fa232", "fbcc11d7ca8fbfb4"),
+    ("experiment=release_cpu",): ("7261f57e46341145", "04fc6b1448698fcc"),
+    ("paper_config=resnet50_imagenet", "seed=3"): ("99246d955b974abe", "3e90d40006853e83"),
+    ("encoder=unet_bn", "pretrained=false", "optimizer.lr=0.001", "postprocess.min_area=30"): (
+        "9f71371748a5b413",
+        "d20a0da1c4a52151",
+    ),
+    ("encoder=unet", "pretrained=false", "checkpoint_every_n_epochs=2", "test_checkpoint=best"): (
+        "28ee21f486170818",
+        "603f62fe7f5f7f07",
+    ),
+    ("experiment=release", "data.online_augment.hed_jitter=0.2", "model.channels_last=true"): (
+        "e7949673fb4ed61b",
+        "4bdce137dfcb313b",
+    ),
+}
+
+
+@pytest.mark.parametrize("overrides", list(BEFORE_THE_GROUPS))
+def test_runs_trained_before_the_config_groups_keep_their_identity(overrides):
+    from nucleiseg.run_identity import configuration_hash, identity_hash
+
+    cfg = compose(list(overrides))
+    assert (identity_hash(cfg)[:16], configuration_hash(cfg)[:16]) == BEFORE_THE_GROUPS[overrides]
+
+
+def test_a_wiring_the_user_changes_is_part_of_the_identity():
+    from nucleiseg.run_identity import configuration_hash, identity_hash
+
+    shipped = compose([])
+    for override in (
+        "+callbacks.lr={_target_:lightning.pytorch.callbacks.LearningRateMonitor}",
+        "model._target_=my_lab.models.OtherModule",
+        "loss._target_=my_lab.losses.FocalLoss",
+        "predict.channels_last=true",
+    ):
+        changed = compose([override])
+        assert identity_hash(changed) != identity_hash(shipped), override
+    assert configuration_hash(compose(["loss._target_=my_lab.losses.FocalLoss"])) != configuration_hash(shipped)
