@@ -39,7 +39,7 @@ from nucleiseg.protocol import differences_from_paper
 from nucleiseg.run_identity import RunFolder, configuration_hash, variant_label
 from nucleiseg.settings import build, carried_settings, inference_settings, postprocess_settings
 from nucleiseg.tracking.mlflow_store import artifact_location, flatten, git_commit, tracking_uri
-from nucleiseg.tracking.pending import Pending, resilient_logger
+from nucleiseg.tracking.pending import Pending
 from nucleiseg.writing import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -105,17 +105,10 @@ def _trainer_extras(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_logger(cfg: DictConfig, name: str, run_id: str | None, tags: dict[str, str], run_dir: Path) -> MLFlowLogger:
-    """Lightning's MLflow logger, resilient: writes the server does not take wait in the run folder for
-    ``nucleiseg relog`` (see :mod:`nucleiseg.tracking.pending`)."""
-    return resilient_logger(
-        Pending(run_dir),
-        experiment_name=cfg.study,
-        run_name=name,
-        tracking_uri=tracking_uri(cfg.logger),
-        tags=tags,
-        artifact_location=artifact_location(cfg.logger),
-        run_id=run_id,
-        log_model=False,
+    """The ``logger`` group's MLflow logger for this run, resilient: writes the server does not take wait in the
+    run folder for ``nucleiseg relog`` (see :mod:`nucleiseg.tracking.pending`)."""
+    return build(
+        cfg.logger, pending=Pending(run_dir), experiment_name=cfg.study, run_name=name, tags=tags, run_id=run_id
     )
 
 
@@ -265,7 +258,7 @@ def build_test_pass(cfg: DictConfig, logger: MLFlowLogger) -> SessionTestPass:
         carried_settings(cfg),
         iou_threshold=float(cfg.metrics.iou_threshold),
         speed=build(cfg.speed).measurement(int(cfg.data.protocol.image_size)),
-        overlays=int(cfg.logger.overlays),
+        overlays=logger.overlays,
         log_artifact=logger.artifact,
     )
 

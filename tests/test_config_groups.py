@@ -46,7 +46,7 @@ def test_every_group_of_ours_has_a_target_and_no_default_written_twice():
     cfg = compose([])
     found = dict(_target_nodes(cfg))
     expected = {"model", "loss", "postprocess", "predict", "slide", "cohort", "speed", "tune", "data.loader"}
-    expected.add("data.online_augment")
+    expected |= {"data.online_augment", "logger"}
     assert expected <= set(found), sorted(found)
     for path, node in found.items():
         keys = [k for k in node if not str(k).startswith("_")]

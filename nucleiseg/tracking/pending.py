@@ -185,3 +185,35 @@ def resilient_logger(pending: Pending, **kwargs: Any) -> MLFlowLogger:
             )
 
     return ResilientMLFlowLogger(**kwargs)
+
+
+def mlflow_logger(
+    *,
+    tracking_uri: str,
+    artifact_location: str | None,
+    overlays: int,
+    pending: Pending,
+    experiment_name: str,
+    run_name: str,
+    tags: dict[str, str],
+    run_id: str | None,
+) -> MLFlowLogger:
+    """The ``logger`` group's ``_target_``: :func:`resilient_logger` at the group's store (``MLFLOW_TRACKING_URI``
+    replaces ``tracking_uri``; a tracking server keeps its own artifacts), completed by the assembly with the
+    run's values. ``overlays``: prediction overlays the held-out test pass logs through it."""
+    from nucleiseg.tracking.mlflow_store import artifact_location as artifacts_for
+    from nucleiseg.tracking.mlflow_store import tracking_uri as store_for
+
+    group = {"tracking_uri": tracking_uri, "artifact_location": artifact_location}
+    logger = resilient_logger(
+        pending,
+        experiment_name=experiment_name,
+        run_name=run_name,
+        tracking_uri=store_for(group),
+        tags=tags,
+        artifact_location=artifacts_for(group),
+        run_id=run_id,
+        log_model=False,
+    )
+    logger.overlays = int(overlays)
+    return logger
