@@ -51,6 +51,7 @@ PYTREE_NOTICE = r".*isinstance\(treespec, LeafSpec\).*"
 
 def validate(cfg: DictConfig) -> None:
     """Fail before any work on an invalid configuration (bad names, bad combinations, bad values)."""
+    _check_groups(cfg)
     spec = check_configuration(cfg.encoder, cfg.pretrained)
     check_head(cfg.model.head)
     if cfg.model.unet_widths and spec.smp_name is not None:
@@ -77,6 +78,18 @@ def validate(cfg: DictConfig) -> None:
             f"data.protocol.image_size={cfg.data.protocol.image_size}: expected a multiple of {divisor} "
             f"for encoder={cfg.encoder}"
         )
+
+
+def _check_groups(cfg: DictConfig) -> None:
+    """The groups training builds are there, and the checkpoint callbacks can do what the run asks of them."""
+    for group in ("model", "loss", "optimizer"):
+        if not cfg.get(group):
+            raise ConfigError(f"{group}: the group is missing (removed with ~{group}?); training needs one")
+    callbacks = cfg.get("callbacks") or {}
+    if cfg.test_checkpoint == "best" and not (callbacks.get("best_checkpoint") or {}).get("monitor"):
+        raise ConfigError("test_checkpoint=best needs callbacks.best_checkpoint with a monitor (it was removed)")
+    if callbacks.get("last_checkpoint"):
+        checkpoint_every(callbacks.last_checkpoint.get("every_n_epochs", "auto"), cfg.trainer.accelerator)
 
 
 def _gpu_for_job(cfg: DictConfig) -> dict[str, Any]:
@@ -198,15 +211,17 @@ def build_datamodule(cfg: DictConfig, data_folder: Path, accelerator: str) -> Nu
     )
 
 
-def checkpoint_every(cfg: DictConfig) -> int:
+def checkpoint_every(every: Any, accelerator: str) -> int:
     """Epochs between two ``last.ckpt`` writes (what a resume starts from): ``auto`` is every epoch on the CPU
     (epochs take minutes) and every 5 on a GPU (a full checkpoint with optimizer state costs as much as a third
     of a 512 px epoch there; a kill loses at most 5 epochs of ~2 s)."""
-    every = cfg.checkpoint_every_n_epochs
     if every == "auto":
-        return 5 if cuda_available(cfg.trainer.accelerator) else 1
+        return 5 if cuda_available(accelerator) else 1
     if not isinstance(every, int) or every < 1:
-        raise ConfigError(f"checkpoint_every_n_epochs={every!r}: expected auto or a whole number >= 1")
+        raise ConfigError(
+            f"callbacks.last_checkpoint.every_n_epochs={every!r} (default: checkpoint_every_n_epochs): expected auto "
+            "or a whole number >= 1"
+        )
     return every
 
 
@@ -217,11 +232,12 @@ def training_callbacks(cfg: DictConfig, run_path: Path, has_val: bool, *extra: L
     progress: rich bars on a terminal, one plain line per epoch in logs and files (``progress_bar``)."""
     folder = str(run_path / "checkpoints")
     callbacks: list[L.Callback] = []
-    for name, node in cfg.callbacks.items():
+    for name, node in (cfg.get("callbacks") or {}).items():
         if node is None or (name == "best_checkpoint" and cfg.test_checkpoint != "best"):
             continue
         if name == "last_checkpoint":
-            callbacks.append(build(node, dirpath=folder, every_n_epochs=checkpoint_every(cfg)))
+            every = checkpoint_every(node.get("every_n_epochs", "auto"), cfg.trainer.accelerator)
+            callbacks.append(build(node, dirpath=folder, every_n_epochs=every))
         elif name == "best_checkpoint":
             callbacks.append(build(node, dirpath=folder, **({} if has_val else {"monitor": "loss/train"})))
         else:

@@ -281,7 +281,9 @@ def _measure(
     device, size = options.device, options.image_size
     infer_precision = resolve_inference_precision(cfg.predict.precision, device)
     train_precision = resolve_precision(cfg.trainer.precision, device)
-    channels_last = device.type == "cuda" if cfg.model.channels_last == "auto" else bool(cfg.model.channels_last)
+    # inference is timed as the inference session runs it (predict.channels_last, which follows the model's)
+    inference = cfg.predict.get("channels_last", cfg.model.channels_last)
+    channels_last = device.type == "cuda" if inference == "auto" else bool(inference)
     torch.manual_seed(0)
     model = create_model(encoder, head=cfg.model.head, unet_widths=_widths(cfg, encoder)).to(device).eval()
     naive = measure_inference(model, size, 1, "32-true", device, options.warmup, options.iterations)

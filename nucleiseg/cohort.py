@@ -64,6 +64,10 @@ class CohortSettings:
             raise ConfigError(f"cohort.launcher={self.launcher!r}: expected one of {', '.join(LAUNCHERS)}")
         if self.shards != "auto" and (not isinstance(self.shards, int) or self.shards < 1):
             raise ConfigError(f"cohort.shards={self.shards!r}: expected auto or a whole number >= 1")
+        for key in ("timeout_min", "array_parallelism", "gpus_per_node", "cpus_per_task", "mem_gb"):
+            value = self.slurm.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "gpus_per_node" else 1):
+                raise ConfigError(f"cohort.slurm.{key}={value!r}: expected a whole number")
 
 
 @dataclass(frozen=True)

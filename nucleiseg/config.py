@@ -66,7 +66,8 @@ def _compose(overrides: list[str], config_name: str) -> DictConfig:
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
-    """Compose ``conf/config.yaml`` with command-line style ``overrides`` (``["data=synthetic", ...]``)."""
+    """Compose ``conf/<config_name>.yaml`` (``config``: training; ``inference``: the checkpoint's threshold and
+    post-processing unless given) with command-line style ``overrides`` (``["data=synthetic", ...]``)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -111,7 +112,7 @@ def misspelt_keys(overrides: list[str]) -> str | None:
             continue
         if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            suggestion = f"; did you mean {' or '.join(close)}?" if close else "; see conf/config.yaml for the keys"
+            suggestion = f"; did you mean {' or '.join(close)}?" if close else "; see conf/ for the keys"
             return f"{key} is not a configuration key{suggestion}"
     return None
 

@@ -31,6 +31,8 @@ PROTOCOL_KEYS = (
     "scheduler",
     "loss.smooth",
     "threshold",
+    "model._target_",
+    "loss._target_",
     "model.head",
     "model.unet_widths",
     "test_checkpoint",
@@ -57,4 +59,13 @@ def differences_from_paper(cfg: DictConfig, reference: DictConfig | None = None)
         ours, paper = plain(OmegaConf.select(cfg, key)), plain(OmegaConf.select(reference, key))
         if ours != paper:
             found.append(f"{key}={ours} (paper: {paper})")
+    ours, paper = _callbacks(cfg), _callbacks(reference)
+    if ours != paper:  # an added EarlyStopping changes training; another checkpoint interval does not
+        found.append(f"callbacks={sorted(ours.items())} (paper: {sorted(paper.items())})")
     return found
+
+
+def _callbacks(cfg: DictConfig) -> dict[str, str]:
+    """Each Lightning callback of ``cfg`` by name: its ``_target_``."""
+    nodes = cfg.get("callbacks") or {}
+    return {str(name): str(node.get("_target_")) for name, node in nodes.items() if node is not None}

@@ -8,6 +8,7 @@ Python API, tests). This module stays light (no torch, no Lightning): ``predict`
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import lru_cache
@@ -33,9 +34,14 @@ def build(node: DictConfig | Mapping[str, Any], *, switches: tuple[str, ...] = (
     if switches:
         node = {k: v for k, v in _plain(node).items() if k not in switches}
     try:
-        return instantiate(node, _convert_="all", **runtime)
-    except InstantiationException as error:
-        cause = error.__cause__
+        # a partial of the node's own values, then called with the run-time ones: those never pass through
+        # OmegaConf (a run name with ${...} in it stays as it is)
+        made = instantiate(node, _partial_=True, _convert_="all")
+        return made(**runtime)
+    except ConfigError:
+        raise
+    except (InstantiationException, TypeError) as error:
+        cause = error.__cause__ if isinstance(error, InstantiationException) else error
         if isinstance(cause, ConfigError):
             raise cause from None
         raise ConfigError(f"{where}: {cause or error}") from None
@@ -51,12 +57,20 @@ def _where(node: DictConfig | Mapping[str, Any]) -> str:
     return f"{key} ({node.get('_target_', '?')})" if key else str(node.get("_target_", "?"))
 
 
+_COMPOSING = threading.Lock()  # Hydra's global state is not thread-safe: one composition at a time
+
+
 @lru_cache(maxsize=1)
-def shipped_config() -> DictConfig:
-    """``conf/config.yaml`` with no override, composed once per process."""
+def _shipped() -> DictConfig:
     from nucleiseg.config import compose
 
     return compose([])
+
+
+def shipped_config() -> DictConfig:
+    """``conf/config.yaml`` with no override, composed once per process (from any thread)."""
+    with _COMPOSING:
+        return _shipped()
 
 
 def defaults(group: str, **changes: Any) -> Any:

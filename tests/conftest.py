@@ -29,24 +29,29 @@ def run_train_here(*words: str, multirun: bool = False) -> subprocess.CompletedP
     """:func:`run_train` inside this process: train.py's own key check and Hydra app with ``sys.argv`` set as the
     user types it, stdout, stderr and the exit code captured the same way. It saves the 5 s of imports a new
     process pays; what needs a process of its own (signals, DDP, SLURM, a server's environment) uses run_train.
-    Hydra's global state, the logging handlers, torch's thread count and the environment are restored after."""
+    Hydra's global state, every logger's handlers and levels, warning filters, MLflow's tracking URI, torch's thread
+    count, the working folder and the environment are restored after."""
     import contextlib
     import importlib.util
     import io
     import logging
+    import warnings
 
+    import mlflow
     import torch
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
     argv = ["train.py", *(["-m"] if multirun else []), *words]
     out, err, code = io.StringIO(), io.StringIO(), 0
-    saved = (sys.argv, os.getcwd(), dict(os.environ), torch.get_num_threads())
-    loggers = {name: (lg.handlers[:], lg.level) for name, lg in [("", logging.getLogger())]}
+    saved = (sys.argv, os.getcwd(), dict(os.environ), torch.get_num_threads(), mlflow.get_tracking_uri())
+    manager = logging.root.manager
+    loggers = {"": logging.root, **{n: lg for n, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}}
+    states = {n: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for n, lg in loggers.items()}
     try:
         sys.argv = argv
         os.chdir(REPO)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
             try:
                 # run as `python train.py` runs it: the module named __main__ (Hydra finds conf/ next to the file
                 # of a task function defined in __main__), its `if __name__ == "__main__"` block included
@@ -60,9 +65,15 @@ def run_train_here(*words: str, multirun: bool = False) -> subprocess.CompletedP
         os.environ.clear()
         os.environ.update(saved[2])
         torch.set_num_threads(saved[3])
-        for name, (handlers, level) in loggers.items():
-            logging.getLogger(name).handlers[:] = handlers
-            logging.getLogger(name).setLevel(level)
+        mlflow.set_tracking_uri(saved[4])
+        for name, logger in [("", logging.root), *manager.loggerDict.items()]:
+            if not isinstance(logger, logging.Logger):
+                continue
+            handlers, level, propagate, disabled = states.get(name, ([], logging.NOTSET, True, False))
+            for handler in set(logger.handlers) - set(handlers):
+                handler.close()  # Hydra's log files and streams of this run
+            logger.handlers[:], logger.propagate, logger.disabled = handlers, propagate, disabled
+            logger.setLevel(level)
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())

@@ -170,3 +170,54 @@ def test_a_wiring_the_user_changes_is_part_of_the_identity():
         changed = compose([override])
         assert identity_hash(changed) != identity_hash(shipped), override
     assert configuration_hash(compose(["loss._target_=my_lab.losses.FocalLoss"])) != configuration_hash(shipped)
+
+
+def test_training_refuses_a_best_checkpoint_it_would_not_write_and_a_bad_interval():
+    from nucleiseg.assemble import validate
+
+    base = ["encoder=unet_bn", "pretrained=false"]
+    with pytest.raises(ConfigError, match="test_checkpoint=best needs callbacks.best_checkpoint"):
+        validate(compose([*base, "test_checkpoint=best", "callbacks.best_checkpoint=null"]))
+    with pytest.raises(ConfigError, match=r"every_n_epochs=0"):
+        validate(compose([*base, "callbacks.last_checkpoint.every_n_epochs=0"]))
+    with pytest.raises(ConfigError, match="model: the group is missing"):
+        validate(compose([*base, "~model"]))
+
+
+def test_the_last_checkpoint_interval_of_the_group_is_used(tmp_path):
+    from nucleiseg.assemble import training_callbacks
+
+    made = training_callbacks(
+        compose(["progress_bar=none", "callbacks.last_checkpoint.every_n_epochs=3"]), tmp_path, True
+    )
+    assert made[0]._every_n_epochs == 3
+
+
+def test_a_swapped_module_or_loss_or_an_added_callback_is_not_the_papers_protocol():
+    from nucleiseg.protocol import differences_from_paper
+
+    paper = compose([])
+    assert differences_from_paper(compose(["checkpoint_every_n_epochs=2"]), paper) == []
+    for override in (
+        "loss._target_=my_lab.losses.FocalLoss",
+        "model._target_=my_lab.models.OtherModule",
+        "+callbacks.stop={_target_:lightning.pytorch.callbacks.EarlyStopping,monitor:loss/val}",
+    ):
+        assert differences_from_paper(compose([override]), paper), override
+
+
+def test_run_time_values_are_passed_as_they_are_not_interpolated():
+    """A run name or tag holding ${...} (from an override of a scheduler, say) reaches the object unchanged."""
+    made = build({"_target_": "builtins.dict", "a": 1}, tag="T_max=${trainer.max_epochs}")
+    assert made == {"a": 1, "tag": "T_max=${trainer.max_epochs}"}
+
+
+def test_a_custom_loss_class_trains_without_the_papers_record(tmp_path):
+    import torch
+
+    from nucleiseg.assemble import module_from_config
+
+    cfg = compose(["encoder=unet_bn", "pretrained=false", "model.unet_widths=[4,8,16,32,64]"])
+    cfg.loss = {"_target_": "torch.nn.MSELoss"}
+    module = module_from_config(cfg, "cpu")
+    assert isinstance(module.criterion, torch.nn.MSELoss) and "smooth" not in module.hparams

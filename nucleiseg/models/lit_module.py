@@ -75,7 +75,7 @@ class SegmentationModule(L.LightningModule):
                 "register_as",
             ]
         )
-        if loss is not None:  # what the loss was trained with, for the record (the checkpoint's hparams)
+        if isinstance(loss, SegmentationLoss):  # what the paper's loss was trained with, for the checkpoint's record
             self.hparams.update(smooth=loss.mask_loss.smooth, distance_weight=loss.distance_weight)
         # from a checkpoint the weights come from the checkpoint itself, never from ImageNet again
         self.model = create_model(
