@@ -62,10 +62,10 @@ def run_train_here(*words: str, multirun: bool = False) -> subprocess.CompletedP
     finally:
         sys.argv = saved[0]
         os.chdir(saved[1])
+        mlflow.set_tracking_uri(saved[4])  # before the environment: MLflow writes MLFLOW_TRACKING_URI too
         os.environ.clear()
         os.environ.update(saved[2])
         torch.set_num_threads(saved[3])
-        mlflow.set_tracking_uri(saved[4])
         for name, logger in [("", logging.root), *manager.loggerDict.items()]:
             if not isinstance(logger, logging.Logger):
                 continue
