@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.errors import ConfigError
+from nucleiseg.plain import plain
 
 if TYPE_CHECKING:
     from nucleiseg.inference.session import InferenceSettings
@@ -32,7 +33,7 @@ def build(node: DictConfig | Mapping[str, Any], *, switches: tuple[str, ...] = (
 
     where = _where(node)
     if switches:
-        node = {k: v for k, v in _plain(node).items() if k not in switches}
+        node = {k: v for k, v in plain(node).items() if k not in switches}
     try:
         # a partial of the node's own values, then called with the run-time ones: those never pass through
         # OmegaConf (a run name with ${...} in it stays as it is)
@@ -45,10 +46,6 @@ def build(node: DictConfig | Mapping[str, Any], *, switches: tuple[str, ...] = (
         if isinstance(cause, ConfigError):
             raise cause from None
         raise ConfigError(f"{where}: {cause or error}") from None
-
-
-def _plain(node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
 def _where(node: DictConfig | Mapping[str, Any]) -> str:
@@ -92,7 +89,7 @@ def default_value(key: str) -> Any:
 def given(node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The values of a config node that are set (not null), without Hydra's ``_target_``-style keys: at inference
     a null is the checkpoint's value (``conf/inference.yaml``)."""
-    return {k: v for k, v in _plain(node).items() if not k.startswith("_") and v is not None}
+    return {k: v for k, v in plain(node).items() if not k.startswith("_") and v is not None}
 
 
 def inference_settings(cfg: DictConfig) -> InferenceSettings:
