@@ -39,21 +39,12 @@ PROTOCOL_KEYS = (
 )
 
 
-def _paper_defaults() -> DictConfig:
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():  # inside train.py's Hydra app: compose with its search path
-        from hydra import compose
-
-        return compose(config_name="config")
-    from nucleiseg.config import compose
-
-    return compose([])
-
-
 def differences_from_paper(cfg: DictConfig, reference: DictConfig | None = None) -> list[str]:
     """``["trainer.max_epochs=3 (paper: 20)", ...]``; empty when ``cfg`` follows the paper's protocol."""
-    reference = reference if reference is not None else _paper_defaults()
+    if reference is None:
+        from nucleiseg.settings import shipped_config  # composed once per process, inside a Hydra app too
+
+        reference = shipped_config()
     found = []
     for key in PROTOCOL_KEYS:
         ours, paper = plain(OmegaConf.select(cfg, key)), plain(OmegaConf.select(reference, key))
