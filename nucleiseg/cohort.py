@@ -9,8 +9,9 @@ twice; each slide's folder is locked while it is written, the cohort's folder wh
 
 As slides finish, a row per slide is written to ``OUT/.cohort/rows/`` and the cohort table ``OUT/cohort.csv``
 (+ ``cohort.parquet``) is rebuilt from them: status (and the reason of a failure), tissue area, nuclei, nuclei per
-mm^2 of tissue, mean and median nuclear area, seconds, model and its SHA-256, per region with ``roi``. One MLflow
-run per cohort (experiment ``cohorts``) holds the table and the per-slide metrics.
+mm^2 of tissue, mean and median nuclear area, seconds, model and its SHA-256, per region with ``roi``
+(:mod:`nucleiseg.cohort_table`). One MLflow run per cohort (experiment ``cohorts``) holds the table and the
+per-slide metrics.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nucleiseg.cohort_table import STATE, record_row, slide_row, write_table
 from nucleiseg.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
@@ -31,24 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "local_parallel", "slurm", "slurm_local")
-STATE = ".cohort"
 LOCK = ".nucleiseg-cohort.lock"
-TABLE_COLUMNS = [
-    "slide",
-    "path",
-    "status",
-    "reason",
-    "tissue_mm2",
-    "nuclei",
-    "nuclei_per_mm2",
-    "mean_area_um2",
-    "median_area_um2",
-    "seconds",
-    "model",
-    "model_sha256",
-    "roi",
-    "regions",
-]
 
 
 @dataclass(frozen=True)
@@ -160,74 +145,6 @@ def _model_hash(path: Path) -> str:
     return file_sha256(path)
 
 
-def slide_row(out: Path, entry: Entry, status: str, reason: str, model: str, model_sha: str) -> dict[str, Any]:
-    """A slide's line of the cohort table, from its output folder (``slide.json``, ``features.csv``)."""
-    import numpy as np
-    import pandas as pd
-
-    from nucleiseg.predict import output_name
-
-    folder = out / output_name(entry.path)
-    row: dict[str, Any] = {
-        "slide": entry.path.name,
-        "path": str(entry.path.resolve()),
-        "status": status,
-        "reason": reason,
-        "model": model,
-        "model_sha256": model_sha,
-        "roi": str(entry.roi) if entry.roi else "",
-    }
-    if status in ("finished", "skipped") and (folder / "done.json").is_file():
-        done = json.loads((folder / "done.json").read_text())
-        info = json.loads((folder / "slide.json").read_text()) if (folder / "slide.json").is_file() else {}
-        row["nuclei"] = int(done["n_nuclei"])
-        row["seconds"] = float(info.get("seconds_this_session", done.get("seconds", float("nan"))))
-        mpp, dimensions = info.get("microns_per_pixel"), info.get("dimensions")
-        if mpp and dimensions:
-            row["tissue_mm2"] = info["tissue_fraction"] * dimensions[0] * dimensions[1] * mpp**2 / 1e6
-            row["nuclei_per_mm2"] = row["nuclei"] / row["tissue_mm2"] if row["tissue_mm2"] else float("nan")
-        features = folder / "features.csv"
-        if features.is_file() and row["nuclei"]:
-            areas = pd.read_csv(features, usecols=lambda c: c == "area_um2").get("area_um2")
-            if areas is not None and len(areas):
-                row["mean_area_um2"], row["median_area_um2"] = float(areas.mean()), float(np.median(areas))
-        if "regions" in info:
-            row["regions"] = json.dumps(info["regions"], sort_keys=True)
-    return row
-
-
-def _record(out: Path, row: dict[str, Any]) -> None:
-    from nucleiseg.writing import write_json_atomic
-
-    key = row["path"].replace("/", "_").replace("\\", "_")[-180:]
-    write_json_atomic(out / STATE / "rows" / f"{key}.json", row)
-    write_table(out)
-
-
-def write_table(out: Path) -> Path:
-    """Rebuild ``cohort.csv`` (+ ``cohort.parquet`` with pyarrow) from the slides' rows, atomically."""
-    import importlib.util
-    import io
-
-    import pandas as pd
-
-    from nucleiseg.writing import write_bytes_atomic
-
-    rows = []
-    for path in sorted((out / STATE / "rows").glob("*.json")):
-        try:
-            rows.append(json.loads(path.read_text()))
-        except (json.JSONDecodeError, OSError):  # being replaced by another shard right now
-            continue
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS).sort_values("slide", kind="stable")
-    write_bytes_atomic(out / "cohort.csv", table.to_csv(index=False).encode())
-    if importlib.util.find_spec("pyarrow") is not None:
-        buffer = io.BytesIO()
-        table.to_parquet(buffer, index=False)
-        write_bytes_atomic(out / "cohort.parquet", buffer.getvalue())
-    return out / "cohort.csv"
-
-
 def run_shard(job: CohortJob, entries: list[Entry]) -> list[dict[str, Any]]:
     """Predict a shard's slides one by one (each resumable, each locked), recording a row per slide; a slide that
     fails is recorded with its reason and the shard goes on."""
@@ -265,10 +182,10 @@ def run_shard(job: CohortJob, entries: list[Entry]) -> list[dict[str, Any]]:
         else:
             status = "failed"
             reason = "; ".join(why for _, why in summary.failed + summary.not_written) or "not predicted"
-        row = slide_row(job.out, entry, status, reason, label, model_sha)
+        row = slide_row(job.out, entry.path, entry.roi, status, reason, label, model_sha)
         if status == "finished":
             row["seconds"] = row.get("seconds") or time.perf_counter() - started
-        _record(job.out, row)
+        record_row(job.out, row)
         rows.append(row)
     return rows
 
@@ -325,7 +242,7 @@ def run_cohort(
     with exclusive(job.out / LOCK, f"cohort folder {job.out}"):
         for name, reason in problems:
             log.warning("%s: %s", name, reason)
-            _record(job.out, {"slide": Path(name).name, "path": str(name), "status": "failed", "reason": reason})
+            record_row(job.out, {"slide": Path(name).name, "path": str(name), "status": "failed", "reason": reason})
         groups = shard(entries, _shard_count(settings.shards, launcher, len(entries))) if entries else []
         if launcher == "local":
             for group in groups:
@@ -364,7 +281,7 @@ def _run_jobs(job: CohortJob, groups: list[list[Entry]], launcher: str, slurm: d
             recorded = {json.loads(p.read_text())["path"] for p in (job.out / STATE / "rows").glob("*.json")}
             for entry in group:
                 if str(entry.path.resolve()) not in recorded:
-                    _record(
+                    record_row(
                         job.out,
                         {
                             "slide": entry.path.name,
