@@ -6,14 +6,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from nucleiseg.parallel import register_resolvers
+from nucleiseg.util.parallel import register_resolvers
 
 register_resolvers()  # ${nucleiseg_parallel_jobs:} in conf/hydra/launcher/local_parallel.yaml
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> Any:
-    from nucleiseg.train import main as train_main  # deferred: `python train.py --help` stays instant
+    from nucleiseg.training.run import main as train_main  # deferred: `python train.py --help` stays instant
 
     return train_main(cfg)
 
@@ -23,8 +23,8 @@ def check_keys() -> None:
     value, before torch is imported (Hydra would advise ``+key=`` for a misspelt key)."""
     overrides = [word for word in sys.argv[1:] if "=" in word and not word.startswith("-")]
     if overrides:
-        from nucleiseg.config import misspelt_keys
-        from nucleiseg.config_checks import check_overrides
+        from nucleiseg.config.checks import check_overrides
+        from nucleiseg.config.compose import misspelt_keys
 
         problem = misspelt_keys(overrides) or check_overrides(overrides)
         if problem:

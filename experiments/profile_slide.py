@@ -22,16 +22,16 @@ from pathlib import Path
 STAGES = {
     "imports (first use of torch, scipy, ...)": ("<frozen importlib._bootstrap>", "_find_and_load"),
     "model loading (checksum, weights)": ("nucleiseg/inference/session.py", "from_checkpoint"),
-    "input identity (SHA-256 of the slide)": ("nucleiseg/input_identity.py", "input_identity"),
-    "slide reading (tiffslide, JPEG decode)": ("nucleiseg/slides/reader.py", "read"),
-    "thumbnail + tissue mask": ("nucleiseg/slides/predict_slide.py", "_tissue_windows"),
+    "input identity (SHA-256 of the slide)": ("nucleiseg/predict/input_identity.py", "input_identity"),
+    "slide reading (tiffslide, JPEG decode)": ("nucleiseg/predict/slides/reader.py", "read"),
+    "thumbnail + tissue mask": ("nucleiseg/predict/slides/predict_slide.py", "_tissue_windows"),
     "resampling to the model's scale": ("nucleiseg/data/transforms.py", "resize_image"),
     "network (tiles, blending)": ("nucleiseg/inference/session.py", "predict"),
     "separation into nuclei (watershed)": ("nucleiseg/inference/session.py", "instances"),
     "features (regionprops, colour deconvolution)": ("nucleiseg/postprocess/features.py", "nucleus_features"),
     "polygons (GeoJSON outlines)": ("nucleiseg/inference/export.py", "nucleus_features_geojson"),
-    "journal writes": ("nucleiseg/slides/predict_slide.py", "write"),
-    "assembly of the outputs": ("nucleiseg/slides/predict_slide.py", "assemble"),
+    "journal writes": ("nucleiseg/predict/slides/predict_slide.py", "write"),
+    "assembly of the outputs": ("nucleiseg/predict/slides/predict_slide.py", "assemble"),
 }
 
 
@@ -46,8 +46,8 @@ def stage_seconds(stats: pstats.Stats) -> dict[str, float]:
 
 
 def main() -> None:
+    from nucleiseg.benchmarks.slide import synthetic_slide
     from nucleiseg.cli import main as cli
-    from nucleiseg.slides.benchmark import synthetic_slide
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("words", nargs="*", help="KEY=VALUE overrides for predict")

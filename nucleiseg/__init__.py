@@ -1,7 +1,7 @@
 """nucleiseg: nuclei segmentation in H&E breast-cancer histopathology.
 
 ``nucleiseg.segment(image)`` and ``nucleiseg.segment_slide(path, out)`` give nuclei from Python with the default
-model (see :mod:`nucleiseg.segmentation`); they are imported on first use, so ``import nucleiseg`` stays light.
+model (see :mod:`nucleiseg.predict.api`); they are imported on first use, so ``import nucleiseg`` stays light.
 """
 
 from typing import Any
@@ -12,7 +12,7 @@ __all__ = ["segment", "segment_slide"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from nucleiseg import segmentation as module
+        from nucleiseg.predict import api as module
 
         return getattr(module, name)
     raise AttributeError(f"module 'nucleiseg' has no attribute {name!r}")

@@ -207,9 +207,9 @@ def trained_run(tmp_path_factory, tracking_uri):
     """A small modified U-Net trained on 64x64 synthetic tiles (native scale): ``(cfg, overrides, metrics, ckpt)``."""
     import json
 
-    from nucleiseg.config import compose
-    from nucleiseg.run_identity import run_folder
-    from nucleiseg.train import run
+    from nucleiseg.config.compose import compose
+    from nucleiseg.training.identity import run_folder
+    from nucleiseg.training.run import run
 
     root = tmp_path_factory.mktemp("trained")
     overrides = [

@@ -11,12 +11,12 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from nucleiseg.cli import main as cli
-from nucleiseg.config import compose
+from nucleiseg.config.compose import compose
+from nucleiseg.config.settings import defaults
 from nucleiseg.data.image_io import read_mask, read_rgb
-from nucleiseg.errors import ConfigError, ImageReadError
-from nucleiseg.run_identity import run_folder
-from nucleiseg.settings import defaults
-from nucleiseg.train import main, run
+from nucleiseg.training.identity import run_folder
+from nucleiseg.training.run import main, run
+from nucleiseg.util.errors import ConfigError, ImageReadError
 from tests.conftest import fast_run_overrides, run_train
 
 
@@ -28,8 +28,8 @@ def _runs(uri, study):
 
 def test_outputs_keep_the_umask_permissions(trained_run, tmp_path):
     from nucleiseg.inference.session import InferenceSession
-    from nucleiseg.predict import predict
-    from nucleiseg.writing import write_bytes_atomic, write_json_atomic
+    from nucleiseg.predict.run import predict
+    from nucleiseg.util.writing import write_bytes_atomic, write_json_atomic
 
     previous = os.umask(0o022)
     try:
@@ -56,7 +56,7 @@ def test_a_misspelt_key_gets_the_closest_existing_one(capsys):
 
 def test_monuseg_hints_and_layouts(tmp_path, monuseg_root):
     from nucleiseg.data.monuseg import find_monuseg
-    from nucleiseg.errors import DatasetLayoutError
+    from nucleiseg.util.errors import DatasetLayoutError
 
     xml = sorted((monuseg_root / "Annotations").glob("*.xml"))[0]
     xml.unlink()
@@ -130,7 +130,7 @@ def test_resuming_refuses_a_planted_payload_even_when_torch_is_told_to_unpickle(
 
 def test_two_prepares_never_interleave_and_damage_is_rebuilt(tmp_path):
     from nucleiseg.data.prepare import load_manifest, lock_file, prepare_dataset, prepared_path
-    from nucleiseg.locking import LockedError, exclusive
+    from nucleiseg.util.locking import LockedError, exclusive
 
     cfg = compose(["data=synthetic", f"paths.root_dir={tmp_path}", "data.protocol.image_size=32"]).data
     target = prepared_path(cfg)
@@ -215,7 +215,7 @@ def test_12_bit_and_cmyk_images_are_read_as_what_they_show(tmp_path, caplog):
 def test_an_aperio_region_with_a_huge_vertex_count_is_refused_quickly(tmp_path):
 
     from nucleiseg.data.aperio_xml import read_regions
-    from nucleiseg.errors import AnnotationError
+    from nucleiseg.util.errors import AnnotationError
 
     vertices = "".join(f'<Vertex X="{i % 100}" Y="{i // 100}"/>' for i in range(200_000))
     (tmp_path / "big.xml").write_text(
@@ -259,7 +259,7 @@ def test_bad_predict_options_are_refused(trained_run, tmp_path, capsys):
 
 def test_an_input_named_dots_stays_inside_out(trained_run, tmp_path):
     from nucleiseg.inference.session import InferenceSession
-    from nucleiseg.predict import LOCK, predict
+    from nucleiseg.predict.run import LOCK, predict
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -283,9 +283,9 @@ def test_a_zero_byte_checkpoint_is_named(tmp_path):
 def test_a_run_killed_before_its_first_checkpoint_keeps_one_mlflow_run(train_overrides, tracking_uri):
     """SIGKILL before the first checkpoint left a RUNNING MLflow run and run.json; the re-run continues that
     MLflow run instead of opening a second one."""
-    from nucleiseg.run_identity import identity_hash, run_name
     from nucleiseg.tracking.mlflow_store import use_experiment
-    from nucleiseg.writing import write_json_atomic
+    from nucleiseg.training.identity import identity_hash, run_name
+    from nucleiseg.util.writing import write_json_atomic
 
     cfg = compose(train_overrides + ["study=sigkill"])
     use_experiment(tracking_uri, "sigkill", str(run_folder(cfg).parent / "artifacts"))
@@ -310,8 +310,8 @@ def test_a_corrupt_run_json_is_named(train_overrides):
 
 
 def test_evaluate_refuses_two_masks_sharing_a_name(trained_run, tmp_path):
-    from nucleiseg.errors import DatasetLayoutError
-    from nucleiseg.evaluate import folder_pairs
+    from nucleiseg.evaluation.evaluate import folder_pairs
+    from nucleiseg.util.errors import DatasetLayoutError
 
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
@@ -358,8 +358,8 @@ def test_a_greyscale_slide_still_finds_its_tissue_and_says_why_nuclei_may_be_mis
     import json
     import logging
 
-    from nucleiseg.predict import predict
-    from nucleiseg.slides.synthetic import synthetic_pool, tissue_content, write_slide
+    from nucleiseg.data.synthetic_slide import synthetic_pool, tissue_content, write_slide
+    from nucleiseg.predict.run import predict
     from tests.slides.test_slides import oracle_session
 
     grey = [

@@ -40,11 +40,11 @@ def test_console_script_help_is_available():
 
 def test_value_choices_are_the_codes_own():
     """config_checks keeps light copies of the code's choices (so they are checked before torch loads)."""
-    from nucleiseg.config_checks import CHOICES, ENCODER_NAMES
+    from nucleiseg.config.checks import CHOICES, ENCODER_NAMES
     from nucleiseg.data.split import SPLIT_MODES
+    from nucleiseg.evaluation.tuning import BALANCES, OBJECTIVES
     from nucleiseg.models.factory import ENCODERS, HEADS
     from nucleiseg.postprocess.instances import METHODS
-    from nucleiseg.postprocess.tuning import BALANCES, OBJECTIVES
 
     assert ENCODER_NAMES == tuple(ENCODERS) and CHOICES["model.head"] == tuple(HEADS)
     assert set(CHOICES["postprocess.method"]) == {"auto", *METHODS}

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from nucleiseg.cli import main as cli
-from nucleiseg.cohort import LOCK, read_cohort
-from nucleiseg.slides.synthetic import discs_content, write_slide
+from nucleiseg.data.synthetic_slide import discs_content, write_slide
+from nucleiseg.predict.cohort import LOCK, read_cohort
 
 CENTRES = [(100.0, 120.0), (300.0, 260.0), (420.0, 90.0)]
 
@@ -79,7 +79,7 @@ def test_a_cohort_in_two_slurm_local_jobs_finishes_every_good_slide_once(cohort,
 
 
 def test_two_cohorts_into_one_folder_are_refused(cohort, trained_run, tmp_path, capsys):
-    from nucleiseg.locking import exclusive
+    from nucleiseg.util.locking import exclusive
 
     out = tmp_path / "out"
     out.mkdir()

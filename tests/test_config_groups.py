@@ -8,9 +8,9 @@ import inspect
 import pytest
 from omegaconf import OmegaConf
 
-from nucleiseg.config import compose
-from nucleiseg.errors import ConfigError
-from nucleiseg.settings import build, carried_settings, defaults, inference_settings
+from nucleiseg.config.compose import compose
+from nucleiseg.config.settings import build, carried_settings, defaults, inference_settings
+from nucleiseg.util.errors import ConfigError
 
 
 def _target_nodes(node, path=""):
@@ -106,7 +106,7 @@ def test_at_inference_null_means_the_checkpoints_and_a_given_value_replaces_it()
 
 
 def test_training_refuses_a_null_threshold_before_any_work():
-    from nucleiseg.assemble import validate
+    from nucleiseg.training.assemble import validate
 
     with pytest.raises(ConfigError, match="threshold=null"):
         validate(compose(["encoder=unet_bn", "pretrained=false", "threshold=null"]))
@@ -115,7 +115,7 @@ def test_training_refuses_a_null_threshold_before_any_work():
 def test_callbacks_come_from_the_group_and_a_user_can_add_or_remove_one(tmp_path):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from nucleiseg.assemble import training_callbacks
+    from nucleiseg.training.assemble import training_callbacks
 
     cfg = compose(["progress_bar=none", "+callbacks.rate={_target_:lightning.pytorch.callbacks.LearningRateMonitor}"])
     made = training_callbacks(cfg, tmp_path, has_val=True)
@@ -151,14 +151,14 @@ BEFORE_THE_GROUPS = {
 
 @pytest.mark.parametrize("overrides", list(BEFORE_THE_GROUPS))
 def test_runs_trained_before_the_config_groups_keep_their_identity(overrides):
-    from nucleiseg.run_identity import configuration_hash, identity_hash
+    from nucleiseg.training.identity import configuration_hash, identity_hash
 
     cfg = compose(list(overrides))
     assert (identity_hash(cfg)[:16], configuration_hash(cfg)[:16]) == BEFORE_THE_GROUPS[overrides]
 
 
 def test_a_wiring_the_user_changes_is_part_of_the_identity():
-    from nucleiseg.run_identity import configuration_hash, identity_hash
+    from nucleiseg.training.identity import configuration_hash, identity_hash
 
     shipped = compose([])
     for override in (
@@ -173,7 +173,7 @@ def test_a_wiring_the_user_changes_is_part_of_the_identity():
 
 
 def test_training_refuses_a_best_checkpoint_it_would_not_write_and_a_bad_interval():
-    from nucleiseg.assemble import validate
+    from nucleiseg.training.assemble import validate
 
     base = ["encoder=unet_bn", "pretrained=false"]
     with pytest.raises(ConfigError, match="test_checkpoint=best needs callbacks.best_checkpoint"):
@@ -185,7 +185,7 @@ def test_training_refuses_a_best_checkpoint_it_would_not_write_and_a_bad_interva
 
 
 def test_the_last_checkpoint_interval_of_the_group_is_used(tmp_path):
-    from nucleiseg.assemble import training_callbacks
+    from nucleiseg.training.assemble import training_callbacks
 
     made = training_callbacks(
         compose(["progress_bar=none", "callbacks.last_checkpoint.every_n_epochs=3"]), tmp_path, True
@@ -194,7 +194,7 @@ def test_the_last_checkpoint_interval_of_the_group_is_used(tmp_path):
 
 
 def test_a_swapped_module_or_loss_or_an_added_callback_is_not_the_papers_protocol():
-    from nucleiseg.protocol import differences_from_paper
+    from nucleiseg.training.protocol import differences_from_paper
 
     paper = compose([])
     assert differences_from_paper(compose(["checkpoint_every_n_epochs=2"]), paper) == []
@@ -215,7 +215,7 @@ def test_run_time_values_are_passed_as_they_are_not_interpolated():
 def test_a_custom_loss_class_trains_without_the_papers_record(tmp_path):
     import torch
 
-    from nucleiseg.assemble import module_from_config
+    from nucleiseg.training.assemble import module_from_config
 
     cfg = compose(["encoder=unet_bn", "pretrained=false", "model.unet_widths=[4,8,16,32,64]"])
     cfg.loss = {"_target_": "torch.nn.MSELoss"}

@@ -10,13 +10,13 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from nucleiseg.cli import main as cli
+from nucleiseg.config.settings import defaults
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
-from nucleiseg.errors import DatasetLayoutError
-from nucleiseg.evaluate import evaluate
+from nucleiseg.evaluation.evaluate import evaluate
 from nucleiseg.inference.checkpoint import CheckpointError, load_checkpoint
 from nucleiseg.inference.session import InferenceSession
-from nucleiseg.settings import defaults
 from nucleiseg.tracking.report import write_report
+from nucleiseg.util.errors import DatasetLayoutError
 from tests.conftest import mask_polygons, region_xml
 
 

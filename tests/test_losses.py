@@ -3,7 +3,7 @@ import math
 import segmentation_models_pytorch as smp
 import torch
 
-from nucleiseg.losses import BCEDiceLoss
+from nucleiseg.models.losses import BCEDiceLoss
 
 
 def test_loss_matches_the_papers_equations_by_hand():

@@ -1,6 +1,6 @@
 """The model card states the resolution the checkpoint records, not a fixed one."""
 
-from nucleiseg.model_card import model_card
+from nucleiseg.models.card import model_card
 
 
 def _card(data: dict) -> str:

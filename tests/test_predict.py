@@ -7,12 +7,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-import nucleiseg.predict as predict_module
+import nucleiseg.predict.run as predict_module
 from nucleiseg.cli import main as cli
+from nucleiseg.config.settings import defaults
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
 from nucleiseg.inference.session import InferenceSession
-from nucleiseg.predict import OUTPUTS, predict
-from nucleiseg.settings import defaults
+from nucleiseg.predict.run import OUTPUTS, predict
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ def test_checkpoint_from_an_mlflow_run_id_works_from_another_machine(
     --run-id downloads it into the cache once."""
     from mlflow.tracking import MlflowClient
 
-    from nucleiseg.predict import resolve_checkpoint
+    from nucleiseg.predict.run import resolve_checkpoint
 
     client = MlflowClient(tracking_uri)
     [run] = client.search_runs(
@@ -289,7 +289,7 @@ def test_a_truncated_tiff_between_good_images_fails_alone(trained_run, inputs, t
 
 def test_a_damaged_compressed_tiff_is_one_line(tmp_path):
     from nucleiseg.data.image_io import read_rgb
-    from nucleiseg.errors import ImageReadError
+    from nucleiseg.util.errors import ImageReadError
 
     image, _ = synthetic_tile(SyntheticSpec(96, 96, n_nuclei=8), 5)
     tifffile.imwrite(tmp_path / "bad.tif", image, compression="zlib", photometric="rgb")
@@ -303,8 +303,8 @@ def test_a_damaged_compressed_tiff_is_one_line(tmp_path):
 
 
 def test_two_predicts_into_one_folder_are_refused(trained_run, inputs, tmp_path, capsys):
-    from nucleiseg.locking import LockedError, exclusive
-    from nucleiseg.predict import LOCK
+    from nucleiseg.predict.run import LOCK
+    from nucleiseg.util.locking import LockedError, exclusive
 
     out = tmp_path / "out"
     out.mkdir()

@@ -6,15 +6,15 @@ import shutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-import nucleiseg.retune as retune_module
+import nucleiseg.evaluation.retune as retune_module
 from nucleiseg.cli import main as cli
-from nucleiseg.config import compose
-from nucleiseg.evaluate import evaluate
+from nucleiseg.config.compose import compose
+from nucleiseg.evaluation.evaluate import evaluate
+from nucleiseg.evaluation.tuning import TuningResult
 from nucleiseg.inference.session import InferenceSession
 from nucleiseg.postprocess.instances import Postprocess
-from nucleiseg.postprocess.tuning import TuningResult
-from nucleiseg.run_identity import run_folder
-from nucleiseg.train import run
+from nucleiseg.training.identity import run_folder
+from nucleiseg.training.run import run
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def test_parallel_jobs_share_one_sqlite_store_without_losing_a_run(tmp_path, tra
 def test_the_parallel_launcher_sizes_itself_to_the_machine(monkeypatch):
     import torch
 
-    from nucleiseg import parallel
+    from nucleiseg.util import parallel
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: 16)

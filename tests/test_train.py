@@ -6,12 +6,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import nucleiseg.losses as losses
 import nucleiseg.models.lit_module as lit_module
-from nucleiseg.config import compose
-from nucleiseg.errors import ConfigError, NucleisegError
-from nucleiseg.run_identity import run_folder
-from nucleiseg.train import main, run
+import nucleiseg.models.losses as losses
+from nucleiseg.config.compose import compose
+from nucleiseg.training.identity import run_folder
+from nucleiseg.training.run import main, run
+from nucleiseg.util.errors import ConfigError, NucleisegError
 from tests.conftest import fast_run_overrides
 
 
@@ -296,7 +296,7 @@ def test_sigterm_in_the_test_phase_records_a_killed_run_that_resumes(train_overr
 
 
 def test_a_second_training_of_the_same_run_is_refused_and_touches_nothing(train_overrides, tracking_uri):
-    from nucleiseg.locking import exclusive
+    from nucleiseg.util.locking import exclusive
 
     cfg = compose(train_overrides + ["study=locked"])
     folder = run_folder(cfg)
@@ -325,8 +325,8 @@ def test_a_kill_while_finishing_resumes_the_finish_not_the_training(train_overri
     """SIGTERM in the last seconds (the training checkpoint gone, done.json not yet written): the same command
     finishes the run without training again, and no metric is logged twice into its MLflow run. Test values are
     logged once, at the last epoch's step."""
-    import nucleiseg.run_finish as finish_module
-    from nucleiseg.train import RunKilled
+    import nucleiseg.training.finish as finish_module
+    from nucleiseg.training.run import RunKilled
 
     cfg = compose(train_overrides + ["study=finishkill", "trainer.max_epochs=2"])
     original = finish_module.model_card

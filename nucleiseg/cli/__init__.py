@@ -17,7 +17,7 @@ import sys
 
 from nucleiseg.cli import benchmark, data, evaluate, models, predict, relog, report
 from nucleiseg.cli.common import HelpFormatter, IntermixedParser, UsageError
-from nucleiseg.console import setup_logging
+from nucleiseg.util.console import setup_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
-    from nucleiseg.errors import NucleisegError
+    from nucleiseg.util.errors import NucleisegError
 
     try:
         return args.handler(args)

@@ -9,14 +9,14 @@ from nucleiseg.cli.common import WORDS_HELP, add_command, add_model_option, comp
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from nucleiseg.benchmark import LOOP_DATA
-    from nucleiseg.benchmark_output import run_benchmark
+    from nucleiseg.benchmarks.configurations import LOOP_DATA
+    from nucleiseg.benchmarks.output import run_benchmark
 
     return run_benchmark(args, compose([*LOOP_DATA, *overrides_only(args, "benchmark")]))
 
 
 def _benchmark_slide(args: argparse.Namespace) -> int:
-    from nucleiseg.slides.benchmark import run_slide_benchmark
+    from nucleiseg.benchmarks.slide import run_slide_benchmark
 
     return run_slide_benchmark(args)
 

@@ -42,7 +42,7 @@ class IntermixedParser(argparse.ArgumentParser):
 def split_overrides(words: list[str]) -> tuple[list[str], list[str]]:
     """``(overrides, other words)``: ``KEY=VALUE`` words are overrides unless they name an existing file. Their
     values are checked now, before anything heavy is imported."""
-    from nucleiseg.config_checks import check_overrides
+    from nucleiseg.config.checks import check_overrides
 
     overrides, others = [], []
     for word in words:
@@ -63,9 +63,9 @@ def overrides_only(args: argparse.Namespace, command: str, allowed: str = "KEY=V
 
 
 def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
-    """The configuration with the user's overrides (nucleiseg.config.compose, imported only now); ``inference``:
+    """The configuration with the user's overrides (nucleiseg.config.compose.compose, imported only now); ``inference``:
     the one where the values a checkpoint carries are null unless given (``conf/inference.yaml``)."""
-    from nucleiseg.config import compose as compose_config
+    from nucleiseg.config.compose import compose as compose_config
 
     return compose_config(overrides, config_name)
 
@@ -75,8 +75,8 @@ def open_session(
 ) -> tuple[InferenceSession, DictConfig]:
     """An inference session of the model file ``model`` (named ``label``) with the user's overrides (and option
     flags, as overrides)."""
+    from nucleiseg.config.settings import inference_settings
     from nucleiseg.inference.session import InferenceSession
-    from nucleiseg.settings import inference_settings
 
     cfg = compose([*overrides, *flags], "inference")
     return InferenceSession.from_checkpoint(model, inference_settings(cfg), label=label), cfg

@@ -16,7 +16,7 @@ from nucleiseg.cli.common import (
     open_session,
     split_overrides,
 )
-from nucleiseg.model_sources import resolve_model  # light: its heavy imports are inside
+from nucleiseg.predict.model_sources import resolve_model  # light: its heavy imports are inside
 
 
 def _names_data(overrides: list[str]) -> bool:
@@ -38,7 +38,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.images is not None and args.monuseg is not None:
         raise UsageError("evaluate one set at a time: --images/--masks or --monuseg")
     overrides, extra = split_overrides(args.words)
-    from nucleiseg.evaluate import evaluate, summary_json
+    from nucleiseg.evaluation.evaluate import evaluate, summary_json
     from nucleiseg.tracking.evaluation import log_evaluation
 
     if len(extra) > 1 or (extra and args.model):
@@ -48,7 +48,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     speed = None
     if args.speed:
-        from nucleiseg.settings import build, default_value
+        from nucleiseg.config.settings import build, default_value
 
         trained_at = (session.hparams.get("data") or {}).get("image_size") or default_value("data.protocol.image_size")
         speed = build(cfg.speed, enabled=True).measurement(int(trained_at))
@@ -71,7 +71,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from nucleiseg.console import make_console
+    from nucleiseg.util.console import make_console
 
     console = make_console()
     console.print(f"evaluation of {session.source} on {results['evaluated_on']}")
@@ -88,10 +88,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _tune_postprocess(args: argparse.Namespace) -> int:
+    from nucleiseg.config.settings import build
+    from nucleiseg.evaluation.retune import retune
     from nucleiseg.inference.prepared import split_source
     from nucleiseg.inference.session import iterate_split
-    from nucleiseg.retune import retune
-    from nucleiseg.settings import build
     from nucleiseg.tracking.mlflow_store import tracking_uri
 
     overrides, extra = split_overrides(args.words)

@@ -7,7 +7,7 @@ import argparse
 import json
 
 from nucleiseg.cli.common import WORDS_HELP, UsageError, add_command, add_model_option, overrides_only
-from nucleiseg.model_sources import resolve_model  # light: its heavy imports are inside
+from nucleiseg.predict.model_sources import resolve_model  # light: its heavy imports are inside
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -43,7 +43,7 @@ def _models(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from nucleiseg.console import make_console
+    from nucleiseg.util.console import make_console
 
     table = Table()
     columns = list(dict.fromkeys(key for row in rows for key in row))

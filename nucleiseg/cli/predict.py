@@ -14,7 +14,7 @@ from nucleiseg.cli.common import (
     open_session,
     split_overrides,
 )
-from nucleiseg.model_sources import resolve_model  # light: its heavy imports are inside
+from nucleiseg.predict.model_sources import resolve_model  # light: its heavy imports are inside
 
 PREDICT_FLAGS = {  # predict's options, as the overrides they stand for (so they count as given by the user)
     "tta": "predict.tta",
@@ -26,11 +26,12 @@ PREDICT_FLAGS = {  # predict's options, as the overrides they stand for (so they
 
 
 def _predict_cohort(args: argparse.Namespace, inputs: list[str], overrides: list[str]) -> int:
-    """Many slides: sharded over processes or a SLURM array, a cohort table, one MLflow run (nucleiseg.cohort)."""
+    """Many slides: sharded over processes or a SLURM array, a cohort table, one MLflow run
+    (:mod:`nucleiseg.predict.cohort`)."""
     if args.roi:
         raise UsageError("--roi is for one slide; give a cohort's regions in the CSV list's 'roi' column")
-    from nucleiseg.cohort import CohortJob, run_cohort
-    from nucleiseg.settings import build
+    from nucleiseg.config.settings import build
+    from nucleiseg.predict.cohort import CohortJob, run_cohort
     from nucleiseg.tracking.mlflow_store import tracking_uri
 
     cfg = compose(overrides)
@@ -55,7 +56,7 @@ def _predict(args: argparse.Namespace) -> int:
     overrides, inputs = split_overrides(args.words)
     if not inputs:
         raise UsageError("predict needs at least one image, slide or folder")
-    from nucleiseg.predict import predict, print_summary
+    from nucleiseg.predict.run import predict, print_summary
 
     flags = []
     for option, key in PREDICT_FLAGS.items():
@@ -65,7 +66,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.launcher or args.shards or any(word.lower().endswith(".csv") for word in inputs):
         return _predict_cohort(args, inputs, [*overrides, *flags])
     session, cfg = open_session(*resolve_model(args.model, args.run_id, overrides), overrides, flags)
-    from nucleiseg.settings import build
+    from nucleiseg.config.settings import build
 
     slide_settings = build(cfg.slide, **({"labels": True} if args.labels else {}))
     progress = "none" if args.quiet else "auto"

@@ -13,7 +13,7 @@ from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeElementTree
 from skimage.draw import polygon as fill_polygon
 
-from nucleiseg.errors import AnnotationError
+from nucleiseg.util.errors import AnnotationError
 
 # A nucleus outline needs a few vertices; the MoNuSeg files have ~10-60 per region. A region with more than
 # MAX_VERTICES is not a nucleus outline (rasterising it would take minutes): refused, named.

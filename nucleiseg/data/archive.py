@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nucleiseg.errors import DatasetLayoutError
+from nucleiseg.util.errors import DatasetLayoutError
 
 
 @contextmanager

@@ -17,8 +17,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nucleiseg.data.archive import extract_safely
-from nucleiseg.errors import NucleisegError
-from nucleiseg.network import host_reachable
+from nucleiseg.util.errors import NucleisegError
+from nucleiseg.util.network import host_reachable
 
 
 class DownloadError(NucleisegError):

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from skimage.measure import label as connected_components
 from skimage.segmentation import relabel_sequential
 
-from nucleiseg.errors import ImageReadError
+from nucleiseg.util.errors import ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
 # Images decoded whole (not through the slide reader's windows) stay within Pillow's own bomb limit: twice
-# Image.MAX_IMAGE_PIXELS (about 179 megapixels, 540 MB of RGB). Larger images are slides: nucleiseg.slides.
+# Image.MAX_IMAGE_PIXELS (about 179 megapixels, 540 MB of RGB). Larger images are slides: nucleiseg.predict.slides.
 MAX_WHOLE_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from nucleiseg.data.archive import dataset_folder
 from nucleiseg.data.monuseg import find_monuseg
 from nucleiseg.data.tnbc import find_tnbc
-from nucleiseg.errors import ConfigError
+from nucleiseg.util.errors import ConfigError
 
 READERS = {"tnbc": find_tnbc, "monuseg": find_monuseg}
 

@@ -17,7 +17,7 @@ from nucleiseg.data.aperio_xml import rasterise_regions
 from nucleiseg.data.archive import find_layout_root
 from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_mask, read_rgb
 from nucleiseg.data.source import SourceImage
-from nucleiseg.errors import DatasetLayoutError
+from nucleiseg.util.errors import DatasetLayoutError
 
 EXPECTED_LAYOUT = """expected a MoNuSeg 2018 layout:
   ROOT/Tissue Images/TCGA-*.tif + ROOT/Annotations/TCGA-*.xml   (training release; '_' for spaces also accepted)

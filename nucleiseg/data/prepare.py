@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from nucleiseg.config.plain import plain
 from nucleiseg.data.archive import dataset_folder
 from nucleiseg.data.monuseg import find_monuseg
 from nucleiseg.data.source import SourceImage
@@ -33,8 +34,7 @@ from nucleiseg.data.stain import StainNormaliser, fit_from_config
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_sources
 from nucleiseg.data.tnbc import find_tnbc
 from nucleiseg.data.transforms import augment_pair, rescale_pair, resize_pair, tile_pair
-from nucleiseg.errors import ConfigError
-from nucleiseg.plain import plain
+from nucleiseg.util.errors import ConfigError
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
@@ -199,7 +199,7 @@ def prepare_dataset(
     One process prepares a dataset at a time (a lock beside it; the others wait, then reuse it), and a folder is
     reused only when its arrays still match its manifest's content hash: a damaged one is rebuilt, with a word.
     """
-    from nucleiseg.locking import exclusive
+    from nucleiseg.util.locking import exclusive
 
     target = prepared_path(data_cfg)
     target.parent.mkdir(parents=True, exist_ok=True)

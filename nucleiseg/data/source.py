@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.errors import ImageReadError
+from nucleiseg.util.errors import ImageReadError
 
 
 @dataclass(frozen=True)

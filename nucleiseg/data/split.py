@@ -12,7 +12,7 @@ from itertools import combinations
 import numpy as np
 
 from nucleiseg.data.source import SourceImage
-from nucleiseg.errors import ConfigError
+from nucleiseg.util.errors import ConfigError
 
 SPLIT_MODES = ("paper", "by_patient", "none")  # none: no test hold-out (a release model trained on everything)
 

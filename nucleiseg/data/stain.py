@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nucleiseg.errors import ConfigError, ImageReadError
+from nucleiseg.util.errors import ConfigError, ImageReadError
 
 METHODS = ("none", "macenko", "reinhard")
 

@@ -109,8 +109,8 @@ def write_synthetic_folder(out: str | Path, count: int, size: int, seed: int = 0
     """``count`` synthetic tiles of ``size`` px as ``out/images/synthetic_KK.png`` with their instance labels in
     ``out/masks/synthetic_KK.tif`` (int32): images to try ``predict`` and ``evaluate --images --masks`` on
     without any download. An existing non-empty ``images``/``masks`` folder is refused unless ``overwrite``."""
-    from nucleiseg.errors import ConfigError
-    from nucleiseg.writing import png_bytes, tiff_bytes, write_bytes_atomic
+    from nucleiseg.util.errors import ConfigError
+    from nucleiseg.util.writing import png_bytes, tiff_bytes, write_bytes_atomic
 
     if count < 1 or size < 32:
         raise ConfigError(f"data synthetic: --count must be >= 1 and --size >= 32 (got {count}, {size})")

@@ -14,7 +14,7 @@ import numpy as np
 from nucleiseg.data.archive import find_layout_root
 from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_mask, read_rgb
 from nucleiseg.data.source import SourceImage
-from nucleiseg.errors import DatasetLayoutError
+from nucleiseg.util.errors import DatasetLayoutError
 
 SLIDE_PATTERN = re.compile(r"^Slide_(\d+)$")
 EXPECTED_LAYOUT = """expected the TNBC layout (Zenodo record 1175282):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from skimage.segmentation import relabel_sequential
 
-from nucleiseg.errors import ConfigError
+from nucleiseg.util.errors import ConfigError
 
 KNOWN_AUGMENTATIONS = ("identity", "hflip", "vflip", "rotate45", "rotate90")
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from nucleiseg.errors import NucleisegError, first_line
+from nucleiseg.config.plain import plain
 from nucleiseg.models.factory import SegmentationNet, create_model
-from nucleiseg.plain import plain
-from nucleiseg.writing import write_bytes_atomic
+from nucleiseg.util.errors import NucleisegError, first_line
+from nucleiseg.util.writing import write_bytes_atomic
 
 MODEL_CHECKPOINT_KEY = "nucleiseg_model_checkpoint"  # marks a finished run's weights-only checkpoint (format 1)
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from nucleiseg.errors import NucleisegError
 from nucleiseg.inference.checkpoint import load_checkpoint, write_safetensors
-from nucleiseg.writing import write_bytes_atomic
+from nucleiseg.util.errors import NucleisegError
+from nucleiseg.util.writing import write_bytes_atomic
 
 FORMATS = ("torchscript", "onnx", "safetensors")
 TOLERANCE = 1e-4

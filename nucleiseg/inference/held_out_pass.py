@@ -20,7 +20,7 @@ import numpy as np
 
 from nucleiseg.inference.overlays import comparison_panel
 from nucleiseg.inference.session import InferenceSession, InferenceSettings, Prediction, iterate_split
-from nucleiseg.writing import png_bytes, write_bytes_atomic
+from nucleiseg.util.writing import png_bytes, write_bytes_atomic
 
 
 class SessionTestPass(L.Callback):

@@ -65,7 +65,7 @@ class OnnxModel(torch.nn.Module):
 
 
 def _export(model: torch.nn.Module, path: Path) -> None:
-    from nucleiseg.writing import write_bytes_atomic
+    from nucleiseg.util.writing import write_bytes_atomic
 
     buffer = io.BytesIO()
     example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))

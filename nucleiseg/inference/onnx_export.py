@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nucleiseg.errors import NucleisegError
 from nucleiseg.inference.checkpoint import load_checkpoint
-from nucleiseg.writing import write_bytes_atomic
+from nucleiseg.util.errors import NucleisegError
+from nucleiseg.util.writing import write_bytes_atomic
 
 
 def export_onnx(

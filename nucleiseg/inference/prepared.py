@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from nucleiseg.data.prepare import load_manifest
-from nucleiseg.errors import ConfigError
 from nucleiseg.inference.session import InferenceSession
+from nucleiseg.util.errors import ConfigError
 
 
 def split_source(session: InferenceSession, data_folder: str | Path | None) -> tuple[Path, bool]:

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from nucleiseg.config.settings import default_value, defaults
 from nucleiseg.data.stain import from_state
-from nucleiseg.devices import resolve_device, resolve_flag, resolve_inference_precision
-from nucleiseg.errors import ConfigError
 from nucleiseg.inference.tiling import Segmenter
 from nucleiseg.postprocess.instances import Postprocess, binarise, methods_for, separate_instances
-from nucleiseg.settings import default_value, defaults
+from nucleiseg.util.devices import resolve_device, resolve_flag, resolve_inference_precision
+from nucleiseg.util.errors import ConfigError
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -41,7 +41,8 @@ Item = tuple[str, np.ndarray, np.ndarray]
 @dataclass(frozen=True)
 class InferenceSettings:
     """How to run a model: the ``predict`` config group (``conf/predict/default.yaml`` holds the defaults; built by
-    :func:`nucleiseg.settings.inference_settings`, or :func:`nucleiseg.settings.defaults` without a config).
+    :func:`nucleiseg.config.settings.inference_settings`, or :func:`nucleiseg.config.settings.defaults` without a
+    config).
     ``threshold`` and ``postprocess`` hold only the values given (``None`` / missing keys: the checkpoint's);
     ``scale=None``: decided per input (1 for images already at the model's resolution; from ``microns_per_pixel``
     and the checkpoint's resolution when both are known)."""

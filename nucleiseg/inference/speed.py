@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nucleiseg.devices import autocast, device_name, synchronise
-from nucleiseg.errors import ConfigError
+from nucleiseg.util.devices import autocast, device_name, synchronise
+from nucleiseg.util.errors import ConfigError
 
 
 @torch.no_grad()

@@ -20,8 +20,8 @@ from torch import nn
 from nucleiseg.data.model_input import to_model_input
 from nucleiseg.data.stain import StainNormaliser
 from nucleiseg.data.transforms import resize_image
-from nucleiseg.devices import autocast
-from nucleiseg.errors import ConfigError
+from nucleiseg.util.devices import autocast
+from nucleiseg.util.errors import ConfigError
 
 DIVISOR = 32  # smp encoders down-sample 5 times; the plain U-Nets need 16
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nucleiseg.errors import ConfigError
 from nucleiseg.models.unet import WIDTHS, UNet
 from nucleiseg.models.weights import imagenet_state_dict
+from nucleiseg.util.errors import ConfigError
 
 HEADS = {"binary": 1, "distance": 2}  # head -> output channels (channel 0 is always the nucleus logit)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -10,10 +10,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from nucleiseg.errors import NucleisegError
-from nucleiseg.losses import SegmentationLoss
 from nucleiseg.metrics.pixel import pixel_metrics
 from nucleiseg.models.factory import create_model
+from nucleiseg.models.losses import SegmentationLoss
+from nucleiseg.util.errors import NucleisegError
 
 
 class NonFiniteLossError(NucleisegError):
@@ -54,9 +54,9 @@ class SegmentationModule(L.LightningModule):
         data: Mapping[str, Any] | None = None,
         load_pretrained_weights: bool = True,
     ) -> None:
-        """Built from the ``model`` config group by :func:`nucleiseg.assemble.module_from_config`, which gives it
-        the run-time values; the keyword arguments without a default are that group's keys (their defaults are in
-        ``conf/model/unet.yaml`` only). ``loss`` (the ``loss`` group) and ``optimizer`` (a partial taking the
+        """Built from the ``model`` config group by :func:`nucleiseg.training.assemble.module_from_config`, which
+        gives it the run-time values; the keyword arguments without a default are that group's keys (their defaults
+        are in ``conf/model/unet.yaml`` only). ``loss`` (the ``loss`` group) and ``optimizer`` (a partial taking the
         parameters, Hydra ``_partial_: true``) are only needed to train, so a module restored for inference is built
         without them; ``scheduler``: a partial taking the optimizer, stepped every epoch. ``stain`` is the fitted
         stain normaliser of the training data (:meth:`nucleiseg.data.stain.StainNormaliser.state`), kept so

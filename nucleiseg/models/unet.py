@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nucleiseg.errors import ConfigError
+from nucleiseg.util.errors import ConfigError
 
 WIDTHS = (64, 128, 256, 512, 1024)
 

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from nucleiseg.errors import NucleisegError
+from nucleiseg.util.errors import NucleisegError
 
 HUB_HOST = "huggingface.co"
 PROBE_TIMEOUT_S = 3.0
@@ -85,7 +85,7 @@ def _cached(encoder: str) -> Path | None:
 
 
 def _host_reachable(host: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    from nucleiseg.network import host_reachable
+    from nucleiseg.util.network import host_reachable
 
     return host_reachable(host, 443, timeout)
 

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from nucleiseg.errors import NucleisegError
+from nucleiseg.util.errors import NucleisegError
 
 log = logging.getLogger(__name__)
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"

@@ -20,7 +20,7 @@ import pandas as pd
 from skimage.color import rgb2hed
 from skimage.measure import regionprops_table
 
-from nucleiseg.writing import write_bytes_atomic
+from nucleiseg.util.writing import write_bytes_atomic
 
 COLUMNS = [
     "image",

@@ -22,7 +22,7 @@ from skimage.measure import label
 from skimage.morphology import h_maxima, remove_small_holes, remove_small_objects
 from skimage.segmentation import relabel_sequential, watershed
 
-from nucleiseg.errors import ConfigError
+from nucleiseg.util.errors import ConfigError
 
 METHODS = ("components", "watershed", "distance")
 
@@ -69,7 +69,7 @@ class Postprocess:
         cls.check_names(values)
         values = dict(values or {})
         if set(cls.__dataclass_fields__) - set(values):
-            from nucleiseg.settings import default_values
+            from nucleiseg.config.settings import default_values
 
             values = {**default_values("postprocess"), **values}
         return cls(**values)

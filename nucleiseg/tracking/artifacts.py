@@ -7,8 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from nucleiseg.errors import ConfigError
 from nucleiseg.models.zoo import cache_dir  # one cache for models and run checkpoints
+from nucleiseg.util.errors import ConfigError
 
 ARTIFACT = "checkpoint/model.ckpt"
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from nucleiseg.errors import NucleisegError
 from nucleiseg.tracking.study import table_one_order
+from nucleiseg.util.errors import NucleisegError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

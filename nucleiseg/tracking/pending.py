@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nucleiseg.errors import NucleisegError, first_line
+from nucleiseg.util.errors import NucleisegError, first_line
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import MLFlowLogger

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nucleiseg.errors import NucleisegError
+from nucleiseg.util.errors import NucleisegError
 
 log = logging.getLogger(__name__)
 

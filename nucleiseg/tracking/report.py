@@ -51,7 +51,7 @@ from nucleiseg.tracking.study import (
     table_one_order,
 )
 from nucleiseg.tracking.summary_runs import write_summary_runs
-from nucleiseg.writing import install_files, write_json_atomic
+from nucleiseg.util.writing import install_files, write_json_atomic
 
 if TYPE_CHECKING:
     from nucleiseg.inference.session import InferenceSettings

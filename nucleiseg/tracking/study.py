@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from nucleiseg.errors import NucleisegError
 from nucleiseg.models.factory import ENCODERS, configuration_label
 from nucleiseg.postprocess.instances import METHODS
 from nucleiseg.tracking.mlflow_store import resolve_tracking_uri
+from nucleiseg.util.errors import NucleisegError
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -42,7 +42,7 @@ def print_run_summary(
     hparams: dict | None = None,
     console: Console | None = None,
 ) -> None:
-    from nucleiseg.console import make_console
+    from nucleiseg.util.console import make_console
 
     console = console or make_console()
     console.print(f"run {name} (study {cfg.study})")
@@ -65,7 +65,7 @@ def print_run_summary(
 
 def print_sweep_summary(rows: list[dict[str, Any]], console: Console | None = None) -> None:
     """Table of a sweep's jobs: finished ones with test Jaccard/F1 and time, failed ones with the reason."""
-    from nucleiseg.console import make_console
+    from nucleiseg.util.console import make_console
 
     console = console or make_console()
     console.print("sweep summary")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from nucleiseg.config import compose
+from nucleiseg.config.compose import compose
 from nucleiseg.data.datamodule import NucleiDataModule, distance_map
 from nucleiseg.data.online_augment import OnlineAugment, RandomHEDJitter
 from nucleiseg.data.prepare import prepare_dataset
@@ -45,7 +45,7 @@ def _augment(**probabilities):
 
 
 def test_the_config_builds_the_augmentation_only_when_enabled(prepared):
-    from nucleiseg.assemble import build_datamodule
+    from nucleiseg.training.assemble import build_datamodule
 
     folder = prepared
     on = build_datamodule(compose(["experiment=release"]), folder, "cpu")

@@ -4,7 +4,7 @@ import tifffile
 from PIL import Image
 
 from nucleiseg.data.image_io import mask_to_instances, read_mask, read_rgb
-from nucleiseg.errors import ImageReadError
+from nucleiseg.util.errors import ImageReadError
 
 
 def test_rgba_grayscale_and_16bit_are_converted_to_rgb_uint8(tmp_path):

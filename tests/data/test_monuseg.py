@@ -6,7 +6,7 @@ from PIL import Image
 
 from nucleiseg.data.aperio_xml import rasterise_regions, read_regions
 from nucleiseg.data.monuseg import find_monuseg
-from nucleiseg.errors import AnnotationError, DatasetLayoutError
+from nucleiseg.util.errors import AnnotationError, DatasetLayoutError
 from tests.conftest import SHARED_DATA, region_xml, requires_shared_data
 
 SQUARE = np.array([[2, 2], [8, 2], [8, 8], [2, 8]], dtype=float)
@@ -127,7 +127,7 @@ def test_real_monuseg_training_release():
 
 def test_an_xml_of_another_image_size_is_refused_not_clipped(tmp_path):
     from nucleiseg.data.aperio_xml import rasterise_regions
-    from nucleiseg.errors import AnnotationError
+    from nucleiseg.util.errors import AnnotationError
 
     square = np.array([[10.0, 10.0], [30.0, 10.0], [30.0, 30.0], [10.0, 30.0]])
     far = square + [900.0, 700.0]

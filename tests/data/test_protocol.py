@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from nucleiseg.config import compose
+from nucleiseg.config.compose import compose
 from nucleiseg.data.prepare import load_manifest, plan_splits, prepare_dataset, prepared_path
 from nucleiseg.data.split import carve_validation, split_by_patient, split_paper
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_sources
 from nucleiseg.data.transforms import augment_pair, resize_pair
-from nucleiseg.errors import ConfigError, ImageReadError
+from nucleiseg.util.errors import ConfigError, ImageReadError
 from tests.conftest import SHARED_DATA, requires_shared_data, write_monuseg, write_tnbc
 
 TNBC_SLIDES = [7, 3, 5, 8, 4, 3, 3, 4, 6, 4, 3]  # images per slide in the real release

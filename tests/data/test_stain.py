@@ -3,7 +3,7 @@ import pytest
 
 from nucleiseg.data.stain import StainNormaliser, fit_from_config, from_state
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
-from nucleiseg.errors import ConfigError
+from nucleiseg.util.errors import ConfigError
 
 
 @pytest.mark.parametrize("method", ["macenko", "reinhard"])

@@ -27,7 +27,7 @@ def test_instance_masks_are_exact_with_touching_nuclei():
 def test_data_synthetic_writes_pairs_that_evaluate_reads_and_never_overwrites(tmp_path, capsys):
     from nucleiseg.cli import main as cli
     from nucleiseg.data.image_io import read_mask, read_rgb
-    from nucleiseg.evaluate import folder_pairs
+    from nucleiseg.evaluation.evaluate import folder_pairs
 
     assert cli(["data", "synthetic", "--to", str(tmp_path), "--count", "3", "--size", "64"]) == 0
     pairs = folder_pairs(tmp_path / "images", tmp_path / "masks")

@@ -7,7 +7,7 @@ from PIL import Image
 
 from nucleiseg.data.archive import dataset_folder
 from nucleiseg.data.tnbc import find_tnbc
-from nucleiseg.errors import DatasetLayoutError, ImageReadError
+from nucleiseg.util.errors import DatasetLayoutError, ImageReadError
 from tests.conftest import SHARED_DATA, requires_shared_data
 
 

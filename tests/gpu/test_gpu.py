@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from nucleiseg.cli import main as cli
-from nucleiseg.config import compose
+from nucleiseg.config.compose import compose
+from nucleiseg.config.settings import defaults
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
 from nucleiseg.inference.session import InferenceSession
-from nucleiseg.run_identity import run_folder
-from nucleiseg.settings import defaults
-from nucleiseg.train import run
+from nucleiseg.training.identity import run_folder
+from nucleiseg.training.run import run
 from tests.conftest import fast_run_overrides
 
 pytestmark = [
@@ -61,8 +61,8 @@ def test_a_bf16_training_run_on_the_gpu(gpu_run):
 
 
 def test_training_builds_fused_adam_and_keeps_the_data_on_the_gpu(gpu_run, tmp_path):
-    from nucleiseg.assemble import build_datamodule, build_module, build_trainer, training_callbacks
     from nucleiseg.data.prepare import load_manifest, prepare_dataset
+    from nucleiseg.training.assemble import build_datamodule, build_module, build_trainer, training_callbacks
 
     cfg = gpu_run[0]
     folder = prepare_dataset(cfg.data, log=lambda line: None)
@@ -82,7 +82,7 @@ def test_evaluate_on_the_gpu_matches_fp32_on_the_cpu(gpu_run):
     gpu = InferenceSession.from_checkpoint(checkpoint, defaults("predict", device="gpu"))
     cpu = InferenceSession.from_checkpoint(checkpoint, defaults("predict", device="cpu", precision="32-true"))
     assert gpu.precision == "bf16-mixed" and gpu.channels_last
-    from nucleiseg.evaluate import evaluate
+    from nucleiseg.evaluation.evaluate import evaluate
 
     on_gpu, on_cpu = evaluate(gpu), evaluate(cpu)
     assert on_gpu["n_images"] == on_cpu["n_images"] > 0
@@ -133,7 +133,7 @@ def test_the_benchmark_on_the_gpu(tmp_path):
 
 
 def test_the_parallel_launcher_fills_the_gpus_from_free_memory():
-    from nucleiseg.parallel import JOB_GPU_BYTES, MAX_JOBS_PER_GPU, parallel_jobs
+    from nucleiseg.util.parallel import JOB_GPU_BYTES, MAX_JOBS_PER_GPU, parallel_jobs
 
     free = min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
     expected = torch.cuda.device_count() * max(1, min(MAX_JOBS_PER_GPU, free // JOB_GPU_BYTES))

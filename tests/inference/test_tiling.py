@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
+from nucleiseg.config.settings import defaults
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
-from nucleiseg.errors import ConfigError
 from nucleiseg.inference.tiling import Segmenter, blend_window
 from nucleiseg.models.factory import SegmentationNet
 from nucleiseg.models.unet import UNet
-from nucleiseg.settings import defaults
+from nucleiseg.util.errors import ConfigError
 
 
 def _segmenter(model, **options):

@@ -76,7 +76,7 @@ def test_the_default_model_finds_the_nuclei_of_a_real_tnbc_tile(tmp_path):
     """A TNBC image (40x) with no checkpoint argument: the nuclei match the annotation."""
     from nucleiseg.data.image_io import read_mask
     from nucleiseg.metrics.instance import InstanceMetrics
-    from nucleiseg.segmentation import segment
+    from nucleiseg.predict.api import segment
 
     image_path = SHARED_DATA / "tnbc" / "Slide_03" / "03_1.png"
     truth = read_mask(SHARED_DATA / "tnbc" / "GT_03" / "03_1.png")

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from nucleiseg.errors import ConfigError
 from nucleiseg.models.factory import ENCODERS, check_configuration, create_model
 from nucleiseg.models.unet import UNet
+from nucleiseg.util.errors import ConfigError
 
 TABLE_I = [(name, False) for name in ENCODERS] + [
     (name, True) for name, s in ENCODERS.items() if s.has_imagenet_weights

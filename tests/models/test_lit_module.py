@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
-from nucleiseg.losses import SegmentationLoss
 from nucleiseg.models.lit_module import SegmentationModule
+from nucleiseg.models.losses import SegmentationLoss
 
 # the model group's keys, as conf/model/unet.yaml would give them (channels_last resolved for the CPU)
 GROUP = {"unet_widths": [16, 32, 64, 128, 256], "weights_dir": None, "channels_last": False, "compile": False}
@@ -83,7 +83,7 @@ def test_the_distance_head_learns_the_distance_map_too():
 def test_a_configured_scheduler_anneals_the_learning_rate_each_epoch():
     from hydra.utils import instantiate
 
-    from nucleiseg.config import compose
+    from nucleiseg.config.compose import compose
     from nucleiseg.models.lit_module import SegmentationModule
 
     cfg = compose(["experiment=release_cpu", "trainer.max_epochs=4"])
@@ -112,8 +112,8 @@ def test_a_configured_scheduler_anneals_the_learning_rate_each_epoch():
 def test_the_model_group_builds_the_module_with_the_loss_group_and_run_time_values():
     """conf/model's _target_ is the LightningModule; the assembly completes it (loss group, partial optimizer,
     post-processing, channels_last resolved) and the checkpoint's hparams record what the loss trained with."""
-    from nucleiseg.assemble import module_from_config
-    from nucleiseg.config import compose
+    from nucleiseg.config.compose import compose
+    from nucleiseg.training.assemble import module_from_config
 
     cfg = compose(
         ["encoder=unet_bn", "pretrained=false", "model.head=distance", "model.unet_widths=[4,8,16,32,64]"]

@@ -135,7 +135,7 @@ def test_models_command_lists_them(registry, capsys):
 def test_the_mlflow_model_registry_gives_models_by_name_and_version(trained_run, tracking_uri, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from nucleiseg.model_sources import resolve_model
+    from nucleiseg.predict.model_sources import resolve_model
     from nucleiseg.tracking.registry import register_model
 
     monkeypatch.setenv("NUCLEISEG_CACHE", str(tmp_path / "cache"))

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
+from nucleiseg.config.settings import defaults
 from nucleiseg.data.datamodule import distance_map
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
-from nucleiseg.errors import ConfigError
 from nucleiseg.metrics.instance import InstanceMetrics
 from nucleiseg.postprocess.instances import Postprocess, separate_instances
-from nucleiseg.settings import defaults
+from nucleiseg.util.errors import ConfigError
 
 
 def two_discs(offset: int = 17) -> tuple[np.ndarray, np.ndarray]:

@@ -8,13 +8,13 @@ import tifffile
 import torch
 from PIL import Image
 
-import nucleiseg.slides.predict_slide as predict_slide_module
+import nucleiseg.predict.slides.predict_slide as predict_slide_module
+from nucleiseg.config.settings import defaults
+from nucleiseg.data.synthetic_slide import discs_content, synthetic_pool, tissue_content, write_slide
 from nucleiseg.inference.session import InferenceSession
-from nucleiseg.predict import predict
-from nucleiseg.settings import defaults
-from nucleiseg.slides.predict_slide import SlideSettings
-from nucleiseg.slides.reader import SlideError, is_slide, open_slide
-from nucleiseg.slides.synthetic import discs_content, synthetic_pool, tissue_content, write_slide
+from nucleiseg.predict.run import predict
+from nucleiseg.predict.slides.predict_slide import SlideSettings
+from nucleiseg.predict.slides.reader import SlideError, is_slide, open_slide
 from tests.conftest import SHARED_DATA, requires_shared_data
 
 RADIUS = 10
@@ -414,7 +414,7 @@ def test_windows_in_flight_change_nothing_in_the_outputs(seams_slide, tmp_path):
 def test_tissue_saturation_is_skimages_bit_for_bit():
     from skimage.color import rgb2hsv
 
-    from nucleiseg.slides.tissue import saturation
+    from nucleiseg.predict.slides.tissue import saturation
 
     image = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
     image[:10] = 0  # black: no division by zero

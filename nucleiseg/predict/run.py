@@ -1,0 +1,374 @@
+"""``nucleiseg predict``: nuclei in a user's own images, ready to count, measure and open in QuPath.
+
+For each input image ``NAME`` the folder ``OUT/NAME/`` receives ``probability.tif``, ``mask.png``,
+``instances.tif``, ``overlay.png``, ``nuclei.geojson``, ``features.csv`` (+ ``.parquet`` with pyarrow) and,
+last, ``done.json``, which names the input (size and content hash), the model and the settings. An image's
+outputs are written beside the folder and moved in when all are ready; a slide's windows are journaled in it.
+
+Re-running the command skips an input whose ``done.json`` was made from the same content by the same model and
+settings, and resumes a slide's unfinished windows; outputs of another input (another file under the same name),
+model or settings, or of unknown origin, are left alone unless ``--overwrite``, which replaces exactly the files
+predict writes. One ``predict`` at a time writes into an output folder (a lock beside the outputs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nucleiseg.data.image_io import IMAGE_SUFFIXES, read_rgb
+from nucleiseg.inference.export import geojson_bytes, geojson_nuclei, outline_overlay, warning_banner
+from nucleiseg.inference.session import InferenceSession
+from nucleiseg.postprocess.features import nucleus_features, write_features
+from nucleiseg.predict.output_folder import DONE, OUTPUTS, clear_outputs, folder_state
+from nucleiseg.predict.slides.reader import SLIDE_SUFFIXES
+from nucleiseg.util.errors import ConfigError, NucleisegError, first_line
+from nucleiseg.util.progress import Progress
+from nucleiseg.util.writing import install_files, png_bytes, tiff_bytes, write_bytes_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from nucleiseg.predict.slides.predict_slide import SlideSettings
+
+log = logging.getLogger(__name__)
+INPUT_SUFFIXES = tuple(dict.fromkeys(IMAGE_SUFFIXES + SLIDE_SUFFIXES))
+LOCK = ".nucleiseg-predict.lock"
+
+
+@dataclass
+class PredictSummary:
+    done: list[tuple[str, int]] = field(default_factory=list)  # (image, nuclei)
+    skipped: list[str] = field(default_factory=list)  # finished by an earlier run with the same model and settings
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    not_written: list[tuple[str, str]] = field(default_factory=list)  # (image, why): outputs exist, no --overwrite
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.not_written
+
+
+def expand_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files named or inside named folders (not recursive); missing paths are returned as failures."""
+    files, missing = [], []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            files += sorted(p for p in entry.iterdir() if p.suffix.lower() in INPUT_SUFFIXES and p.is_file())
+        elif entry.is_file():
+            files.append(entry)
+        else:
+            missing.append((str(entry), "no such file or folder"))
+    stems: dict[str, Path] = {}
+    for path in files:
+        name = output_name(path)
+        if name in stems and stems[name] != path:
+            raise ConfigError(
+                f"two inputs share the name {name!r} ({stems[name]} and {path}); their "
+                "outputs would collide in OUT/NAME/: rename one or predict them separately"
+            )
+        stems[name] = path
+    return list(dict.fromkeys(files)), missing
+
+
+def output_name(path: Path) -> str:
+    """The output folder's name of an input: its stem, never empty, ``.`` or ``..`` (a file named ``...png``
+    must not write into the parent of ``--out``)."""
+    stem = path.stem.strip()
+    return stem if stem and set(stem) != {"."} else f"image-{hashlib.sha256(path.name.encode()).hexdigest()[:8]}"
+
+
+def resolve_checkpoint(checkpoint: str | None, run_id: str | None, store_uri: str) -> Path:
+    """A checkpoint path, given directly or as an MLflow run id: the run's ``checkpoint/model.ckpt`` artifact
+    (downloaded from the tracking server into the local cache), or its ``checkpoint`` tag when that file is here."""
+    if bool(checkpoint) == bool(run_id):
+        raise ConfigError("give exactly one of --checkpoint PATH or --run-id MLFLOW_RUN_ID")
+    if checkpoint:
+        return Path(checkpoint).expanduser()
+    from nucleiseg.tracking.artifacts import run_checkpoint
+
+    return run_checkpoint(run_id, store_uri)
+
+
+def settings_fingerprint(session: InferenceSession) -> str:
+    """What made an image's outputs: the checkpoint's bytes and every setting that changes them."""
+    described = session.describe()
+    described.pop("device", None)
+    described.pop("origins", None)
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
+    source = session.path
+    if source is not None and source.is_file():
+        with source.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def predict_image(
+    session: InferenceSession,
+    image: np.ndarray,
+    name: str,
+    folder: Path,
+    fingerprint: str,
+    identity: dict | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> int:
+    """Write every output of one image into ``folder``; return the number of nuclei found.
+
+    The outputs are written into a scratch folder beside it and moved in only when all are ready: the folder
+    then holds exactly this run's files (an earlier run's are removed first), ``done.json`` last."""
+    import shutil
+
+    scratch = folder.parent / f".{folder.name}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        started = time.perf_counter()
+        mpp = session.input_mpp(name) if session.settings.scale is None else session.settings.microns_per_pixel
+        prediction = session.predict(image, session.scale_for(mpp), progress=progress)
+        instances = session.instances(prediction)
+        features = nucleus_features(image, instances, name, mpp)
+        write_bytes_atomic(scratch / "probability.tif", tiff_bytes(prediction.probability.astype(np.float32)))
+        write_bytes_atomic(
+            scratch / "mask.png", png_bytes((session.binarise(prediction.probability) * 255).astype(np.uint8))
+        )
+        write_bytes_atomic(scratch / "instances.tif", tiff_bytes(instances.astype(np.int32)))
+        overlay = outline_overlay(image, instances)
+        if session.trained_on_synthetic:
+            overlay = warning_banner(overlay, "model trained on synthetic tiles: not for real tissue")
+        write_bytes_atomic(scratch / "overlay.png", png_bytes(overlay))
+        write_bytes_atomic(scratch / "nuclei.geojson", geojson_bytes(geojson_nuclei(instances, features)))
+        written = [p.name for p in write_features(features, scratch / "features.csv")]
+        outputs = [*(n for n in OUTPUTS if n != "features.csv"), *written]
+        n_nuclei = int(instances.max())
+        record = {
+            "image": name,
+            "input": identity,
+            "n_nuclei": n_nuclei,
+            "height": image.shape[0],
+            "width": image.shape[1],
+            "seconds": time.perf_counter() - started,
+            "outputs": outputs,
+            "fingerprint": fingerprint,
+            "settings": session.describe(),
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        clear_outputs(folder)
+        install_files(scratch, folder, outputs)
+        write_json_atomic(folder / DONE, record)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return n_nuclei
+
+
+def predict_slide_input(
+    session: InferenceSession,
+    path: Path,
+    folder: Path,
+    fingerprint: str,
+    identity: dict,
+    slide_settings: SlideSettings,
+    bars: Progress,
+    fresh: bool,
+    roi: Path | None = None,
+) -> int:
+    """A whole slide (or any image too large to handle whole) through the windowed path; returns nuclei.
+    ``fresh``: start over (what was in ``folder`` is removed first); else resume the journal's windows."""
+    from nucleiseg.predict.slides.predict_slide import predict_slide
+    from nucleiseg.predict.slides.reader import open_slide
+
+    if fresh:
+        clear_outputs(folder)
+    (folder / DONE).unlink(missing_ok=True)  # written again, last, when this run has finished
+    folder.mkdir(parents=True, exist_ok=True)
+    slide = open_slide(path, session.settings.microns_per_pixel)
+    try:
+        regions = None
+        if roi is not None:
+            from nucleiseg.predict.slides.roi import read_roi
+
+            regions = read_roi(roi, slide.dimensions)
+        result = predict_slide(slide, folder, session, slide_settings, fingerprint, bars, identity, regions)
+    finally:
+        slide.close()
+    summary = result.summary
+    write_json_atomic(folder / "slide.json", summary)
+    log.info(
+        "%s: tissue %.1f%% of the slide; %d of %d windows predicted, %d without tissue skipped; %d nuclei",
+        path.name,
+        100 * summary["tissue_fraction"],
+        summary["windows_with_tissue"],
+        summary["windows"],
+        summary["windows_skipped"],
+        result.n_nuclei,
+    )
+    write_json_atomic(
+        folder / DONE,
+        {
+            "image": path.name,
+            "input": identity,
+            "n_nuclei": result.n_nuclei,
+            "outputs": [*result.outputs, "slide.json"],
+            "fingerprint": fingerprint,
+            "settings": session.describe(),
+            "slide": {k: summary[k] for k in ("tissue_fraction", "windows_with_tissue", "windows_skipped")},
+            **({"roi": str(roi), "regions": summary["regions"]} if roi is not None else {}),
+        },
+    )
+    return result.n_nuclei
+
+
+def _predict_whole(
+    session: InferenceSession, path: Path, folder: Path, fingerprint: str, identity: dict, bars: Progress
+) -> int:
+    image = read_rgb(path)
+    tiles = bars.task(f"  {path.name} tiles", session.segmenter(1.0).n_tiles(*image.shape[:2]))
+    n = predict_image(session, image, output_name(path), folder, fingerprint, identity, tiles.advance)
+    bars.remove(tiles)
+    return n
+
+
+def _failure(path: Path, error: Exception) -> str:
+    """One line for a failed input: our errors say what they are; anything else also names its type."""
+    log.debug("%s failed", path, exc_info=error)
+    if isinstance(error, NucleisegError | OSError | MemoryError):
+        return first_line(error)
+    return f"{type(error).__name__}: {first_line(error)}; the file may be damaged or of an unsupported kind"
+
+
+def predict(
+    inputs: list[str | Path],
+    out: str | Path,
+    session: InferenceSession,
+    overwrite: bool = False,
+    progress: str = "auto",
+    slide_settings: SlideSettings | None = None,
+    roi: str | Path | None = None,
+    lock: str = "folder",
+) -> PredictSummary:
+    """Predict every input image into ``out``; never raises for one bad image (it is listed in the summary).
+
+    Slides, and images too large to handle whole, go through the windowed path (:mod:`nucleiseg.predict.slides`) with
+    ``slide_settings`` (:class:`~nucleiseg.predict.slides.predict_slide.SlideSettings`). One ``predict`` at a time
+    writes into ``out`` (a lock; a second is refused with the first one's process id). ``roi``: regions of interest
+    (QuPath GeoJSON or a mask image) for a single slide: nuclei only inside them (:mod:`nucleiseg.predict.slides.roi`).
+    ``lock="input"``: lock each input's folder instead of ``out`` (the shards of a cohort share ``out``; their
+    launcher holds the cohort's lock), an input in use elsewhere is reported and skipped."""
+    from nucleiseg.config.settings import defaults
+    from nucleiseg.util.locking import exclusive
+
+    slide_settings = slide_settings or defaults("slide")
+    files, missing = expand_inputs(inputs)
+    summary = PredictSummary(failed=list(missing))
+    if not files and not missing:
+        raise ConfigError(f"no image or slide ({', '.join(INPUT_SUFFIXES)}) found in {[str(i) for i in inputs]}")
+    roi = _checked_roi(roi, files)
+    session.warn_if_synthetic("your images")
+    fingerprint = _outputs_fingerprint(session, slide_settings, roi)
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    nuclei = 0
+    whole = exclusive(out / LOCK, f"output folder {out}", enabled=lock == "folder")
+    with whole, Progress(progress) as bars, ExitStack() as held:
+        images_task = bars.task("images", len(files))
+        for path in files:
+            folder = out / output_name(path)
+            try:
+                if lock == "input":
+                    held.close()
+                    held.enter_context(exclusive(out / ".locks" / f"{folder.name}.lock", f"outputs of {path.name}"))
+                nuclei += _predict_input(
+                    session, path, folder, fingerprint, slide_settings, bars, summary, overwrite=overwrite, roi=roi
+                )
+            except Exception as error:  # noqa: BLE001 - one bad input is reported and the batch goes on
+                summary.failed.append((str(path), _failure(path, error)))
+            images_task.advance(note=f"{path.name}, {nuclei} nuclei so far")
+    return summary
+
+
+def _checked_roi(roi: str | Path | None, files: list[Path]) -> Path | None:
+    """The region file ``--roi`` (expanded), refused unless there is exactly one input and the file exists."""
+    if roi is None:
+        return None
+    roi = Path(roi).expanduser()
+    if len(files) != 1:
+        raise ConfigError(f"--roi {roi}: regions belong to one slide; give exactly one input (got {len(files)})")
+    if not roi.is_file():
+        raise FileNotFoundError(f"{roi}: region file (--roi) not found")
+    return roi
+
+
+def _outputs_fingerprint(session: InferenceSession, slide_settings: SlideSettings, roi: Path | None) -> str:
+    """:func:`settings_fingerprint`, with the regions of interest and how they are used when there are some: other
+    regions are other outputs, never "already done"."""
+    fingerprint = settings_fingerprint(session)
+    if roi is not None:
+        fingerprint = hashlib.sha256((fingerprint + slide_settings.roi_mode).encode() + roi.read_bytes()).hexdigest()
+    return fingerprint
+
+
+def _predict_input(
+    session: InferenceSession,
+    path: Path,
+    folder: Path,
+    fingerprint: str,
+    slide_settings: SlideSettings,
+    bars: Progress,
+    summary: PredictSummary,
+    *,
+    overwrite: bool,
+    roi: Path | None,
+) -> int:
+    """One input into ``folder`` as :func:`predict` does it: skipped when done already, listed as not written when
+    ``folder`` holds other outputs (without ``overwrite``), else predicted (whole, or as a slide) and listed as
+    done in ``summary``. Returns the nuclei it found (0 when it was not predicted)."""
+    from nucleiseg.predict.input_identity import input_identity
+    from nucleiseg.predict.slides.reader import is_slide
+
+    identity = input_identity(path)
+    slide = roi is not None or is_slide(path, slide_settings.min_pixels)
+    state = folder_state(folder, fingerprint, identity, labels=slide and slide_settings.labels)
+    if state.kind == "done" and not overwrite:
+        summary.skipped.append(path.name)
+        return 0
+    if state.kind in ("foreign", "other") and not overwrite:
+        summary.not_written.append((path.name, state.why))
+        return 0
+    if slide:
+        fresh = overwrite or state.kind != "interrupted"
+        n = predict_slide_input(session, path, folder, fingerprint, identity, slide_settings, bars, fresh, roi)
+    else:
+        n = _predict_whole(session, path, folder, fingerprint, identity, bars)
+    summary.done.append((path.name, n))
+    return n
+
+
+def print_summary(summary: PredictSummary, out: Path) -> None:
+    from rich.table import Table
+
+    from nucleiseg.util.console import make_console
+
+    console = make_console()
+    console.print(f"nucleiseg predict -> {out}")
+    table = Table()
+    table.add_column("")
+    table.add_column("images", justify="right")
+    table.add_row("predicted", str(len(summary.done)))
+    table.add_row("already done (skipped)", str(len(summary.skipped)))
+    table.add_row("outputs exist, not overwritten", str(len(summary.not_written)))
+    table.add_row("failed", str(len(summary.failed)))
+    table.add_row("nuclei found", str(sum(n for _, n in summary.done)))
+    console.print(table)
+    for name, why in summary.not_written:
+        console.print(
+            f"[yellow]not written[/yellow] {name}: {out / output_name(Path(name))} holds outputs {why}; "
+            "pass --overwrite to replace them"
+        )
+    for name, reason in summary.failed:
+        console.print(f"[red]failed[/red] {name}: {reason}")

@@ -1,0 +1,263 @@
+"""Segment every nucleus of a whole slide in bounded memory, resumable window by window.
+
+1. The slide is read at the level closest to the model's training resolution (from the slide's microns per pixel
+   and the checkpoint's; ``--mpp`` or ``--scale`` when the file has no resolution), the remaining factor resampled.
+2. Tissue is found on a low-resolution view (:mod:`nucleiseg.predict.slides.tissue`); only windows with tissue are read.
+3. The slide is cut into square *core* windows; each is read with a margin of context on every side and
+   predicted with the inference session. A nucleus belongs to the window whose core holds its centroid, and is
+   kept whole from that window's prediction: with a margin wider than the largest nucleus, every nucleus on a
+   seam is reported exactly once and never cut.
+4. Each finished window is written to ``OUT/NAME/.windows/`` at once (its nuclei as GeoJSON features and table
+   rows, optionally its labels); a killed run continues from the windows it finished. Memory holds one window.
+5. At the end the windows are streamed into ``nuclei.geojson`` (QuPath), ``features.csv`` (+ Parquet),
+   ``overview.png`` (the slide with every nucleus marked), ``tissue.png``, optionally ``labels.tif`` (a tiled
+   pyramidal label image), ``slide.json`` and, last, ``done.json``.
+
+Coordinates in the GeoJSON and the table are level-0 pixels of the slide (what QuPath shows), lengths also in
+micrometres when the slide's pixel size is known.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from nucleiseg.data.transforms import resize_image
+from nucleiseg.inference.export import nucleus_features_geojson
+from nucleiseg.inference.session import InferenceSession
+from nucleiseg.postprocess.features import nucleus_features
+from nucleiseg.predict.slides.journal import JOURNAL, Journal
+from nucleiseg.predict.slides.plan import Plan, SlideSettings, Window, plan_slide
+from nucleiseg.predict.slides.reader import Slide
+from nucleiseg.predict.slides.slide_outputs import assemble
+from nucleiseg.predict.slides.tissue import is_greyscale, tissue_fraction, tissue_mask
+
+if TYPE_CHECKING:
+    from nucleiseg.predict.slides.roi import Regions
+    from nucleiseg.util.progress import Progress
+
+log = logging.getLogger(__name__)
+SLIDE_OUTPUTS = ("nuclei.geojson", "features.csv", "overview.png", "tissue.png", "slide.json")
+SLIDE_OWNED = (*SLIDE_OUTPUTS, "features.parquet", "labels.tif", JOURNAL)  # what --overwrite replaces
+
+
+def _centroids(labels: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` (row, col) centroids of labels 1..n."""
+    count = int(labels.max())
+    if not count:
+        return np.zeros((0, 2))
+    return np.asarray(ndimage.center_of_mass(np.ones_like(labels), labels, np.arange(1, count + 1)))
+
+
+def _owned(labels: np.ndarray, core_box: tuple[float, float, float, float]) -> tuple[np.ndarray, int]:
+    """Keep the nuclei whose centroid lies in the core ``(top, left, bottom, right)``, relabelled 1..n; also
+    count kept nuclei touching the read region's edge (larger than the margin: possibly cut)."""
+    from skimage.segmentation import relabel_sequential
+
+    centres = _centroids(labels)
+    top, left, bottom, right = core_box
+    inside = (centres[:, 0] >= top) & (centres[:, 0] < bottom) & (centres[:, 1] >= left) & (centres[:, 1] < right)
+    keep = np.zeros(len(centres) + 1, bool)
+    keep[1:] = inside
+    kept = np.where(keep[labels], labels, 0)
+    kept = relabel_sequential(kept)[0].astype(np.int32)
+    edge = np.unique(np.concatenate([kept[0], kept[-1], kept[:, 0], kept[:, -1]]))
+    return kept, int((edge > 0).sum())
+
+
+def _slide_columns(frame: pd.DataFrame, window: Window, plan: Plan) -> pd.DataFrame:
+    """Window feature rows (model pixels) -> slide coordinates: level-0 pixels, and micrometres when known."""
+    d = plan.model_downsample
+    origin_x = (window.x - plan.margin) * plan.level_downsample
+    origin_y = (window.y - plan.margin) * plan.level_downsample
+    out = pd.DataFrame({"local_id": frame.nucleus_id, "window": window.index})
+    out["centroid_x"] = origin_x + frame.centroid_x * d
+    out["centroid_y"] = origin_y + frame.centroid_y * d
+    out["area_px"] = frame.area_px * d * d
+    out["perimeter_px"] = frame.perimeter_px * d
+    out["equivalent_diameter_px"] = frame.equivalent_diameter_px * d
+    for column in ("eccentricity", "solidity", "orientation_rad", "haematoxylin_mean", "eosin_mean"):
+        out[column] = frame[column]
+    if plan.slide_mpp:
+        out["area_um2"] = out.area_px * plan.slide_mpp**2
+        out["perimeter_um"] = out.perimeter_px * plan.slide_mpp
+        out["equivalent_diameter_um"] = out.equivalent_diameter_px * plan.slide_mpp
+    return out
+
+
+def _in_regions(kept: np.ndarray, window: Window, plan: Plan, roi: Regions | None) -> tuple[np.ndarray, list[str]]:
+    """Only the nuclei whose centroid lies in a region of interest, relabelled 1..n, and each one's region."""
+    from skimage.segmentation import relabel_sequential
+
+    if roi is None:
+        return kept, []
+    centres = _centroids(kept)
+    d = plan.model_downsample
+    xs = (window.x - plan.margin) * plan.level_downsample + centres[:, 1] * d
+    ys = (window.y - plan.margin) * plan.level_downsample + centres[:, 0] * d
+    region = roi.label_at(xs, ys) if len(centres) else np.zeros(0, np.int32)
+    keep = np.concatenate([[False], region > 0])
+    kept = relabel_sequential(np.where(keep[kept], kept, 0))[0].astype(np.int32)
+    return kept, [roi.names[r - 1] for r in region[region > 0]]
+
+
+def predict_window(
+    slide: Slide, session: InferenceSession, plan: Plan, window: Window, roi: Regions | None = None
+) -> dict[str, Any]:
+    """Read, predict and separate one window; keep the nuclei it owns (and, with regions of interest ``roi``,
+    only those inside them). Returns its journal entry."""
+    read_w, read_h = window.width + 2 * plan.margin, window.height + 2 * plan.margin
+    region = slide.read(plan.level, window.x - plan.margin, window.y - plan.margin, read_w, read_h)
+    model_h, model_w = max(1, round(read_h * plan.resize)), max(1, round(read_w * plan.resize))
+    image = region if (model_h, model_w) == (read_h, read_w) else resize_image(region, model_h, model_w)
+    labels = session.instances(session.predict(image))
+    r = plan.resize
+    core = (plan.margin * r, plan.margin * r, (plan.margin + window.height) * r, (plan.margin + window.width) * r)
+    kept, touching = _owned(labels, core)
+    kept, regions = _in_regions(kept, window, plan, roi)
+    features = nucleus_features(image, kept, slide.path.stem)
+    origin = ((window.x - plan.margin) * plan.level_downsample, (window.y - plan.margin) * plan.level_downsample)
+    geojson = nucleus_features_geojson(kept, None, origin, plan.model_downsample)
+    rows = _slide_columns(features, window, plan)
+    if roi is not None:
+        rows["region"] = regions
+    entry = {"index": window.index, "n": int(kept.max()), "touching_edge": touching, "features": geojson}
+    entry["rows"] = json.loads(rows.to_json(orient="records"))
+    if kept.max():
+        entry["labels"] = _read_level_labels(kept, plan, window)
+    return entry
+
+
+def _read_level_labels(kept: np.ndarray, plan: Plan, window: Window) -> np.ndarray:
+    """The nuclei a window owns, whole, over its whole read region (core and margin) at the read level
+    (nearest-neighbour back from the model's scale): a nucleus across a core seam is kept entire, as in the
+    GeoJSON, and :mod:`nucleiseg.predict.slides.labels` paints it across the seam."""
+    read_h, read_w = window.height + 2 * plan.margin, window.width + 2 * plan.margin
+    if kept.shape != (read_h, read_w):
+        rows = np.minimum((np.arange(read_h) * plan.resize).astype(int), kept.shape[0] - 1)
+        cols = np.minimum((np.arange(read_w) * plan.resize).astype(int), kept.shape[1] - 1)
+        kept = kept[rows][:, cols]
+    return kept
+
+
+def _windows_in_order(
+    slide: Slide, session: InferenceSession, plan: Plan, todo: list[Window], roi: Regions | None, workers: int
+) -> Iterator[dict[str, Any]]:
+    """The journal entries of ``todo``, in order, with up to ``workers`` windows in flight: while one window is in
+    the network (whose kernels release the GIL), the next is read and the previous separated into nuclei, so the
+    cores that the network leaves idle do the reading and post-processing. Each window is computed exactly as
+    alone (the outputs do not depend on ``workers``); memory holds at most ``workers`` windows."""
+    if workers <= 1:
+        for window in todo:
+            yield predict_window(slide, session, plan, window, roi)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nucleiseg-window")
+    in_flight: deque = deque()
+    # windows in the network at once share the cores: each gets its share of threads (ONNX Runtime)
+    with session.network_threads(max(1, torch.get_num_threads() // workers)):
+        try:
+            for window in todo:
+                in_flight.append(pool.submit(predict_window, slide, session, plan, window, roi))
+                if len(in_flight) >= workers:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class SlideResult:
+    n_nuclei: int
+    summary: dict[str, Any]
+    outputs: list[str]  # the files this run wrote (slide.json and done.json are written after)
+
+
+def _tissue_windows(
+    slide: Slide, plan: Plan, settings: SlideSettings, windows: list[Window], roi: Regions | None = None
+) -> tuple[list[int], np.ndarray, float, np.ndarray]:
+    thumbnail, thumb_downsample = slide.thumbnail(settings.thumbnail)
+    if is_greyscale(thumbnail):
+        log.warning(
+            "%s: a greyscale slide: tissue is found by darkness, but the model was trained on H&E colour images and "
+            "will miss or misjudge nuclei; predict on the colour scan if there is one",
+            slide.path,
+        )
+    mask = tissue_mask(thumbnail)
+    if roi is not None:
+        inside = roi.on_grid(mask.shape, thumb_downsample) > 0
+        mask = (mask & inside) if settings.roi_mode == "intersect" else inside
+    factor = plan.level_downsample / thumb_downsample  # read-level pixels -> thumbnail pixels
+    chosen = [
+        w.index
+        for w in windows
+        if tissue_fraction(mask, (w.x * factor, w.y * factor, (w.x + w.width) * factor, (w.y + w.height) * factor))
+        >= settings.min_tissue
+    ]
+    return chosen, thumbnail, thumb_downsample, mask
+
+
+def predict_slide(
+    slide: Slide,
+    folder: Path,
+    session: InferenceSession,
+    settings: SlideSettings,
+    fingerprint: str,
+    progress: Progress,
+    identity: dict | None = None,
+    roi: Regions | None = None,
+) -> SlideResult:
+    """Segment ``slide`` into ``folder`` (resuming the windows a killed run finished); see the module docstring.
+    ``roi``: :class:`~nucleiseg.predict.slides.roi.Regions` to predict in (with or in place of the tissue found)."""
+    started = time.perf_counter()
+    plan = plan_slide(slide, session, settings)
+    windows = plan.windows(slide)
+    chosen, thumbnail, thumb_downsample, mask = _tissue_windows(slide, plan, settings, windows, roi)
+    journal = Journal(folder)
+    journal.start(fingerprint, plan, chosen, identity)
+    finished = journal.done(with_labels=settings.labels)
+    task = progress.task(f"{slide.path.name} windows", len(chosen))
+    nuclei = sum(entry["n"] for entry in journal.entries() if entry["index"] in finished)
+    if finished:
+        task.advance(len(finished & set(chosen)), note=f"{nuclei} nuclei (resumed)")
+    for entry in _windows_in_order(
+        slide, session, plan, [windows[i] for i in chosen if i not in finished], roi, settings.workers
+    ):
+        if not settings.labels:
+            entry.pop("labels", None)
+        journal.write(entry)
+        nuclei += entry["n"]
+        task.advance(note=f"{nuclei} nuclei")
+    progress.remove(task)
+    seconds = time.perf_counter() - started
+    summary = {
+        "slide": str(slide.path),
+        "format": slide.format,
+        "dimensions": list(slide.dimensions),
+        "levels": len(slide.level_dimensions),
+        "microns_per_pixel": plan.slide_mpp,
+        "plan": asdict(plan),
+        "tissue_fraction": float(mask.mean()),
+        "windows": len(windows),
+        "windows_with_tissue": len(chosen),
+        "windows_skipped": len(windows) - len(chosen),
+        "tissue_megapixels": sum(windows[i].width * windows[i].height for i in chosen) * plan.resize**2 / 1e6,
+        "seconds_this_session": seconds,
+    }
+    counts, outputs = assemble(folder, slide, plan, journal, thumbnail, thumb_downsample, mask, settings, roi)
+    summary.update(counts)
+    return SlideResult(summary["n_nuclei"], summary, outputs)

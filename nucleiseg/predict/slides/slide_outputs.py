@@ -1,0 +1,140 @@
+"""A slide's outputs, streamed from its journal: ``nuclei.geojson`` (QuPath), ``features.csv`` (+ Parquet),
+``tissue.png``, ``overview.png``, optionally ``labels.tif``, and the counts for ``slide.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from nucleiseg.predict.slides.plan import Plan, SlideSettings, slide_columns
+from nucleiseg.predict.slides.reader import Slide
+from nucleiseg.util.writing import png_bytes, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from nucleiseg.predict.slides.journal import Journal
+    from nucleiseg.predict.slides.roi import Regions
+
+log = logging.getLogger(__name__)
+
+
+def assemble(
+    folder: Path,
+    slide: Slide,
+    plan: Plan,
+    journal: Journal,
+    thumbnail: np.ndarray,
+    thumb_downsample: float,
+    mask: np.ndarray,
+    settings: SlideSettings,
+    roi: Regions | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Stream the journal into the slide's outputs; returns counts for ``slide.json`` and the files written."""
+    from nucleiseg.util.writing import atomic_stream
+
+    offsets: dict[int, int] = {}
+    centres: list[np.ndarray] = []
+    per_region: dict[str, int] = dict.fromkeys(roi.names, 0) if roi is not None else {}
+    total, touching, first = 0, 0, True
+    parquet = _ParquetRows(folder / "features.parquet")
+    with atomic_stream(folder / "nuclei.geojson") as geojson, atomic_stream(folder / "features.csv") as table:
+        geojson.write('{"type":"FeatureCollection","features":[')
+        for entry in journal.entries():
+            offsets[entry["index"]] = total
+            rows = pd.DataFrame(entry["rows"])
+            if len(rows):
+                rows.insert(0, "nucleus_id", total + rows.pop("local_id"))
+                rows.insert(0, "image", slide.path.stem)
+                for feature, row in zip(entry["features"], rows.to_dict("records"), strict=True):
+                    measured = {k: float(v) for k, v in row.items() if k not in ("window", "image", "region")}
+                    feature["properties"]["measurements"] = measured
+                    geojson.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
+                    first = False
+                table.write(rows.to_csv(index=False, header=total == 0))
+                for region in rows.get("region", []):
+                    per_region[region] += 1
+                parquet.append(rows)
+                centres.append(rows[["centroid_x", "centroid_y"]].to_numpy())
+            total += entry["n"]
+            touching += entry.get("touching_edge", 0)
+        geojson.write("]}")
+        if total == 0:
+            table.write(",".join(slide_columns(plan, roi is not None)) + "\n")
+    outputs = ["nuclei.geojson", "features.csv", "tissue.png", "overview.png"]
+    if parquet.close():
+        outputs.append("features.parquet")
+    write_bytes_atomic(folder / "tissue.png", png_bytes((mask * 255).astype(np.uint8)))
+    write_bytes_atomic(folder / "overview.png", png_bytes(_overview(thumbnail, thumb_downsample, centres)))
+    if settings.labels:
+        from nucleiseg.predict.slides.labels import write_labels
+
+        write_labels(folder / "labels.tif", slide, plan, journal, offsets)
+        outputs.append("labels.tif")
+    if touching:
+        log.warning(
+            "%s: %d nuclei touch the edge of their window's context: nuclei larger than slide.margin=%d model pixels "
+            "may be cut; raise slide.margin",
+            slide.path,
+            touching,
+            round(plan.margin * plan.resize),
+        )
+    counts: dict[str, Any] = {"n_nuclei": total, "nuclei_touching_window_edge": touching}
+    if roi is not None:
+        areas = roi.areas_um2(plan.slide_mpp)
+        counts["regions"] = {
+            name: {
+                "nuclei": per_region[name],
+                "area_mm2": areas[name] / 1e6 if areas[name] is not None else None,
+                "nuclei_per_mm2": per_region[name] / (areas[name] / 1e6) if areas[name] else None,
+            }
+            for name in roi.names
+        }
+    return counts, outputs
+
+
+def _overview(thumbnail: np.ndarray, downsample: float, centres: list[np.ndarray]) -> np.ndarray:
+    """The low-resolution view with a yellow dot on every nucleus found."""
+    overview = thumbnail.copy()
+    if centres:
+        points = np.concatenate(centres) / downsample
+        cols = np.clip(points[:, 0].astype(int), 0, overview.shape[1] - 1)
+        rows = np.clip(points[:, 1].astype(int), 0, overview.shape[0] - 1)
+        overview[rows, cols] = (255, 230, 0)
+    return overview
+
+
+class _ParquetRows:
+    """features.parquet written window by window (with pyarrow; skipped without it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.writer, self.temporary = path, None, None
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            self.path = None
+
+    def append(self, rows: pd.DataFrame) -> None:
+        if self.path is None:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+        if self.writer is None:
+            self.temporary = self.path.with_name(f".{self.path.name}.tmp")
+            self.writer = pq.ParquetWriter(self.temporary, table.schema)
+        self.writer.write_table(table.cast(self.writer.schema))
+
+    def close(self) -> bool:
+        """Finish the file; whether one was written (a slide without nuclei gets none: its CSV has the header)."""
+        if self.writer is None:
+            return False
+        import os
+
+        self.writer.close()
+        os.replace(self.temporary, self.path)
+        return True
