@@ -6,8 +6,12 @@ model (see :mod:`nucleiseg.predict.api`); they are imported on first use, so ``i
 
 from typing import Any
 
+from nucleiseg.util.moved_modules import install as _install_moved_modules
+
 __version__ = "0.1.0"
 __all__ = ["segment", "segment_slide"]
+
+_install_moved_modules()  # old module names (before the folders) import, with a warning, for one release
 
 
 def __getattr__(name: str) -> Any:
