@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from nucleiseg.config.compose import compose
-from nucleiseg.config.settings import build, carried_settings, defaults, inference_settings
+from nucleiseg.config.settings import build, carried_settings, defaults, fallbacks, inference_settings
 from nucleiseg.util.errors import ConfigError
 
 
@@ -90,7 +90,7 @@ def test_each_settings_group_builds_with_the_yaml_values(group):
 def test_a_bad_value_is_one_line_naming_the_key(override, message):
     group = override.lstrip("+").split(".")[0]
     with pytest.raises(ConfigError, match=message):
-        build(compose([override])[group])
+        build(compose([override])[group], **fallbacks(group))
 
 
 def test_at_inference_null_means_the_checkpoints_and_a_given_value_replaces_it():

@@ -193,6 +193,7 @@ def test_report_with_prediction_figure(trained, tmp_path, tracking_uri, capsys):
         tmp_path / "report",
         figure_configurations=["Modified U-Net (BatchNorm)"],
         figure_image=1,
+        settings=defaults("predict"),
     )
     assert (out / "fig9_predictions.png").stat().st_size > 1000 and (out / "fig9_predictions.svg").is_file()
     instances = (out / "table4_instances.csv").read_text()

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 import nucleiseg.evaluation.retune as retune_module
 from nucleiseg.cli import main as cli
 from nucleiseg.config.compose import compose
+from nucleiseg.config.settings import defaults
 from nucleiseg.evaluation.evaluate import evaluate
 from nucleiseg.evaluation.tuning import TuningResult
 from nucleiseg.inference.session import InferenceSession
@@ -28,7 +29,7 @@ def finished(train_overrides, tracking_uri):
 def _choose(min_area):
     def fake_tune(session, items, settings, iou_threshold, normalise):
         list(items)
-        chosen = Postprocess.from_mapping({**session.postprocess.as_dict(), "min_area": min_area})
+        chosen = Postprocess.merged(session.postprocess.as_dict(), {"min_area": min_area})
         return TuningResult(chosen, session.threshold, settings.objective, 0.5, 0.4, 2)
 
     return fake_tune
@@ -37,10 +38,10 @@ def _choose(min_area):
 def test_retuning_a_finished_run_rescores_its_test_split(finished, tracking_uri, monkeypatch, capsys):
     folder, checkpoint = finished
     before = json.loads((folder / "done.json").read_text())
-    old_area = InferenceSession.from_checkpoint(checkpoint).postprocess.min_area
+    old_area = InferenceSession.from_checkpoint(checkpoint, defaults("predict")).postprocess.min_area
     monkeypatch.setattr(retune_module, "tune", _choose(old_area + 40))  # the search itself is tested elsewhere
     assert cli(["tune-postprocess", "--model", str(checkpoint), f"logger.tracking_uri={tracking_uri}"]) == 0
-    session = InferenceSession.from_checkpoint(checkpoint)
+    session = InferenceSession.from_checkpoint(checkpoint, defaults("predict"))
     assert session.postprocess.min_area == old_area + 40
     done = json.loads((folder / "done.json").read_text())
     rescored = evaluate(session)  # the test split with the values the checkpoint now carries
@@ -62,7 +63,7 @@ def test_a_run_whose_test_split_is_gone_is_left_as_it_is(finished, tracking_uri,
     from pathlib import Path
 
     folder, checkpoint = finished
-    session = InferenceSession.from_checkpoint(checkpoint)
+    session = InferenceSession.from_checkpoint(checkpoint, defaults("predict"))
     data_folder = Path(session.hparams["data"]["folder"])
     monkeypatch.setattr(retune_module, "tune", _choose(session.postprocess.min_area + 40))
     elsewhere = tmp_path / "elsewhere"
@@ -83,5 +84,8 @@ def test_a_run_whose_test_split_is_gone_is_left_as_it_is(finished, tracking_uri,
     out = tmp_path / "retuned.ckpt"
     assert cli([*words, "--out", str(out), "--no-mlflow"]) == 0
     assert checkpoint.read_bytes() == original_bytes and (folder / "done.json").read_text() == original_done
-    assert InferenceSession.from_checkpoint(out).postprocess.min_area == session.postprocess.min_area + 40
+    assert (
+        InferenceSession.from_checkpoint(out, defaults("predict")).postprocess.min_area
+        == session.postprocess.min_area + 40
+    )
     assert cli([*words, "--out", str(out), "--no-mlflow"]) == 2  # never over an existing file

@@ -8,6 +8,7 @@ from nucleiseg.cli.common import add_command, compose
 
 
 def _report(args: argparse.Namespace) -> int:
+    from nucleiseg.config.settings import defaults
     from nucleiseg.tracking.mlflow_store import tracking_uri
     from nucleiseg.tracking.report import write_report
 
@@ -20,6 +21,7 @@ def _report(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         figure_configurations=figure,
         figure_image=args.figure_image,
+        settings=defaults("predict") if figure else None,
     )
     print(f"report written to {out} (report.md, tables as CSV, figures as PNG and SVG)")
     return 0

@@ -12,16 +12,16 @@ import threading
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.config.plain import plain
 from nucleiseg.util.errors import ConfigError
 
-if TYPE_CHECKING:
-    from nucleiseg.inference.session import InferenceSettings
-    from nucleiseg.postprocess.instances import Postprocess
+# The settings classes live in the layers that use them (inference, postprocess, predict ...), above this one:
+# they are built from their ``_target_`` by name, never imported here, and the values of ``conf/`` they need besides
+# their own group's are passed down to them (:func:`fallbacks`), so no class reaches up to the composed config.
 
 
 def build(node: DictConfig | Mapping[str, Any], *, switches: tuple[str, ...] = (), **runtime: Any) -> Any:
@@ -73,7 +73,18 @@ def shipped_config() -> DictConfig:
 def defaults(group: str, **changes: Any) -> Any:
     """The settings object of ``group`` with the defaults of ``conf/`` and ``changes``: ``defaults("slide",
     labels=True)``; what the Python API and tests use where no config was composed."""
-    return build(shipped_config()[group], **changes)
+    return build(shipped_config()[group], **{**fallbacks(group), **changes})
+
+
+def fallbacks(group: str) -> dict[str, Any]:
+    """Values from elsewhere in ``conf/`` that the object of ``group`` needs: the inference settings take the
+    default threshold and post-processing, used when neither the user nor the checkpoint gives one."""
+    if group != "predict":
+        return {}
+    return {
+        "default_threshold": float(default_value("threshold")),
+        "default_postprocess": default_values("postprocess"),
+    }
 
 
 def default_values(group: str) -> dict[str, Any]:
@@ -92,21 +103,24 @@ def given(node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in plain(node).items() if not k.startswith("_") and v is not None}
 
 
-def inference_settings(cfg: DictConfig) -> InferenceSettings:
+def inference_settings(cfg: DictConfig) -> Any:
     """The ``predict`` group as :class:`InferenceSettings`, with ``threshold`` and ``postprocess.*`` as composed:
     null (``conf/inference.yaml``) is the checkpoint's value, a number replaces it."""
     threshold = cfg.get("threshold")
     return build(
-        cfg.predict, threshold=None if threshold is None else float(threshold), postprocess=given(cfg.postprocess)
+        cfg.predict,
+        threshold=None if threshold is None else float(threshold),
+        postprocess=given(cfg.postprocess),
+        **fallbacks("predict"),
     )
 
 
-def carried_settings(cfg: DictConfig) -> InferenceSettings:
+def carried_settings(cfg: DictConfig) -> Any:
     """:func:`inference_settings` for the model a run has just trained: its threshold and post-processing are the
     ones it carries (the training config's, or the values tuned on validation), never the config's again."""
     return replace(inference_settings(cfg), threshold=None, postprocess={})
 
 
-def postprocess_settings(cfg: DictConfig) -> Postprocess:
+def postprocess_settings(cfg: DictConfig) -> Any:
     """The ``postprocess`` group of a training config, made concrete for the model's head (``model.head``)."""
     return build(cfg.postprocess).resolved(str(cfg.model.head))

@@ -16,12 +16,13 @@ import json
 import shutil
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from nucleiseg.evaluation.tuning import TuneSettings, TuningResult, tune, tuning_tags
 from nucleiseg.inference.checkpoint import update_hyperparameters
-from nucleiseg.inference.session import InferenceSession, iterate_split
+from nucleiseg.inference.session import InferenceSession, InferenceSettings, iterate_split
 from nucleiseg.util.errors import ConfigError
 from nucleiseg.util.writing import write_bytes_atomic, write_json_atomic
 
@@ -85,8 +86,10 @@ def retune(
         "previous": previous.get("postprocess"),
     }
     if run_folder is not None:
+        # the checkpoint as it now is: its carried values, nothing the user gave for the search
+        carried = replace(session.settings, threshold=None, postprocess={})
         summary["test"] = _rescore_run(
-            run_folder, checkpoint, test_folder, result, split, previous, tracking_uri, iou_threshold
+            run_folder, checkpoint, carried, test_folder, result, split, previous, tracking_uri, iou_threshold
         )
     return summary
 
@@ -94,6 +97,7 @@ def retune(
 def _rescore_run(
     run_folder: Path,
     checkpoint: Path,
+    settings: InferenceSettings,
     test_folder: Path | None,
     result: TuningResult,
     split: str,
@@ -105,7 +109,7 @@ def _rescore_run(
     new values to the run's MLflow run. Returns the new test metrics."""
     from nucleiseg.models.card import model_card
 
-    session = InferenceSession.from_checkpoint(checkpoint)
+    session = InferenceSession.from_checkpoint(checkpoint, settings)
     metrics: dict[str, float] = {}
     if test_folder is not None:
         scored = session.evaluate(

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from nucleiseg.config.settings import default_value, defaults
 from nucleiseg.data.stain import from_state
 from nucleiseg.inference.tiling import Segmenter
 from nucleiseg.postprocess.instances import Postprocess, binarise, methods_for, separate_instances
@@ -59,6 +58,10 @@ class InferenceSettings:
     scale: float | None
     microns_per_pixel: float | None
     assumed_mpp: float | None  # an input of unknown pixel size is taken to be this (40x); None: refused
+    # the values of conf/ for what neither the user nor the checkpoint gives (passed down by whoever composed the
+    # config: nucleiseg.config.settings), so this class never reaches up to the composed config itself
+    default_threshold: float
+    default_postprocess: Mapping[str, Any]  # every postprocess parameter
     threshold: float | None = None  # None: the checkpoint's (not a default: "nothing given")
     postprocess: Mapping[str, Any] = field(default_factory=dict)  # only the values given
 
@@ -99,12 +102,11 @@ class InferenceSession:
         self,
         model: torch.nn.Module,
         hparams: Mapping[str, Any],
-        settings: InferenceSettings | None = None,
+        settings: InferenceSettings,
         source: str = "model",
         path: str | Path | None = None,
     ) -> None:
         """``source``: how logs and outputs name the model (a path, or a registered name); ``path``: its file."""
-        settings = settings or defaults("predict")
         self.settings, self.hparams, self.source = settings, dict(hparams), source
         self.path = Path(path) if path is not None else None
         self.head = str(self.hparams.get("head", "binary"))
@@ -121,7 +123,7 @@ class InferenceSession:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, settings: InferenceSettings | None = None, label: str | None = None
+        cls, path: str | Path, settings: InferenceSettings, label: str | None = None
     ) -> InferenceSession:
         """From a ``.ckpt`` or ``.safetensors`` file; ``label`` names it (default: its path)."""
         from nucleiseg.inference.checkpoint import load_checkpoint
@@ -183,7 +185,7 @@ class InferenceSession:
         elif self.hparams.get("threshold") is not None:
             threshold, origins["threshold"] = float(self.hparams["threshold"]), carried
         else:
-            threshold, origins["threshold"] = default_value("threshold"), "default"
+            threshold, origins["threshold"] = settings.default_threshold, "default"
         values = {}
         for name in Postprocess.__dataclass_fields__:
             if name in settings.postprocess:
@@ -193,7 +195,7 @@ class InferenceSession:
                 values[name], origins[f"postprocess.{name}"] = checkpoint_post[name], carried
             else:
                 origins[f"postprocess.{name}"] = "default"
-        return float(threshold), Postprocess.from_mapping(values).resolved(self.head), origins
+        return float(threshold), Postprocess.merged(settings.default_postprocess, values).resolved(self.head), origins
 
     def _say_replaced(self, key: str, user: Any, carried: Any) -> None:
         if carried is not None and carried != user:

@@ -30,7 +30,8 @@ METHODS = ("components", "watershed", "distance")
 @dataclass(frozen=True)
 class Postprocess:
     """Parameters of the separation into nuclei (the ``postprocess`` config group, whose
-    ``conf/postprocess/default.yaml`` holds the defaults: :meth:`from_mapping` fills what a mapping leaves out).
+    ``conf/postprocess/default.yaml`` holds the defaults; :meth:`merged` completes a partial mapping with the
+    defaults its caller passes down).
 
     ``method=auto`` is ``distance`` for a model with a distance head and ``watershed`` otherwise.
     """
@@ -63,16 +64,13 @@ class Postprocess:
             raise ConfigError(f"postprocess: unknown key(s) {unknown}; expected some of {sorted(known)}")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> Postprocess:
-        """From a checkpoint's dict, a tuning trial or a few values: what ``values`` leaves out is the default of
-        ``conf/postprocess/default.yaml`` (a checkpoint from before a parameter existed gets its default)."""
+    def merged(cls, defaults: Mapping[str, Any], values: Mapping[str, Any] | None) -> Postprocess:
+        """From a checkpoint's dict, a tuning trial or a few values: what ``values`` leaves out is taken from
+        ``defaults`` (every parameter; the ``postprocess`` group of ``conf/``, which the caller composed), so a
+        checkpoint from before a parameter existed gets its default."""
         cls.check_names(values)
-        values = dict(values or {})
-        if set(cls.__dataclass_fields__) - set(values):
-            from nucleiseg.config.settings import default_values
-
-            values = {**default_values("postprocess"), **values}
-        return cls(**values)
+        cls.check_names(defaults)
+        return cls(**{**defaults, **(values or {})})
 
     def resolved(self, head: str) -> Postprocess:
         """``auto`` made concrete for a model with ``head``; ``distance`` without a distance head is an error."""
@@ -121,17 +119,16 @@ def _mark_every_component(markers: np.ndarray, components: np.ndarray, height: n
 
 def separate_instances(
     probability: np.ndarray,
-    threshold: float = 0.5,
-    settings: Postprocess | str = "watershed",
+    threshold: float,
+    settings: Postprocess,
     distance: np.ndarray | None = None,
 ) -> np.ndarray:
     """``float HxW`` probabilities (or a boolean mask) -> ``int32 HxW`` instance labels, 0 = background.
 
-    ``settings`` is a :class:`Postprocess` or just a method name (other parameters at their defaults).
+    ``settings``: the method and its parameters (``nucleiseg.config.settings.defaults("postprocess", method=...)``
+    gives the defaults of ``conf/`` with a method of your choice).
     ``distance`` (``float HxW`` in [0, 1]) is the predicted distance map, needed by the ``distance`` method.
     """
-    if isinstance(settings, str):
-        settings = Postprocess.from_mapping({"method": settings})
     method = settings.method
     if method not in METHODS:
         raise ConfigError(f"postprocess.method={method!r}: expected one of {METHODS} (auto is resolved by the head)")

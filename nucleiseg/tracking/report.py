@@ -285,7 +285,10 @@ def write_report(
     summary_runs: bool = True,
 ) -> Path:
     """Write tables and figures of ``study`` into ``out`` (a new or empty folder, or with ``overwrite`` the
-    folder of an earlier report, whose own files only are replaced); return it."""
+    folder of an earlier report, whose own files only are replaced); return it. ``settings``: how the prediction
+    figure runs each checkpoint (needed with ``figure_configurations``)."""
+    if figure_configurations and settings is None:
+        raise ValueError("write_report: figure_configurations needs settings (the predict group's InferenceSettings)")
     out = Path(out).expanduser().resolve()
     earlier = _check_out(out, overwrite)
     runs, client = load_runs(tracking_uri, study)

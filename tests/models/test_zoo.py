@@ -12,6 +12,7 @@ import pytest
 
 import nucleiseg.models.zoo as zoo
 from nucleiseg.cli import main as cli
+from nucleiseg.config.settings import defaults
 from nucleiseg.inference.session import InferenceSession
 
 
@@ -93,7 +94,7 @@ def test_a_published_model_is_downloaded_once_into_the_cache(registry, tmp_path)
     assert path.parent == tmp_path / "cache" / "models" and label == "published"
     stamp = path.stat().st_mtime_ns
     assert zoo.resolve("published")[0].stat().st_mtime_ns == stamp  # not downloaded again
-    session = InferenceSession.from_checkpoint(path)
+    session = InferenceSession.from_checkpoint(path, defaults("predict"))
     assert session.head == "binary"
 
 

@@ -20,8 +20,8 @@ def two_discs(offset: int = 17) -> tuple[np.ndarray, np.ndarray]:
 
 def test_two_touching_discs_are_cut_apart():
     mask, _ = two_discs()
-    assert separate_instances(mask, settings="components").max() == 1
-    labels = separate_instances(mask, settings="watershed")
+    assert separate_instances(mask, 0.5, settings=defaults("postprocess", method="components")).max() == 1
+    labels = separate_instances(mask, 0.5, settings=defaults("postprocess", method="watershed"))
     assert labels.max() == 2
     assert labels[20, 15] != labels[20, 42] and labels[20, 15] > 0 and labels[20, 42] > 0
     assert np.array_equal(labels > 0, mask)  # no pixel lost or added
@@ -32,7 +32,7 @@ def test_the_distance_method_cuts_where_the_predicted_distance_says():
     (here: the true one) has two peaks, and the distance method recovers both nuclei."""
     mask, truth = two_discs(offset=8)
     geometric = separate_instances(
-        mask, settings=defaults("postprocess", method="watershed", min_distance=8, smoothing=2.0)
+        mask, 0.5, settings=defaults("postprocess", method="watershed", min_distance=8, smoothing=2.0)
     )
     by_distance = separate_instances(
         mask.astype(np.float32), 0.5, defaults("postprocess", method="distance", seed_height=0.1), distance_map(truth)
@@ -43,7 +43,7 @@ def test_the_distance_method_cuts_where_the_predicted_distance_says():
     metrics.update(truth, by_distance)
     assert metrics.compute()["aji"] > 0.8
     with pytest.raises(ConfigError, match="distance map"):
-        separate_instances(mask, settings="distance")
+        separate_instances(mask, 0.5, settings=defaults("postprocess", method="distance"))
 
 
 def test_distance_targets_peak_at_one_in_every_nucleus():
@@ -62,8 +62,8 @@ def test_watershed_recovers_more_touching_nuclei_than_components():
     split = {"components": InstanceMetrics(), "watershed": InstanceMetrics()}
     for seed in range(4):
         _, truth = synthetic_tile(SyntheticSpec(192, 192, n_nuclei=30, touching_fraction=0.6), seed)
-        components = separate_instances(truth > 0, settings="components")
-        watershed = separate_instances(truth > 0, settings="watershed")
+        components = separate_instances(truth > 0, 0.5, settings=defaults("postprocess", method="components"))
+        watershed = separate_instances(truth > 0, 0.5, settings=defaults("postprocess", method="watershed"))
         truth_total += truth.max()
         components_total += components.max()
         watershed_total += watershed.max()
@@ -78,15 +78,15 @@ def test_small_objects_are_dropped_and_bad_settings_named():
     mask = np.zeros((20, 20), bool)
     mask[2:4, 2:4] = True  # 4 px
     mask[10:16, 10:16] = True
-    assert separate_instances(mask, settings=defaults("postprocess", method="watershed", min_area=10)).max() == 1
+    assert separate_instances(mask, 0.5, settings=defaults("postprocess", method="watershed", min_area=10)).max() == 1
     with pytest.raises(ConfigError, match="postprocess.method='stardist'"):
-        separate_instances(mask, settings="stardist")
+        separate_instances(mask, 0.5, settings=defaults("postprocess", method="stardist"))
     with pytest.raises(ConfigError, match="min_area"):
         defaults("postprocess", min_area=-1)
     with pytest.raises(ConfigError, match="seed_height"):
         defaults("postprocess", seed_height=0)
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['min_dist'\]"):
-        Postprocess.from_mapping({"min_dist": 3})
+        Postprocess.merged(defaults("postprocess").as_dict(), {"min_dist": 3})
 
 
 def test_auto_method_follows_the_head():
@@ -98,7 +98,7 @@ def test_auto_method_follows_the_head():
 
 def test_an_empty_prediction_gives_no_nuclei_and_zero_scores():
     empty = np.zeros((32, 32), np.float32)
-    labels = separate_instances(empty, 0.5, "watershed")
+    labels = separate_instances(empty, 0.5, defaults("postprocess", method="watershed"))
     assert labels.max() == 0 and labels.dtype == np.int32
     metrics = InstanceMetrics()
     metrics.update(two_discs()[1][:32, :32], labels)
@@ -115,11 +115,12 @@ def test_min_area_applies_to_the_nuclei_the_separation_makes():
     mask[20, 30:40] = True  # a one-pixel neck
     mask[19:22, 40:43] = True  # the knob
     loose = separate_instances(
-        mask, settings=defaults("postprocess", method="watershed", min_distance=1, smoothing=0, min_area=0)
+        mask, 0.5, settings=defaults("postprocess", method="watershed", min_distance=1, smoothing=0, min_area=0)
     )
     assert np.bincount(loose.ravel())[1:].min() < 30  # the split does make a small piece here
     labels = separate_instances(
         mask,
+        0.5,
         settings=defaults("postprocess", method="watershed", min_distance=1, smoothing=0, min_area=30, fill_holes=0),
     )
     areas = np.bincount(labels.ravel())[1:]
