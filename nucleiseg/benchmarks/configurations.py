@@ -41,6 +41,7 @@ from nucleiseg.data.model_input import to_model_input
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
 from nucleiseg.inference.speed import measure_inference
 from nucleiseg.models.factory import ENCODERS, configuration_label, create_model
+from nucleiseg.training.step_timing import random_init_config, random_init_module, training_step_rate, unet_widths
 from nucleiseg.util.devices import (
     autocast,
     device_name,
@@ -51,7 +52,7 @@ from nucleiseg.util.devices import (
 from nucleiseg.util.errors import ConfigError
 
 if TYPE_CHECKING:
-    from nucleiseg.models.lit_module import SegmentationModule
+    pass
 
 # The loop's default data: synthetic, the paper's sizes (30 MoNuSeg + 50 TNBC-like images, 25 held out, 10% of
 # the rest validating: 150 training + 15 validation pairs); KEY=VALUE words on the command line change it.
@@ -116,68 +117,6 @@ def _write_pngs(folder: Path, count: int, size: int) -> None:
         image, mask = synthetic_tile(SyntheticSpec(size, size, n_nuclei=max(4, size // 12)), 1000 + k)
         Image.fromarray(image).save(folder / f"image_{k:03d}.png")
         Image.fromarray((mask > 0).astype(np.uint8) * 255).save(folder / f"mask_{k:03d}.png")
-
-
-def _steps(
-    module: SegmentationModule,
-    batch_at: Callable[[int], dict[str, torch.Tensor]],
-    device: torch.device,
-    precision: str,
-    steps: int,
-    warmup: int,
-) -> float:
-    """Images/s of ``module``'s training loss + backward + optimizer step; ``batch_at(k)`` gives step k's batch
-    on ``device`` (its cost is inside the timing: decoding for the naive path, nothing for the cached one)."""
-    optimiser = module.configure_optimizers()
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-    module.train()
-    images, started = 0, time.perf_counter()
-    for index in range(steps + warmup):
-        if index == warmup:
-            synchronise(device)
-            started, images = time.perf_counter(), 0
-        batch = batch_at(index)
-        with autocast(device, precision):
-            loss = module._shared_step(batch)[0]["loss"]  # the loss training_step computes
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
-        images += batch["image"].shape[0]
-    synchronise(device)
-    return images / (time.perf_counter() - started)
-
-
-def _widths(cfg: DictConfig, encoder: str) -> list[int] | None:
-    """``model.unet_widths`` for the plain U-Nets (a narrower U-Net on request), nothing for the smp encoders."""
-    return (
-        OmegaConf.to_container(cfg.model.unet_widths)
-        if cfg.model.unet_widths and encoder in ("unet", "unet_bn")
-        else None
-    )
-
-
-def _for_encoder(cfg: DictConfig, encoder: str, values: dict) -> DictConfig:
-    """A copy of ``cfg`` for ``encoder`` from random initialisation (its widths), with ``values`` set on top."""
-    cfg = cfg.copy()
-    for key, value in {
-        "encoder": encoder,
-        "pretrained": False,
-        "model.unet_widths": _widths(cfg, encoder),
-        **values,
-    }.items():
-        OmegaConf.update(cfg, key, value, force_add=True)
-    return cfg
-
-
-def _module(cfg: DictConfig, encoder: str, device: torch.device, channels_last: bool) -> SegmentationModule:
-    """``encoder``'s LightningModule as train.py builds it
-    (:func:`nucleiseg.training.assemble.module_from_config`), from random initialisation, with the memory format
-    asked for and no compilation, on ``device``."""
-    from nucleiseg.training.assemble import module_from_config
-
-    values = {"model.channels_last": channels_last, "model.compile": False}
-    return module_from_config(_for_encoder(cfg, encoder, values), device.type).to(device)
 
 
 class EpochClock(L.Callback):
@@ -248,7 +187,7 @@ def _loop(cfg: DictConfig, scratch: Path) -> tuple[float, int]:
 def _loop_config(
     cfg: DictConfig, encoder: str, image_size: int, epochs: int, scratch: Path, device: torch.device
 ) -> DictConfig:
-    return _for_encoder(
+    return random_init_config(
         cfg,
         encoder,
         {
@@ -286,7 +225,7 @@ def _measure(
     inference = cfg.predict.get("channels_last", cfg.model.channels_last)
     channels_last = device.type == "cuda" if inference == "auto" else bool(inference)
     torch.manual_seed(0)
-    model = create_model(encoder, head=cfg.model.head, unet_widths=_widths(cfg, encoder)).to(device).eval()
+    model = create_model(encoder, head=cfg.model.head, unet_widths=unet_widths(cfg, encoder)).to(device).eval()
     naive = measure_inference(model, size, 1, "32-true", device, options.warmup, options.iterations)
     probe = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.inference_mode():
@@ -313,8 +252,8 @@ def _measure(
         item = pngs[index % len(pngs)]
         return {"image": to_model_input(item["image"][None].to(device)), "mask": item["mask"][None].to(device)}
 
-    naive_module = _module(cfg, encoder, device, False)
-    train_naive = _steps(naive_module, decoded, device, "32-true", options.train_steps, options.warmup)
+    naive_module = random_init_module(cfg, encoder, device, False)
+    train_naive = training_step_rate(naive_module, decoded, device, "32-true", options.train_steps, options.warmup)
     del naive_module
     loop_cfg = _loop_config(cfg, encoder, size, max(options.loop_epochs, 2), scratch, device)
     from nucleiseg.data.prepare import prepare_dataset
@@ -330,10 +269,10 @@ def _measure(
     ]
     for batch in on_device:
         batch["image"] = to_model_input(batch["image"])
-    module = _module(cfg, encoder, device, channels_last)
+    module = random_init_module(cfg, encoder, device, channels_last)
     if options.compile_model:
         module.model.compile()
-    train_step = _steps(
+    train_step = training_step_rate(
         module, lambda k: on_device[k % len(on_device)], device, train_precision, options.train_steps, options.warmup
     )
     del module, datamodule

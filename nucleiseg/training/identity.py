@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.data.prepare import config_hash
 from nucleiseg.util.errors import ConfigError
+from nucleiseg.util.moved_modules import new_target
 
 # Keys that do not change what a run computes: excluded from its identity (name and config hash).
 VOLATILE_KEYS = (
@@ -139,6 +140,8 @@ def _drop_our_targets(node: dict[str, Any], shipped: Any) -> None:
     if not isinstance(shipped, dict):
         return
     target = node.get("_target_")
+    if isinstance(target, str) and target.startswith("nucleiseg."):
+        target = node["_target_"] = new_target(target)  # a module's name before the 2026-12 layout: the same class
     if isinstance(target, str) and target.startswith("nucleiseg.") and target == shipped.get("_target_"):
         for key in WIRING_KEYS:
             if key in node and node[key] == shipped.get(key):

@@ -41,21 +41,23 @@ def _step_rate(cfg: DictConfig, steps: int, warmup: int) -> tuple[float, int, st
     """Training images/s of ``cfg``'s configuration here, its parameter count, and the device."""
     import torch
 
-    from nucleiseg.benchmarks.configurations import _module, _steps
     from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
+    from nucleiseg.training.step_timing import random_init_module, training_step_rate
     from nucleiseg.util.devices import device_name, resolve_device, resolve_flag, resolve_precision
 
     accelerator = cfg.trainer.accelerator
     device = resolve_device("gpu" if accelerator in ("gpu", "cuda") else "cpu" if accelerator == "cpu" else "auto")
     precision = resolve_precision(cfg.trainer.precision, device)
-    module = _module(cfg, cfg.encoder, device, resolve_flag(cfg.model.channels_last, device, "model.channels_last"))
+    module = random_init_module(
+        cfg, cfg.encoder, device, resolve_flag(cfg.model.channels_last, device, "model.channels_last")
+    )
     size, batch = int(cfg.data.protocol.image_size), int(cfg.data.loader.batch_size)
     image, mask = synthetic_tile(SyntheticSpec(size, size, n_nuclei=max(4, size // 12)), 0)
     images = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255).repeat(batch, 1, 1, 1).to(device)
     batch_data = {"image": images, "mask": torch.from_numpy(mask)[None].repeat(batch, 1, 1).to(device)}
     if cfg.model.head == "distance":
         batch_data["distance"] = torch.zeros(batch, size, size, device=device)
-    rate = _steps(module, lambda _: batch_data, device, precision, steps, warmup)
+    rate = training_step_rate(module, lambda _: batch_data, device, precision, steps, warmup)
     return rate, sum(p.numel() for p in module.parameters()), device_name(accelerator)
 
 
