@@ -81,3 +81,17 @@ def test_a_run_that_names_an_old_target_keeps_its_identity():
     old = compose(["loss._target_=nucleiseg.losses.SegmentationLoss"])
     assert identity_hash(old) == identity_hash(shipped)
     assert configuration_hash(old) == configuration_hash(shipped)
+
+
+def test_files_found_next_to_the_code_are_there_after_the_move(monkeypatch):
+    """Paths built from a module's own location (the package's conf/, the clone's train.py, the shipped model):
+    the suite sets NUCLEISEG_CONF, so without this test a wrong parent would only fail for users."""
+    from nucleiseg.benchmarks.suite import TRAIN_SCRIPT
+    from nucleiseg.config.compose import config_dir
+    from nucleiseg.models.zoo import PRETRAINED
+    from nucleiseg.tracking.paper import PUBLISHED
+
+    monkeypatch.delenv("NUCLEISEG_CONF", raising=False)
+    assert (config_dir() / "config.yaml").is_file() and config_dir() == PACKAGE / "conf"
+    assert TRAIN_SCRIPT == REPO / "train.py" and TRAIN_SCRIPT.is_file()
+    assert (PRETRAINED / "registry.json").is_file() and PUBLISHED.is_file()

@@ -40,7 +40,7 @@ from nucleiseg.models.factory import ENCODERS, create_model
 from nucleiseg.util.devices import device_name, resolve_inference_precision
 from nucleiseg.util.errors import ConfigError
 
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"  # the clone's Hydra entry point
+TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"  # the clone's Hydra entry point
 PAPER = {"epochs": 20, "seeds": 10, "variants": 2}  # the study: 20 epochs, 10 seeds, ImageNet + random init
 
 

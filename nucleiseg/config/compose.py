@@ -36,7 +36,7 @@ GROUPS = (
 def config_dir() -> Path:
     """The ``conf/`` folder: ``NUCLEISEG_CONF`` when set, else the package's own copy (``nucleiseg/conf``, a link
     to the repository's ``conf/`` in a checkout, the files themselves in an installed wheel)."""
-    folder = Path(os.environ.get("NUCLEISEG_CONF", Path(__file__).resolve().parent / "conf"))
+    folder = Path(os.environ.get("NUCLEISEG_CONF", Path(__file__).resolve().parents[1] / "conf"))
     if not (folder / "config.yaml").is_file():
         raise ConfigError(
             f"{folder}: no config.yaml; reinstall nucleiseg, or set NUCLEISEG_CONF to the conf/ folder of a checkout"
