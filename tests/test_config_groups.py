@@ -221,3 +221,13 @@ def test_a_custom_loss_class_trains_without_the_papers_record(tmp_path):
     cfg.loss = {"_target_": "torch.nn.MSELoss"}
     module = module_from_config(cfg, "cpu")
     assert isinstance(module.criterion, torch.nn.MSELoss) and "smooth" not in module.hparams
+
+
+def test_how_slides_are_predicted_later_is_not_part_of_a_training_runs_identity():
+    from nucleiseg.training.identity import configuration_hash, identity_hash
+
+    shipped = compose([])
+    for override in ("slide.min_tissue=0.5", "slide.workers=1", "cohort.launcher=slurm"):
+        changed = compose([override])
+        assert identity_hash(changed) == identity_hash(shipped), override
+        assert configuration_hash(changed) == configuration_hash(shipped), override

@@ -194,18 +194,21 @@ def predict_slide_input(
             from nucleiseg.predict.slides.roi import read_roi
 
             regions = read_roi(roi, slide.dimensions)
+            for note in regions.notes:
+                log.warning("%s: %s", roi.name, note)
         result = predict_slide(slide, folder, session, slide_settings, fingerprint, bars, identity, regions)
     finally:
         slide.close()
     summary = result.summary
     write_json_atomic(folder / "slide.json", summary)
+    reasons = ", ".join(f"{n} {why}" for why, n in summary["windows_skipped_by_reason"].items()) or "none"
     log.info(
-        "%s: tissue %.1f%% of the slide; %d of %d windows predicted, %d without tissue skipped; %d nuclei",
+        "%s: tissue %.1f%% of the slide; %d of %d windows predicted, skipped: %s; %d nuclei",
         path.name,
         100 * summary["tissue_fraction"],
         summary["windows_with_tissue"],
         summary["windows"],
-        summary["windows_skipped"],
+        reasons,
         result.n_nuclei,
     )
     write_json_atomic(
@@ -217,7 +220,10 @@ def predict_slide_input(
             "outputs": [*result.outputs, "slide.json"],
             "fingerprint": fingerprint,
             "settings": session.describe(),
-            "slide": {k: summary[k] for k in ("tissue_fraction", "windows_with_tissue", "windows_skipped")},
+            "slide": {
+                k: summary[k]
+                for k in ("tissue_fraction", "windows_with_tissue", "windows_skipped", "windows_skipped_by_reason")
+            },
             **({"roi": str(roi), "regions": summary["regions"]} if roi is not None else {}),
         },
     )

@@ -6,6 +6,7 @@ The name is derived from the configuration, so re-launching the same command fin
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,35 @@ SPLIT_OVERRIDES = ("data.protocol.seed", "data.protocol.split")
 # changed (their own module, an extra callback) is part of the identity.
 WIRING_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_")
 
+# Groups that never change what a training run computes (how slides and cohorts are predicted afterwards): in a run's
+# identity their values are always the ones shipped when identities were pinned (the config of 2026-12-01), so a new
+# default there (slide.min_tissue, slide.workers) neither makes earlier runs "other runs" nor splits a study.
+# A record of history, not a setting: the settings themselves live in conf/slide and conf/cohort.
+TRAINING_NEUTRAL = {
+    "slide": {
+        "window": 1024,
+        "margin": 96,
+        "thumbnail": 2048,
+        "min_tissue": 0.02,
+        "labels": False,
+        "min_pixels": 16777216,
+        "workers": 3,
+        "roi_mode": "intersect",
+    },
+    "cohort": {
+        "launcher": "local",
+        "shards": "auto",
+        "slurm": {
+            "partition": None,
+            "gpus_per_node": 1,
+            "cpus_per_task": 8,
+            "mem_gb": 32,
+            "timeout_min": 240,
+            "array_parallelism": 16,
+        },
+    },
+}
+
 
 def _plain_identity(cfg: DictConfig) -> dict[str, Any]:
     """``cfg`` resolved to plain containers, without the shipped wiring (see :data:`WIRING_KEYS`)."""
@@ -132,6 +162,9 @@ def _plain_identity(cfg: DictConfig) -> dict[str, Any]:
         and predict.get("channels_last") == model.get("channels_last")
     ):
         predict.pop("channels_last", None)
+    for group, pinned in TRAINING_NEUTRAL.items():
+        if group in plain:
+            plain[group] = copy.deepcopy(pinned)
     return plain
 
 

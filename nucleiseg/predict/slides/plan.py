@@ -25,7 +25,7 @@ class SlideSettings:
     window: int  # core of a window, in model pixels
     margin: int  # context around a core, in model pixels: wider than the largest nucleus
     thumbnail: int  # longest side of the low-resolution view (tissue, overview)
-    min_tissue: float  # share of a window's core that must be tissue for it to be predicted
+    min_tissue: float  # share of a window's core that must be tissue (grown by the margin); 0: any tissue
     labels: bool  # also write labels.tif (tiled, pyramidal, int32 nucleus ids)
     min_pixels: int  # a plain image larger than this goes through the windowed path too
     roi_mode: str  # regions of interest (--roi): within the tissue found, or in its place

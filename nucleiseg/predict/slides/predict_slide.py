@@ -2,7 +2,8 @@
 
 1. The slide is read at the level closest to the model's training resolution (from the slide's microns per pixel
    and the checkpoint's; ``--mpp`` or ``--scale`` when the file has no resolution), the remaining factor resampled.
-2. Tissue is found on a low-resolution view (:mod:`nucleiseg.predict.slides.tissue`); only windows with tissue are read.
+2. Tissue is found on a low-resolution view (:mod:`nucleiseg.predict.slides.tissue`); only windows that can hold a
+   nucleus of the tissue (and of the regions of interest) are read (:func:`select_windows`).
 3. The slide is cut into square *core* windows; each is read with a margin of context on every side and
    predicted with the inference session. A nucleus belongs to the window whose core holds its centroid, and is
    kept whole from that window's prediction: with a margin wider than the largest nucleus, every nucleus on a
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -187,9 +189,30 @@ class SlideResult:
     outputs: list[str]  # the files this run wrote (slide.json and done.json are written after)
 
 
-def _tissue_windows(
+@dataclass
+class Selection:
+    """Which windows are predicted, from a low-resolution view of the slide: ``chosen`` (window indices) and the
+    others counted by reason (``outside the regions``, ``no tissue``, ``under slide.min_tissue``)."""
+
+    chosen: list[int]
+    skipped: dict[str, int]
+    thumbnail: np.ndarray
+    thumb_downsample: float
+    mask: np.ndarray  # where nuclei are looked for (tissue, within the regions), on the thumbnail's grid
+
+
+def select_windows(
     slide: Slide, plan: Plan, settings: SlideSettings, windows: list[Window], roi: Regions | None = None
-) -> tuple[list[int], np.ndarray, float, np.ndarray]:
+) -> Selection:
+    """The windows that can hold a nucleus of the tissue (and of the regions): no nucleus may be lost to window
+    selection. A window is predicted when its core overlaps the tissue grown by the margin (a nucleus whose pixels
+    reach the tissue has its centroid within a margin of it, and belongs to the window whose core holds that
+    centroid) and, with regions, when its core overlaps a region (tested exactly on the outlines, so a window that a
+    region clips by a strip is predicted). ``slide.min_tissue`` can ask for more tissue than that (0: any)."""
+    from collections import Counter
+
+    from scipy import ndimage
+
     thumbnail, thumb_downsample = slide.thumbnail(settings.thumbnail)
     if is_greyscale(thumbnail):
         log.warning(
@@ -199,16 +222,26 @@ def _tissue_windows(
         )
     mask = tissue_mask(thumbnail)
     if roi is not None:
-        inside = roi.on_grid(mask.shape, thumb_downsample) > 0
+        inside = roi.on_grid(mask.shape, thumb_downsample)
         mask = (mask & inside) if settings.roi_mode == "intersect" else inside
+    reach = max(1, math.ceil(plan.margin * plan.level_downsample / thumb_downsample))  # the margin, thumbnail px
+    near = ndimage.maximum_filter(mask, size=2 * reach + 1) if mask.any() else mask
     factor = plan.level_downsample / thumb_downsample  # read-level pixels -> thumbnail pixels
-    chosen = [
-        w.index
-        for w in windows
-        if tissue_fraction(mask, (w.x * factor, w.y * factor, (w.x + w.width) * factor, (w.y + w.height) * factor))
-        >= settings.min_tissue
-    ]
-    return chosen, thumbnail, thumb_downsample, mask
+    chosen, skipped = [], Counter()
+    for w in windows:
+        if roi is not None:
+            d = plan.level_downsample
+            if not roi.touches_box((w.x * d, w.y * d, (w.x + w.width) * d, (w.y + w.height) * d)):
+                skipped["outside the regions"] += 1
+                continue
+        share = tissue_fraction(near, (w.x * factor, w.y * factor, (w.x + w.width) * factor, (w.y + w.height) * factor))
+        if share <= 0:
+            skipped["no tissue" if roi is None or settings.roi_mode == "intersect" else "outside the regions"] += 1
+        elif share < settings.min_tissue:
+            skipped["under slide.min_tissue"] += 1
+        else:
+            chosen.append(w.index)
+    return Selection(chosen, dict(skipped), thumbnail, thumb_downsample, mask)
 
 
 def predict_slide(
@@ -226,7 +259,8 @@ def predict_slide(
     started = time.perf_counter()
     plan = plan_slide(slide, session, settings)
     windows = plan.windows(slide)
-    chosen, thumbnail, thumb_downsample, mask = _tissue_windows(slide, plan, settings, windows, roi)
+    selection = select_windows(slide, plan, settings, windows, roi)
+    chosen = selection.chosen
     journal = Journal(folder)
     journal.start(fingerprint, plan, chosen, identity)
     finished = journal.done(with_labels=settings.labels)
@@ -251,13 +285,16 @@ def predict_slide(
         "levels": len(slide.level_dimensions),
         "microns_per_pixel": plan.slide_mpp,
         "plan": asdict(plan),
-        "tissue_fraction": float(mask.mean()),
+        "tissue_fraction": float(selection.mask.mean()),
         "windows": len(windows),
         "windows_with_tissue": len(chosen),
         "windows_skipped": len(windows) - len(chosen),
+        "windows_skipped_by_reason": selection.skipped,
         "tissue_megapixels": sum(windows[i].width * windows[i].height for i in chosen) * plan.resize**2 / 1e6,
         "seconds_this_session": seconds,
     }
-    counts, outputs = assemble(folder, slide, plan, journal, thumbnail, thumb_downsample, mask, settings, roi)
+    counts, outputs = assemble(
+        folder, slide, plan, journal, selection.thumbnail, selection.thumb_downsample, selection.mask, settings, roi
+    )
     summary.update(counts)
     return SlideResult(summary["n_nuclei"], summary, outputs)

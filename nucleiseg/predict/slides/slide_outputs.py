@@ -55,8 +55,10 @@ def assemble(
                     geojson.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
                     first = False
                 table.write(rows.to_csv(index=False, header=total == 0))
-                for region in rows.get("region", []):
-                    per_region[region] += 1
+                if roi is not None:  # every region holding a nucleus counts it (regions may nest or overlap)
+                    held = roi.memberships(rows["centroid_x"].to_numpy(), rows["centroid_y"].to_numpy())
+                    for name, count in zip(roi.names, held.sum(axis=0), strict=True):
+                        per_region[name] += int(count)
                 parquet.append(rows)
                 centres.append(rows[["centroid_x", "centroid_y"]].to_numpy())
             total += entry["n"]
@@ -93,6 +95,8 @@ def assemble(
             }
             for name in roi.names
         }
+        if roi.notes:
+            counts["region_notes"] = list(roi.notes)
     return counts, outputs
 
 
