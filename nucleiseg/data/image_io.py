@@ -89,16 +89,37 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 def _check_complete_tiff(source: Path | io.BytesIO, path: Path) -> None:
     """A TIFF cut short (an interrupted download or copy) is refused before decoding: decoders fill what is missing
     with grey (JPEG) or fail with codec-specific errors. Every strip or tile of the first image must lie inside
-    the file."""
+    the file, and each JPEG strip or tile must decode without libjpeg's damage warnings
+    (:mod:`nucleiseg.data.jpeg_check`)."""
+    from nucleiseg.data.jpeg_check import check_jpeg, with_tables
+
     with tifffile.TiffFile(source) as tiff:
         size = tiff.filehandle.size
         page = tiff.pages.first
+        kind = "tile" if page.is_tiled else "strip"
         for index, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts, strict=False)):
             if offset + count > size:
                 raise ImageReadError(
-                    f"{path}: truncated TIFF ({'tile' if page.is_tiled else 'strip'} {index} ends at byte "
-                    f"{offset + count:,}, the file has {size:,}); download or copy it again"
+                    f"{path}: truncated TIFF ({kind} {index} ends at byte {offset + count:,}, the file has "
+                    f"{size:,}); download or copy it again"
                 )
+        if page.compression in (7, 33007):  # JPEG
+            segments = tiff.filehandle.read_segments(page.dataoffsets, page.databytecounts, sort=True)
+            for data, index in segments:
+                if data:
+                    check_jpeg(with_tables(data, page.jpegtables), f"{path} ({kind} {index})")
+
+
+def _check_intact(path: Path, data: bytes | None) -> None:
+    """Refuse a truncated TIFF or a damaged JPEG stream (file or TIFF tiles) before any decoder fills it in."""
+    with open(path, "rb") if data is None else io.BytesIO(data) as handle:
+        magic = handle.read(4)
+    if magic in TIFF_MAGIC:
+        _check_complete_tiff(io.BytesIO(data) if data is not None else path, path)
+    elif magic.startswith(b"\xff\xd8\xff"):  # JPEG, whatever the file is called
+        from nucleiseg.data.jpeg_check import check_jpeg
+
+        check_jpeg(data if data is not None else path.read_bytes(), str(path))
 
 
 def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
@@ -112,10 +133,7 @@ def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
         return io.BytesIO(data) if data is not None else path
 
     try:
-        with open(path, "rb") if data is None else io.BytesIO(data) as handle:
-            is_tiff = handle.read(4) in TIFF_MAGIC
-        if is_tiff:
-            _check_complete_tiff(source(), path)
+        _check_intact(path, data)
         try:
             return _decode_with_pillow(source(), path)
         except TooLargeError:

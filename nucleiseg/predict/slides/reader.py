@@ -182,6 +182,10 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     if suffix in TIFF_FAMILY:
         import tiffslide
 
+        from nucleiseg.data.jpeg_check import check_tiff_tiles
+
+        check_tiff_tiles()  # a damaged JPEG tile is an error for this slide, not a grey window
+
         try:
             handle = tiffslide.TiffSlide(path)
             handle.level_dimensions  # noqa: B018 - parses the pyramid now, so a broken file fails here
