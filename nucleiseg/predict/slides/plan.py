@@ -29,7 +29,9 @@ class SlideSettings:
     labels: bool  # also write labels.tif (tiled, pyramidal, int32 nucleus ids)
     min_pixels: int  # a plain image larger than this goes through the windowed path too
     roi_mode: str  # regions of interest (--roi): within the tissue found, or in its place
-    workers: int  # windows in flight at once (read, network, separation overlap); 1: one after another
+    workers: int | str  # windows in flight at once (read, network, separation overlap); auto: sized for the model
+    memory_gb: float  # workers=auto: what the windows in flight may hold, with what the process holds already
+    max_workers: int  # workers=auto: at most this many windows in flight
 
     def __post_init__(self) -> None:
         if self.window < 64 or self.margin < 0 or self.margin * 2 >= self.window * 4:
@@ -38,8 +40,13 @@ class SlideSettings:
             )
         if not 0 <= self.min_tissue <= 1:
             raise ConfigError(f"slide.min_tissue={self.min_tissue}: expected a share between 0 and 1")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError(f"slide.workers={self.workers!r}: expected a whole number >= 1")
+        if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ConfigError(f"slide.workers={self.workers!r}: expected auto or a whole number >= 1")
+        if not self.memory_gb > 0 or not isinstance(self.max_workers, int) or self.max_workers < 1:
+            raise ConfigError(
+                f"slide.memory_gb={self.memory_gb}, slide.max_workers={self.max_workers}: expected a positive size "
+                "in GB and a whole number >= 1"
+            )
         if self.roi_mode not in ("intersect", "replace"):
             raise ConfigError(f"slide.roi_mode={self.roi_mode!r}: expected intersect or replace")
 

@@ -152,13 +152,31 @@ def _read_level_labels(kept: np.ndarray, plan: Plan, window: Window) -> np.ndarr
 
 
 def _windows_in_order(
-    slide: Slide, session: InferenceSession, plan: Plan, todo: list[Window], roi: Regions | None, workers: int
+    slide: Slide,
+    session: InferenceSession,
+    plan: Plan,
+    todo: list[Window],
+    roi: Regions | None,
+    settings: SlideSettings,
+    chosen: dict[str, Any],
 ) -> Iterator[dict[str, Any]]:
-    """The journal entries of ``todo``, in order, with up to ``workers`` windows in flight: while one window is in
-    the network (whose kernels release the GIL), the next is read and the previous separated into nuclei, so the
-    cores that the network leaves idle do the reading and post-processing. Each window is computed exactly as
-    alone (the outputs do not depend on ``workers``); memory holds at most ``workers`` windows."""
-    if workers <= 1:
+    """The journal entries of ``todo``, in order, with up to ``workers`` windows in flight (``slide.workers``; with
+    ``auto``, sized after the first window, :mod:`nucleiseg.predict.slides.workers`; the number used goes into
+    ``chosen``): while one window is in the network (whose kernels release the GIL), the next is read and the
+    previous separated into nuclei, so the cores that the network leaves idle do the reading and post-processing.
+    Each window is computed exactly as alone (the outputs do not depend on ``workers``); memory holds at most
+    ``workers`` windows."""
+    workers = settings.workers
+    if workers == "auto" and todo:
+        from nucleiseg.predict.slides.workers import choose_workers, measure_window
+
+        first, footprint = measure_window(lambda: predict_window(slide, session, plan, todo[0], roi))
+        yield first
+        todo = todo[1:]
+        workers, why = choose_workers(footprint, settings.memory_gb, settings.max_workers)
+        log.info("%s: slide.workers=auto: %d window(s) in flight (%s)", slide.path.name, workers, why)
+    chosen["workers"] = workers if workers != "auto" else 1
+    if workers == "auto" or workers <= 1:
         for window in todo:
             yield predict_window(slide, session, plan, window, roi)
         return
@@ -268,8 +286,9 @@ def predict_slide(
     nuclei = sum(entry["n"] for entry in journal.entries() if entry["index"] in finished)
     if finished:
         task.advance(len(finished & set(chosen)), note=f"{nuclei} nuclei (resumed)")
+    in_flight: dict[str, Any] = {}
     for entry in _windows_in_order(
-        slide, session, plan, [windows[i] for i in chosen if i not in finished], roi, settings.workers
+        slide, session, plan, [windows[i] for i in chosen if i not in finished], roi, settings, in_flight
     ):
         if not settings.labels:
             entry.pop("labels", None)
@@ -292,6 +311,7 @@ def predict_slide(
         "windows_skipped_by_reason": selection.skipped,
         "tissue_megapixels": sum(windows[i].width * windows[i].height for i in chosen) * plan.resize**2 / 1e6,
         "seconds_this_session": seconds,
+        "windows_in_flight": in_flight.get("workers"),
     }
     counts, outputs = assemble(
         folder, slide, plan, journal, selection.thumbnail, selection.thumb_downsample, selection.mask, settings, roi

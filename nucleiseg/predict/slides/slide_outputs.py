@@ -55,10 +55,7 @@ def assemble(
                     geojson.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
                     first = False
                 table.write(rows.to_csv(index=False, header=total == 0))
-                if roi is not None:  # every region holding a nucleus counts it (regions may nest or overlap)
-                    held = roi.memberships(rows["centroid_x"].to_numpy(), rows["centroid_y"].to_numpy())
-                    for name, count in zip(roi.names, held.sum(axis=0), strict=True):
-                        per_region[name] += int(count)
+                _count_in_regions(roi, rows, per_region)
                 parquet.append(rows)
                 centres.append(rows[["centroid_x", "centroid_y"]].to_numpy())
             total += entry["n"]
@@ -86,8 +83,24 @@ def assemble(
         )
     counts: dict[str, Any] = {"n_nuclei": total, "nuclei_touching_window_edge": touching}
     if roi is not None:
-        areas = roi.areas_um2(plan.slide_mpp)
-        counts["regions"] = {
+        counts.update(_region_counts(roi, per_region, plan.slide_mpp))
+    return counts, outputs
+
+
+def _count_in_regions(roi: Regions | None, rows: pd.DataFrame, per_region: dict[str, int]) -> None:
+    """Add a window's nuclei to every region that holds their centroid (regions may nest or overlap)."""
+    if roi is None:
+        return
+    held = roi.memberships(rows["centroid_x"].to_numpy(), rows["centroid_y"].to_numpy())
+    for name, count in zip(roi.names, held.sum(axis=0), strict=True):
+        per_region[name] += int(count)
+
+
+def _region_counts(roi: Regions, per_region: dict[str, int], mpp: float | None) -> dict[str, Any]:
+    """``slide.json``'s ``regions`` (nuclei, area and density of each) and ``region_notes``."""
+    areas = roi.areas_um2(mpp)
+    counts: dict[str, Any] = {
+        "regions": {
             name: {
                 "nuclei": per_region[name],
                 "area_mm2": areas[name] / 1e6 if areas[name] is not None else None,
@@ -95,9 +108,10 @@ def assemble(
             }
             for name in roi.names
         }
-        if roi.notes:
-            counts["region_notes"] = list(roi.notes)
-    return counts, outputs
+    }
+    if roi.notes:
+        counts["region_notes"] = list(roi.notes)
+    return counts
 
 
 def _overview(thumbnail: np.ndarray, downsample: float, centres: list[np.ndarray]) -> np.ndarray:
