@@ -113,7 +113,6 @@ def test_slurm_launcher_config_composes():
 
 
 def test_onnx_export_matches_pytorch(trained_run, tmp_path, capsys):
-    pytest.importorskip("onnxruntime", reason="onnxruntime is an optional extra (nucleiseg[onnx])")
     out = tmp_path / "model.onnx"
     assert cli(["export-onnx", str(trained_run[3]), "--out", str(out), "--image-size", "64"]) == 0
     result = json.loads(capsys.readouterr().out)
