@@ -32,6 +32,25 @@ from nucleiseg.util.errors import ConfigError
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnxruntime")
+# Pixel sizes a nucleus can be segmented at: finer than any light microscope (about 0.1 um/px at 100x oil) is a
+# typo, coarser than about 5x (2 um/px: a nucleus is a few pixels) leaves nothing to separate. Outside, the
+# resampling to the model's resolution allocates terabytes or squashes the image to a few pixels: refused in one line.
+PLAUSIBLE_MPP = (0.05, 5.0)
+PLAUSIBLE_SCALE = (0.01, 20.0)
+
+
+def check_pixel_size(value: float | None, what: str) -> float | None:
+    """``value`` (micrometres per pixel) if it is a plausible pixel size; None passes (unknown)."""
+    if value is None:
+        return None
+    low, high = PLAUSIBLE_MPP
+    if not isinstance(value, int | float) or not low <= float(value) <= high:
+        raise ConfigError(
+            f"{what}={value}: expected a pixel size between {low} and {high} micrometres per pixel (a 40x scan is "
+            "about 0.25, 20x about 0.5)"
+        )
+    return float(value)
+
 
 # (name, uint8 HxWx3 image, int32 HxW instance labels): what evaluation iterates over
 Item = tuple[str, np.ndarray, np.ndarray]
@@ -70,14 +89,16 @@ class InferenceSettings:
             raise ConfigError(f"predict.batch_size={self.batch_size!r}: expected a whole number >= 1")
         if not isinstance(self.tile_size, int) or self.tile_size < 32 or self.tile_size % 32:
             raise ConfigError(f"predict.tile_size={self.tile_size!r}: expected a positive multiple of 32")
-        if self.scale is not None and not self.scale > 0:
-            raise ConfigError(f"predict.scale={self.scale}: expected a positive factor")
-        if self.microns_per_pixel is not None and not self.microns_per_pixel > 0:
-            raise ConfigError(f"predict.microns_per_pixel={self.microns_per_pixel}: expected a positive pixel size")
+        low, high = PLAUSIBLE_SCALE
+        if self.scale is not None and not low <= self.scale <= high:
+            raise ConfigError(
+                f"predict.scale={self.scale}: expected a resampling factor between {low} and {high} (model pixels per "
+                "input pixel)"
+            )
+        check_pixel_size(self.microns_per_pixel, "predict.microns_per_pixel (--mpp)")
         if self.backend not in BACKENDS:
             raise ConfigError(f"predict.backend={self.backend!r}: expected one of {', '.join(BACKENDS)}")
-        if self.assumed_mpp is not None and not self.assumed_mpp > 0:
-            raise ConfigError(f"predict.assumed_mpp={self.assumed_mpp}: expected a positive pixel size, or null")
+        check_pixel_size(self.assumed_mpp, "predict.assumed_mpp")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise ConfigError(f"threshold={self.threshold}: expected a probability between 0 and 1")
         Postprocess.check_names(self.postprocess)  # names checked now, values when merged with the checkpoint's
@@ -230,6 +251,11 @@ class InferenceSession:
         """The pixel size of input ``name``: the user's (``--mpp``), else ``found`` in the file, else the assumed
         40x (``predict.assumed_mpp``, with a warning naming the input), else refused. The one rule for images and
         slides (None when the model records no resolution: then nothing is resampled)."""
+        low, high = PLAUSIBLE_MPP
+        if self.settings.microns_per_pixel is None and found is not None and not low <= found <= high:
+            raise ConfigError(
+                f"{name}: the file gives {found} um/px, outside {low}..{high}; give the right one with --mpp"
+            )
         mpp = self.settings.microns_per_pixel or found
         if mpp or self.model_mpp is None:
             return mpp

@@ -34,7 +34,7 @@ def session_for(
     from nucleiseg.inference.session import InferenceSession
     from nucleiseg.predict.model_sources import resolve_model
 
-    cfg = compose([*overrides, *([f"predict.microns_per_pixel={mpp}"] if mpp else [])], "inference")
+    cfg = compose([*overrides, *([f"predict.microns_per_pixel={mpp}"] if mpp is not None else [])], "inference")
     path, label = resolve_model(None if model in (None, "default") else model, None, list(overrides))
     return InferenceSession.from_checkpoint(path, inference_settings(cfg), label=label)
 
