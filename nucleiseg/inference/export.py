@@ -6,7 +6,8 @@
 - overlay: PNG of the image with each nucleus outlined;
 - nuclei: GeoJSON FeatureCollection, one Polygon per nucleus in pixel coordinates on QuPath's pixel-corner
   convention, as QuPath (0.4 and later) imports it (File > Import objects): UUID ids, ``objectType`` detection,
-  classification "Nucleus", measurements per nucleus.
+  classification "Nucleus", measurements per nucleus. The ids are deterministic (:func:`nucleus_uuid`: the input's
+  content hash and the nucleus id), so importing a re-run into QuPath replaces the nuclei instead of doubling them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ warnings.filterwarnings("ignore", message="Dataset has no geotransform", module=
 
 OUTLINE_RGB = (255, 230, 0)
 NUCLEUS_RGB = (0, 200, 0)  # the class colour QuPath shows ("color": [r, g, b], QuPath 0.4 and later)
+NUCLEUS_NAMESPACE = uuid.UUID("0f6c8f3e-4b7a-5d0e-9a51-6e75636c6569")  # nucleiseg's UUID5 namespace (fixed forever)
+
+
+def nucleus_uuid(input_sha256: str | None, nucleus_id: int) -> str:
+    """The GeoJSON id of nucleus ``nucleus_id`` of the input whose content hash is ``input_sha256``: the same on
+    every run (UUID5), so QuPath replaces rather than duplicates on re-import; random when the input is unknown."""
+    if not input_sha256:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(NUCLEUS_NAMESPACE, f"{input_sha256}:{int(nucleus_id)}"))
 
 
 def outline_overlay(image: np.ndarray, instances: np.ndarray) -> np.ndarray:
@@ -80,11 +90,13 @@ def geojson_nuclei(
     instances: np.ndarray,
     features: pd.DataFrame | None = None,
     offset: tuple[float, float] = (0.0, 0.0),
+    input_sha256: str | None = None,
 ) -> dict[str, Any]:
     """A GeoJSON FeatureCollection of the nuclei as QuPath imports them (File > Import objects): one detection
-    of class "Nucleus" per instance, a random UUID as ``id`` (QuPath keeps UUID ids and replaces any other), and
-    the nucleus's measurements (``features``) as properties."""
-    return {"type": "FeatureCollection", "features": nucleus_features_geojson(instances, features, offset)}
+    of class "Nucleus" per instance, a UUID as ``id`` (QuPath keeps UUID ids and replaces any other; deterministic
+    from ``input_sha256``, see :func:`nucleus_uuid`), and the nucleus's measurements (``features``) as properties."""
+    features_geojson = nucleus_features_geojson(instances, features, offset, input_sha256=input_sha256)
+    return {"type": "FeatureCollection", "features": features_geojson}
 
 
 def nucleus_features_geojson(
@@ -92,8 +104,10 @@ def nucleus_features_geojson(
     features: pd.DataFrame | None = None,
     offset: tuple[float, float] = (0.0, 0.0),
     scale: float = 1.0,
+    input_sha256: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The GeoJSON Features of :func:`geojson_nuclei` (a slide writes them window by window)."""
+    """The GeoJSON Features of :func:`geojson_nuclei` (a slide writes them window by window and sets the ids
+    when the nuclei have their slide-wide numbers)."""
     by_id = features.set_index("nucleus_id") if features is not None and len(features) else None
     collection = []
     for label, geometry in instance_polygons(instances, offset, scale).items():
@@ -108,7 +122,8 @@ def nucleus_features_geojson(
                 "nucleus_id": float(label),  # the nucleus's label in instances.tif
                 **{k: float(row[k]) for k in row.index if k not in ("image",) and np.isscalar(row[k])},
             }
-        collection.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": geometry, "properties": properties})
+        feature_id = nucleus_uuid(input_sha256, label)
+        collection.append({"type": "Feature", "id": feature_id, "geometry": geometry, "properties": properties})
     return collection
 
 

@@ -30,6 +30,7 @@ from nucleiseg.inference.export import geojson_bytes, geojson_nuclei, outline_ov
 from nucleiseg.inference.session import InferenceSession
 from nucleiseg.postprocess.features import nucleus_features, write_features
 from nucleiseg.predict.output_folder import DONE, OUTPUTS, clear_outputs, folder_state
+from nucleiseg.predict.slide_input import predict_slide_input
 from nucleiseg.predict.slides.reader import SLIDE_SUFFIXES
 from nucleiseg.util.errors import ConfigError, NucleisegError, first_line
 from nucleiseg.util.progress import Progress
@@ -143,7 +144,10 @@ def predict_image(
         if session.trained_on_synthetic:
             overlay = warning_banner(overlay, "model trained on synthetic tiles: not for real tissue")
         write_bytes_atomic(scratch / "overlay.png", png_bytes(overlay))
-        write_bytes_atomic(scratch / "nuclei.geojson", geojson_bytes(geojson_nuclei(instances, features)))
+        write_bytes_atomic(
+            scratch / "nuclei.geojson",
+            geojson_bytes(geojson_nuclei(instances, features, input_sha256=(identity or {}).get("sha256"))),
+        )
         written = [p.name for p in write_features(features, scratch / "features.csv")]
         outputs = [*(n for n in OUTPUTS if n != "features.csv"), *written]
         n_nuclei = int(instances.max())
@@ -165,69 +169,6 @@ def predict_image(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return n_nuclei
-
-
-def predict_slide_input(
-    session: InferenceSession,
-    path: Path,
-    folder: Path,
-    fingerprint: str,
-    identity: dict,
-    slide_settings: SlideSettings,
-    bars: Progress,
-    fresh: bool,
-    roi: Path | None = None,
-) -> int:
-    """A whole slide (or any image too large to handle whole) through the windowed path; returns nuclei.
-    ``fresh``: start over (what was in ``folder`` is removed first); else resume the journal's windows."""
-    from nucleiseg.predict.slides.predict_slide import predict_slide
-    from nucleiseg.predict.slides.reader import open_slide
-
-    if fresh:
-        clear_outputs(folder)
-    (folder / DONE).unlink(missing_ok=True)  # written again, last, when this run has finished
-    folder.mkdir(parents=True, exist_ok=True)
-    slide = open_slide(path, session.settings.microns_per_pixel)
-    try:
-        regions = None
-        if roi is not None:
-            from nucleiseg.predict.slides.roi import read_roi
-
-            regions = read_roi(roi, slide.dimensions)
-            for note in regions.notes:
-                log.warning("%s: %s", roi.name, note)
-        result = predict_slide(slide, folder, session, slide_settings, fingerprint, bars, identity, regions)
-    finally:
-        slide.close()
-    summary = result.summary
-    write_json_atomic(folder / "slide.json", summary)
-    reasons = ", ".join(f"{n} {why}" for why, n in summary["windows_skipped_by_reason"].items()) or "none"
-    log.info(
-        "%s: tissue %.1f%% of the slide; %d of %d windows predicted, skipped: %s; %d nuclei",
-        path.name,
-        100 * summary["tissue_fraction"],
-        summary["windows_with_tissue"],
-        summary["windows"],
-        reasons,
-        result.n_nuclei,
-    )
-    write_json_atomic(
-        folder / DONE,
-        {
-            "image": path.name,
-            "input": identity,
-            "n_nuclei": result.n_nuclei,
-            "outputs": [*result.outputs, "slide.json"],
-            "fingerprint": fingerprint,
-            "settings": session.describe(),
-            "slide": {
-                k: summary[k]
-                for k in ("tissue_fraction", "windows_with_tissue", "windows_skipped", "windows_skipped_by_reason")
-            },
-            **({"roi": str(roi), "regions": summary["regions"]} if roi is not None else {}),
-        },
-    )
-    return result.n_nuclei
 
 
 def _predict_whole(

@@ -402,6 +402,7 @@ def test_windows_in_flight_change_nothing_in_the_outputs(seams_slide, tmp_path):
         second = (tmp_path / "two" / "seams" / name).read_text()
         if name == "slide.json":
             first, second = (json.loads(t) for t in (first, second))
+            assert (first.pop("windows_in_flight"), second.pop("windows_in_flight")) == (1, 3)
             for info in (first, second):
                 info.pop("seconds_this_session")
         assert first == second, name
@@ -420,3 +421,44 @@ def test_tissue_saturation_is_skimages_bit_for_bit():
     image[:10] = 0  # black: no division by zero
     image[10:20] = 255  # white: no saturation
     assert np.array_equal(saturation(image), rgb2hsv(image)[..., 1])
+
+
+def test_a_finished_slide_leaves_only_its_outputs_with_ids_stable_across_runs(seams_slide, tmp_path):
+    """No journal or temporary file stays after done.json; the GeoJSON ids are the same on a re-run (QuPath
+    replaces the nuclei on re-import instead of doubling them); labels.tif's resolution is said."""
+    assert _run(seams_slide, tmp_path / "a").ok and _run(seams_slide, tmp_path / "b").ok
+    folder = tmp_path / "a" / "seams"
+    done = json.loads((folder / "done.json").read_text())
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*done["outputs"], "done.json"])
+    ids = [[f["id"] for f in json.loads((tmp_path / run / "seams" / "nuclei.geojson").read_text())["features"]]
+           for run in ("a", "b")]  # fmt: skip
+    assert ids[0] == ids[1] and len(set(ids[0])) == len(SEAM_CENTRES)
+    info = json.loads((folder / "slide.json").read_text())
+    assert info["labels_tif"] == {"level": 1, "level0_pixels_per_pixel": 2.0, "microns_per_pixel": 0.5}
+
+
+def test_overwrite_keeps_the_old_outputs_until_the_new_ones_are_complete(tmp_path):
+    """--overwrite of a finished slide whose new file fails while its windows are read (a damaged tile at the
+    level the model reads): the old outputs stay as they were; a good file then replaces them."""
+    path = tmp_path / "in" / "s.tif"
+    path.parent.mkdir()
+    content = discs_content(SEAM_CENTRES, RADIUS)
+    write_slide(path, 1600, 1400, content, mpp=0.25, tile=128, compression="jpeg", min_side=256)
+    assert _run(path, tmp_path / "out").ok
+    folder = tmp_path / "out" / "s"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with tifffile.TiffFile(path) as tiff:  # level 1 (0.5 um/px): the level the windows are read at
+        page = tiff.pages[1]
+        offsets = list(zip(page.dataoffsets, page.databytecounts, strict=True))
+    data = bytearray(path.read_bytes())
+    for offset, count in offsets:
+        data[offset + count // 2 : offset + count // 2 + 2] = b"\xff\xd9"
+    path.write_bytes(bytes(data))
+    summary = _run(path, tmp_path / "out", overwrite=True)
+    assert not summary.ok and "cannot read level 1" in summary.failed[0][1]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    fewer = discs_content(SEAM_CENTRES[:5], RADIUS)
+    write_slide(path, 1600, 1400, fewer, mpp=0.25, tile=128, compression="jpeg", min_side=256)
+    replaced = _run(path, tmp_path / "out", overwrite=True)
+    assert replaced.done == [("s.tif", 5)] and not (tmp_path / "out" / ".s.replacing").exists()
+    assert json.loads((folder / "done.json").read_text())["n_nuclei"] == 5

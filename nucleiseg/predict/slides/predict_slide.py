@@ -317,4 +317,10 @@ def predict_slide(
         folder, slide, plan, journal, selection.thumbnail, selection.thumb_downsample, selection.mask, settings, roi
     )
     summary.update(counts)
+    if settings.labels:  # labels.tif is at the read level (its TIFF resolution tags say so too), not level 0
+        summary["labels_tif"] = {
+            "level": plan.level,
+            "level0_pixels_per_pixel": plan.level_downsample,
+            "microns_per_pixel": plan.slide_mpp * plan.level_downsample if plan.slide_mpp else None,
+        }
     return SlideResult(summary["n_nuclei"], summary, outputs)

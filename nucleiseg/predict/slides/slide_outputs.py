@@ -34,8 +34,10 @@ def assemble(
     roi: Regions | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Stream the journal into the slide's outputs; returns counts for ``slide.json`` and the files written."""
+    from nucleiseg.inference.export import nucleus_uuid
     from nucleiseg.util.writing import atomic_stream
 
+    input_sha256 = ((journal.state() or {}).get("input") or {}).get("sha256")
     offsets: dict[int, int] = {}
     centres: list[np.ndarray] = []
     per_region: dict[str, int] = dict.fromkeys(roi.names, 0) if roi is not None else {}
@@ -52,6 +54,7 @@ def assemble(
                 for feature, row in zip(entry["features"], rows.to_dict("records"), strict=True):
                     measured = {k: float(v) for k, v in row.items() if k not in ("window", "image", "region")}
                     feature["properties"]["measurements"] = measured
+                    feature["id"] = nucleus_uuid(input_sha256, row["nucleus_id"])  # its slide-wide number
                     geojson.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
                     first = False
                 table.write(rows.to_csv(index=False, header=total == 0))
