@@ -351,3 +351,32 @@ def test_the_automatic_backend_is_onnx_runtime_in_fp32_for_a_model_file_on_a_cpu
     missing = {"onnxruntime"}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else found(name, *a))
     assert _session(trained_run).describe()["backend"] == "torch"
+
+
+def test_a_missing_input_is_said_before_the_model_loads_and_nothing_is_made(tmp_path, capsys, monkeypatch):
+    import nucleiseg.cli.predict as predict_cli
+
+    monkeypatch.setattr(predict_cli, "open_session", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "out"
+    assert cli(["predict", str(tmp_path / "nope.png"), "--out", str(out)]) == 1
+    assert "nope.png: no such file or folder" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    tile = tmp_path / "tile.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(tile)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder would go")
+    assert cli(["predict", str(tile), "--out", str(blocker / "out")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and f"--out {blocker / 'out'}: cannot write there" in errors[0]
+
+
+def test_geojson_ids_are_the_same_on_every_run_of_the_same_input(trained_run, inputs, tmp_path):
+    for run in ("first", "second"):
+        predict([inputs / "wide.png"], tmp_path / run, _session(trained_run), progress="none")
+    ids = [
+        [f["id"] for f in json.loads((tmp_path / run / "wide" / "nuclei.geojson").read_text())["features"]]
+        for run in ("first", "second")
+    ]
+    assert ids[0] == ids[1] and len(set(ids[0])) == len(ids[0]) > 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from nucleiseg.cli.common import (
@@ -65,6 +66,13 @@ def _predict(args: argparse.Namespace) -> int:
             flags.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     if args.launcher or args.shards or any(word.lower().endswith(".csv") for word in inputs):
         return _predict_cohort(args, inputs, [*overrides, *flags])
+    from nucleiseg.predict.run import expand_inputs
+
+    files, missing = expand_inputs(inputs)
+    if missing and not files:  # nothing that exists: said before a model is loaded or a folder is made
+        for path, why in missing:
+            print(f"failed {path}: {why}", file=sys.stderr)
+        return 1
     session, cfg = open_session(*resolve_model(args.model, args.run_id, overrides), overrides, flags)
     from nucleiseg.config.settings import build
 

@@ -218,8 +218,7 @@ def predict(
     roi = _checked_roi(roi, files)
     session.warn_if_synthetic("your images")
     fingerprint = _outputs_fingerprint(session, slide_settings, roi)
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(Path(out).expanduser(), "--out")
     nuclei = 0
     whole = exclusive(out / LOCK, f"output folder {out}", enabled=lock == "folder")
     with whole, Progress(progress) as bars, ExitStack() as held:
@@ -237,6 +236,23 @@ def predict(
                 summary.failed.append((str(path), _failure(path, error)))
             images_task.advance(note=f"{path.name}, {nuclei} nuclei so far")
     return summary
+
+
+def writable_folder(folder: Path, option: str) -> Path:
+    """``folder``, created if needed, once it is known that files can be written in it: a read-only or misplaced
+    output folder is one line naming it, before any work (not a traceback from the first file written)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nucleiseg-write-test-"):
+            pass
+    except OSError as error:
+        raise NucleisegError(
+            f"{option} {folder}: cannot write there ({error.strerror or type(error).__name__}); expected a folder you "
+            "can write to"
+        ) from None
+    return folder
 
 
 def _checked_roi(roi: str | Path | None, files: list[Path]) -> Path | None:
