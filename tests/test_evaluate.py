@@ -217,3 +217,20 @@ def test_report_with_prediction_figure(trained, tmp_path, tracking_uri, capsys):
     )
     assert "no finished run of 'ResNet-50'" in capsys.readouterr().err
     assert not (tmp_path / "again").exists()
+
+
+def test_evaluate_takes_the_pixel_size_of_a_folder_it_asks_for(trained, tmp_path, capsys, caplog):
+    _, _, _, checkpoint = trained
+    from nucleiseg.data.synthetic import SyntheticSpec, synthetic_tile
+
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    image, mask = synthetic_tile(SyntheticSpec(64, 64, 6), 600)
+    Image.fromarray(image).save(tmp_path / "images" / "t.png")
+    Image.fromarray((mask > 0).astype(np.uint8) * 255).save(tmp_path / "masks" / "t.png")
+    words = ["evaluate", str(checkpoint), "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks")]
+    with caplog.at_level("WARNING"):
+        assert cli([*words, "--mpp", "0.5", "--no-mlflow", "--json"]) == 0
+    assert "pixel size unknown" not in caplog.text
+    assert cli([*words, "--mpp", "1000", "--no-mlflow"]) == 2
+    assert "pixel size between" in capsys.readouterr().err

@@ -43,8 +43,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if len(extra) > 1 or (extra and args.model):
         raise UsageError(f"evaluate takes one model (--model) and KEY=VALUE overrides; got {extra + [args.model]}")
+    given = {"predict.microns_per_pixel": args.mpp, "predict.scale": args.scale}
+    flags = [f"{key}={value}" for key, value in given.items() if value is not None]
     session, cfg = open_session(
-        *resolve_model(args.model or (extra[0] if extra else None), args.run_id, overrides), overrides
+        *resolve_model(args.model or (extra[0] if extra else None), args.run_id, overrides), overrides, flags
     )
     speed = None
     if args.speed:
@@ -138,6 +140,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--images", default=None, help="folder of images (instead of a prepared split)")
     evaluate.add_argument("--masks", default=None, help="folder of masks named like the images (with --images)")
     evaluate.add_argument("--monuseg", default=None, help="the MoNuSeg 2018 test release (TCGA-*.tif + .xml)")
+    evaluate.add_argument(
+        "--mpp", type=float, default=None, help="micrometres per pixel of the --images (else 40x is assumed, said)"
+    )
+    evaluate.add_argument("--scale", type=float, default=None, help="resample the --images by this factor instead")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.add_argument("--speed", action="store_true", help="also time inference (speed.* settings)")
     evaluate.add_argument("--study", default="evaluate", help="MLflow experiment to log the evaluation to")
