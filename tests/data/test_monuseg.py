@@ -7,7 +7,7 @@ from PIL import Image
 from nucleiseg.data.aperio_xml import rasterise_regions, read_regions
 from nucleiseg.data.monuseg import find_monuseg
 from nucleiseg.util.errors import AnnotationError, DatasetLayoutError
-from tests.conftest import SHARED_DATA, region_xml, requires_shared_data
+from tests.conftest import SHARED_DATA, region_xml, requires_shared_data, write_monuseg
 
 SQUARE = np.array([[2, 2], [8, 2], [8, 8], [2, 8]], dtype=float)
 
@@ -143,3 +143,19 @@ def test_an_xml_of_another_image_size_is_refused_not_clipped(tmp_path):
     edge = np.array([[-3.0, 5.0], [20.0, 5.0], [20.0, 1003.0], [-3.0, 1003.0]])  # hand-drawn overshoot: fine
     (tmp_path / "edge.xml").write_text(region_xml([edge]))
     assert rasterise_regions(tmp_path / "edge.xml", (1000, 1000)).max() == 1
+
+
+def test_an_image_resized_beside_its_xml_is_refused(tmp_path):
+    """The outlines fit inside a 2x upscaled image, so the old check passed, and three quarters of the image had
+    no annotated nucleus: Jaccard 0.14, no word. MoNuSeg outlines every nucleus: the extent gives it away."""
+    from nucleiseg.data.monuseg import find_monuseg_release
+
+    root = write_monuseg(tmp_path / "release", n_images=1, size=200)
+    [image_path] = list((root / "Tissue Images").glob("*.tif"))
+    [source] = find_monuseg_release(root)
+    assert source.load()[1].max() > 0  # as written, it loads
+    image = Image.open(image_path)
+    image.resize((400, 400)).save(image_path, compression="tiff_lzw")
+    [resized] = find_monuseg_release(root)
+    with pytest.raises(AnnotationError, match=r"of a 400x400 image; MoNuSeg outlines every nucleus.*resized about 2"):
+        resized.load()
