@@ -155,22 +155,33 @@ def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
         ) from None
 
 
-def to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
+def bit_depth(largest: int) -> int | None:
+    """The smallest common bit depth (8, 10, 12, 14, 16) that holds ``largest``; None beyond 16 bits."""
+    return next((b for b in (8, 10, 12, 14, 16) if largest < 2**b), None)
+
+
+def to_uint8(array: np.ndarray, path: Path, bits: int | None = None) -> np.ndarray:
     """Scale integer or float pixel values to uint8. Integer images are scaled from the smallest common bit
     depth that holds their values (10-, 12-, 14- or 16-bit: a 12-bit camera image stored in 16 bits is
-    divided by 4095/255, not by 65535/255, which would leave it near-black); the log says what was done."""
+    divided by 4095/255, not by 65535/255, which would leave it near-black); the log says what was done.
+    ``bits``: the depth of the whole image when ``array`` is a part of it (a slide's window: each window must be
+    scaled alike, not by its own largest value)."""
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.integer):
         largest = int(array.max(initial=0))
-        bits = next((b for b in (8, 10, 12, 14, 16) if largest < 2**b), None)
+        if bits is None:
+            bits = bit_depth(largest)
+            if bits is not None and bits > 8:
+                log.info(
+                    "%s: %s image scaled from %d-bit (largest value %d) to 8-bit", path, array.dtype, bits, largest
+                )
         if bits is None or array.min(initial=0) < 0:
             raise ImageReadError(f"{path}: pixel values {array.min()}..{largest}; expected 8- to 16-bit unsigned")
-        if bits > 8:
-            log.info("%s: %s image scaled from %d-bit (largest value %d) to 8-bit", path, array.dtype, bits, largest)
-        return np.round(array.astype(np.float64) * (255.0 / (2**bits - 1))).astype(np.uint8)
+        scaled = np.round(array.astype(np.float64) * (255.0 / (2**bits - 1)))
+        return np.clip(scaled, 0, 255).astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
         if array.min(initial=0) < 0 or array.max(initial=0) > 1:
             raise ImageReadError(f"{path}: float image with values outside [0, 1]; expected uint8, uint16 or [0, 1]")

@@ -462,3 +462,20 @@ def test_overwrite_keeps_the_old_outputs_until_the_new_ones_are_complete(tmp_pat
     replaced = _run(path, tmp_path / "out", overwrite=True)
     assert replaced.done == [("s.tif", 5)] and not (tmp_path / "out" / ".s.replacing").exists()
     assert json.loads((folder / "done.json").read_text())["n_nuclei"] == 5
+
+
+def test_a_12_bit_slide_scales_every_window_alike(tmp_path, caplog):
+    """A 12-bit slide in 16-bit samples: a dim window (largest value 900) was scaled as if 10-bit, 4x brighter
+    than its neighbour; the slide's depth is decided once."""
+    image = np.full((512, 512, 3), 900, np.uint16)
+    image[:, 256:] = 4000  # the right half bright: 12-bit
+    path = tmp_path / "twelve.tif"
+    tifffile.imwrite(path, image, tile=(128, 128), photometric="rgb")
+    with caplog.at_level("INFO", logger="nucleiseg"):
+        slide = open_slide(path, mpp=0.5)
+    try:
+        dim, bright = slide.read(0, 0, 0, 128, 128), slide.read(0, 384, 0, 128, 128)
+    finally:
+        slide.close()
+    assert int(dim.max()) == round(900 * 255 / 4095) and int(bright.max()) == round(4000 * 255 / 4095)
+    assert "12-bit samples" in caplog.text

@@ -12,6 +12,7 @@ which a nucleus model would take for stain.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ SLIDE_SUFFIXES = TIFF_FAMILY + OPENSLIDE_ONLY
 SLIDE_MIN_PIXELS = 4096 * 4096
 
 
+log = logging.getLogger(__name__)
 _READ_LOCK = threading.Lock()
 
 
@@ -86,6 +88,16 @@ class Slide:
         level_width, level_height = self.level_dimensions[level]
         target = max(1, round(width / factor)), max(1, round(height / factor))
         shrink = target[0] / level_width
+        if level_width * level_height > 64 * target[0] * target[1]:
+            log.info(
+                "%s: no level near %d px: the thumbnail is made from level %d (%dx%d px), read whole; this takes a "
+                "while (a pyramidal TIFF has small levels for this)",
+                self.path.name,
+                max_side,
+                level,
+                level_width,
+                level_height,
+            )
         block = 4096
         thumb = np.full((target[1], target[0], 3), 255, np.uint8)
         for top in range(0, level_height, block):
@@ -108,12 +120,37 @@ class TiffSlideSource(Slide):
         self.handle = handle
         vendor = handle.properties.get("tiffslide.vendor") or "tiff"
         super().__init__(path, tuple(handle.level_dimensions), tuple(handle.level_downsamples), mpp, str(vendor))
+        self.bits = self._bit_depth()
+
+    def _bit_depth(self) -> int | None:
+        """For a slide of more than 8 bits per sample: the depth every window is scaled from, decided once for the
+        slide (the file's SMaxSampleValue, else the largest value of its smallest level), so a dim window is not
+        scaled up on its own (a 12-bit slide had one window 4x brighter than the next). None for 8-bit slides."""
+        level = len(self.level_dimensions) - 1
+        width, height = self.level_dimensions[level]
+        page = self.handle.ts_tifffile.series[0].levels[level].keyframe
+        if page.dtype == np.uint8 or not np.issubdtype(page.dtype, np.integer):
+            return None
+        declared = page.tags.get(281)  # SMaxSampleValue
+        if declared is not None:
+            largest = int(np.max(declared.value))
+        elif width * height <= 2**24:
+            largest = int(np.asarray(self.handle.read_region((0, 0), level, (width, height), as_array=True)).max())
+        else:
+            largest = int(np.iinfo(page.dtype).max)
+        from nucleiseg.data.image_io import bit_depth
+
+        bits = bit_depth(largest) or 16
+        log.info(
+            "%s: %d-bit samples (largest %d): every window scaled from %d bits to 8", self.path, bits, largest, bits
+        )
+        return bits
 
     def _read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         downsample = self.level_downsamples[level]
         location = (round(x * downsample), round(y * downsample))  # tiffslide takes level-0 coordinates
         region = np.asarray(self.handle.read_region(location, level, (width, height), as_array=True))
-        return _rgb(region)
+        return _rgb(region, self.bits)
 
     def close(self) -> None:
         self.handle.close()
@@ -149,7 +186,7 @@ class ArraySlide(Slide):
         return self.image[y : y + height, x : x + width]
 
 
-def _rgb(region: np.ndarray) -> np.ndarray:
+def _rgb(region: np.ndarray, bits: int | None = None) -> np.ndarray:
     if region.ndim == 2:
         region = region[..., None]
     if region.shape[-1] == 1:
@@ -159,7 +196,7 @@ def _rgb(region: np.ndarray) -> np.ndarray:
     if region.dtype != np.uint8:
         from nucleiseg.data.image_io import to_uint8
 
-        region = to_uint8(region, Path("slide region"))
+        region = to_uint8(region, Path("slide region"), bits)
     return region
 
 
