@@ -191,6 +191,22 @@ def intact(folder: Path) -> bool:
         return False
 
 
+def changed_sources(folder: Path) -> list[str]:
+    """Source files (images, masks, annotations) whose content differs from when ``folder`` was prepared from them
+    (a mask edited on disk must not be trained on in its old form). Files no longer there are not counted: a
+    prepared dataset stands on its own once made (moving the raw data does not invalidate it)."""
+    try:
+        records = [r for split in load_manifest(folder)["splits"].values() for r in split]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return []
+    recorded = {}
+    for record in records:
+        for kind in ("image", "annotation"):
+            if record.get(f"{kind}_file") and record.get(f"{kind}_sha256"):
+                recorded[record[f"{kind}_file"]] = record[f"{kind}_sha256"]
+    return [name for name, sha in sorted(recorded.items()) if Path(name).is_file() and _file_sha256(Path(name)) != sha]
+
+
 def prepare_dataset(
     data_cfg: Mapping, overwrite: bool = False, log: Callable[[str], object] = print, wait: float = 3600.0
 ) -> Path:
@@ -207,10 +223,12 @@ def prepare_dataset(
         for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed run: nobody else writes now
             shutil.rmtree(stale, ignore_errors=True)
         if (target / MANIFEST).is_file() and not overwrite:
-            if intact(target):
+            changed = changed_sources(target)
+            if intact(target) and not changed:
                 log(f"reusing prepared dataset {target}")
                 return target
-            log(f"prepared dataset {target} does not match its manifest (damaged or edited): rebuilding it")
+            why = f"{changed[0]} changed since it was prepared" if changed else "damaged or edited"
+            log(f"prepared dataset {target} does not match its manifest ({why}): rebuilding it")
             overwrite = True
         return _build(data_cfg, target, overwrite, log)
 

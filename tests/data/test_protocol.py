@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
 from nucleiseg.config.compose import compose
 from nucleiseg.data.prepare import load_manifest, plan_splits, prepare_dataset, prepared_path
@@ -247,3 +248,23 @@ def test_physical_scale_needs_each_source_pixel_size(tmp_path):
     sources = _disc_sources(tmp_path / "raw", 64, 128, 24)
     with pytest.raises(ConfigError, match=r"data.sources.tnbc.microns_per_pixel is not set"):
         _nucleus_areas(tmp_path, sources, "data.protocol.mpp=0.5", "data.sources.tnbc.microns_per_pixel=null")
+
+
+def test_a_mask_changed_on_disk_makes_the_prepared_dataset_stale(tmp_path, raw):
+    """The prepared arrays matched their manifest, so an edited mask was trained on in its old form."""
+    tnbc, monuseg = raw
+    cfg = _data_cfg(tmp_path, tnbc, monuseg)
+    folder = prepare_dataset(cfg)
+    before = load_manifest(folder)["content_hash"]
+    mask_path = tnbc / "GT_01" / "01_1.png"
+    mask = np.asarray(Image.open(mask_path)).copy()
+    mask[:] = 0
+    mask[4:12, 4:12] = 255  # one square nucleus instead of the annotated ones
+    Image.fromarray(mask).save(mask_path)
+    lines = []
+    assert prepare_dataset(cfg, log=lines.append) == folder
+    assert any("01_1.png changed since it was prepared" in line for line in lines)
+    assert load_manifest(folder)["content_hash"] != before
+    lines.clear()
+    prepare_dataset(cfg, log=lines.append)
+    assert lines == [f"reusing prepared dataset {folder}"]
