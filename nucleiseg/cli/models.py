@@ -9,11 +9,20 @@ import json
 from nucleiseg.cli.common import WORDS_HELP, UsageError, add_command, add_model_option, overrides_only
 from nucleiseg.predict.model_sources import resolve_model  # light: its heavy imports are inside
 
+IMAGE_SIZE_HELP = (
+    "side of the square example image the export traces and checks, a multiple of 32; the exported model then takes "
+    "any batch and any H and W that are multiples of 32"
+)
+
 
 def _export(args: argparse.Namespace) -> int:
-    from nucleiseg.inference.export_model import export_model
+    from pathlib import Path
+
+    from nucleiseg.inference.export_model import check_image_size, check_writable, export_model
 
     overrides = overrides_only(args, "export", allowed="--model, --format, --out and KEY=VALUE overrides")
+    check_image_size(args.image_size)  # before a model is downloaded for nothing
+    check_writable(Path(args.out).expanduser())
     model, _ = resolve_model(args.model, args.run_id, overrides)
     print(json.dumps(export_model(model, args.format, args.out, image_size=args.image_size), indent=1))
     return 0
@@ -28,14 +37,13 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from nucleiseg.models.zoo import PRETRAINED, describe_models, registry
+    from nucleiseg.models.zoo import ModelError, describe_models, model_card
 
     if args.card:
-        _, entries = registry()
-        if args.card not in entries:
-            raise UsageError(f"--card {args.card}: no such model; known: {', '.join(sorted(entries))}")
-        entry = entries[args.card]
-        print((PRETRAINED / entry.card).read_text() if entry.card else entry.description)
+        try:
+            print(model_card(args.card), end="")
+        except ModelError as error:
+            raise UsageError(str(error)) from None
         return 0
     rows = describe_models()
     if args.json:
@@ -65,7 +73,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "the ready models: resolution, head, size, licence and headline metrics",
         "  nucleiseg models\n  nucleiseg models --card default",
     )
-    models.add_argument("--card", default=None, metavar="NAME", help="print this model's card")
+    models.add_argument(
+        "--card", default=None, metavar="NAME", help="print this model's card (`default`: the default model's)"
+    )
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(handler=_models)
 
@@ -80,7 +90,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_model_option(export)
     export.add_argument("--format", required=True, choices=["torchscript", "onnx", "safetensors"], help="file format")
     export.add_argument("--out", required=True, help="the file to write (must not exist)")
-    export.add_argument("--image-size", type=int, default=256, help="example size for tracing (any size works after)")
+    export.add_argument("--image-size", type=int, default=256, help=IMAGE_SIZE_HELP)
     export.set_defaults(handler=_export)
 
 
@@ -94,6 +104,6 @@ def register_onnx(commands: argparse._SubParsersAction) -> None:
     )
     onnx.add_argument("checkpoint", help="the .ckpt to export")
     onnx.add_argument("--out", required=True, help="the .onnx file to write (must not exist)")
-    onnx.add_argument("--image-size", type=int, default=256, help="example size for tracing (any size works after)")
+    onnx.add_argument("--image-size", type=int, default=256, help=IMAGE_SIZE_HELP)
     onnx.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     onnx.set_defaults(handler=_export_onnx)

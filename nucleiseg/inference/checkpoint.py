@@ -7,6 +7,9 @@ the checkpoint's hyper-parameters by the one model factory, then the weights are
 from __future__ import annotations
 
 import json
+import math
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import torch
 
 from nucleiseg.config.plain import plain
 from nucleiseg.models.factory import SegmentationNet, create_model
+from nucleiseg.postprocess.instances import METHODS
 from nucleiseg.util.errors import NucleisegError, first_line
 from nucleiseg.util.writing import write_bytes_atomic
 
@@ -41,7 +45,19 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise CheckpointError(
             f"{path}: safetensors without nucleiseg's metadata; expected a file `nucleiseg export` wrote"
         )
-    return {f"model.{k}": v for k, v in state.items()}, json.loads(metadata[SAFETENSORS_KEY])
+    try:
+        hparams = json.loads(metadata[SAFETENSORS_KEY])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(
+            f"{path}: its {SAFETENSORS_KEY!r} metadata is not JSON ({error.msg} at character {error.pos}); expected "
+            "the hyper-parameters `nucleiseg export` writes"
+        ) from None
+    if not isinstance(hparams, dict):
+        raise CheckpointError(
+            f"{path}: its {SAFETENSORS_KEY!r} metadata is a JSON {type(hparams).__name__}; expected a JSON object of "
+            "hyper-parameters, as `nucleiseg export` writes"
+        )
+    return {f"model.{k}": v for k, v in state.items()}, hparams
 
 
 def write_safetensors(path: str | Path, model: torch.nn.Module, hparams: Any) -> Path:
@@ -66,18 +82,94 @@ def load_checkpoint(path: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - unpickling refusals and corrupt files alike
-        raise CheckpointError(
-            f"{path}: cannot load safely as a checkpoint ({first_line(error)}); "
-            "expected a .ckpt written by nucleiseg training"
-        ) from None
+        raise CheckpointError(_refusal(path, error)) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(f"{path}: not a nucleiseg training checkpoint (no state_dict/hyper_parameters)")
     return _build(path, checkpoint["state_dict"], dict(checkpoint["hyper_parameters"]))
 
 
+def _refusal(path: Path, error: Exception) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused ``path``: code in it, or a damaged file."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
+        found = f": {', '.join(names)}" if names else ""
+        return (
+            f"{path}: the file holds code (pickled Python objects{found}), not only weights, so it was not loaded "
+            "(nucleiseg runs no code from a model file): re-save it with weights only (tensors, and hyper-parameters "
+            "as plain dicts, lists, numbers and strings), or export it with `nucleiseg export --format safetensors` "
+            "from a checkpoint nucleiseg loads"
+        )
+    return (
+        f"{path}: not a readable checkpoint ({type(error).__name__}: {first_line(error, 120)}): damaged or cut "
+        "short, or not a model file; expected a .ckpt written by nucleiseg training or a .safetensors written by "
+        "`nucleiseg export`"
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# what each value a checkpoint carries for inference must be (the postprocess group's rules, and the threshold's)
+POSTPROCESS_RULES: dict[str, tuple[str, Any]] = {
+    "method": (f"one of auto, {', '.join(METHODS)}", lambda v: v in ("auto", *METHODS)),
+    "min_distance": ("a whole number >= 0", _whole),
+    "min_area": ("a whole number >= 0", _whole),
+    "fill_holes": ("a whole number >= 0", _whole),
+    "smoothing": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "seed_height": ("a number above 0, at most 1", lambda v: _number(v) and 0 < v <= 1),
+}
+
+
+def _refuser(path: Path) -> Any:
+    def refuse(key: str, value: Any, expected: str) -> CheckpointError:
+        return CheckpointError(f"{path}: hyper-parameter {key}={value!r:.80}: expected {expected}")
+
+    return refuse
+
+
+def _check_postprocess(path: Path, post: Any) -> None:
+    if post is not None and not isinstance(post, dict):
+        raise _refuser(path)("postprocess", post, "a mapping of post-processing parameters")
+    for key, value in (post or {}).items():
+        expected, rule = POSTPROCESS_RULES.get(key, ("", None))
+        if rule is not None and value is not None and not rule(value):
+            raise _refuser(path)(f"postprocess.{key}", value, expected)
+
+
+def check_hyperparameters(path: Path, hparams: dict[str, Any]) -> None:
+    """Refuse, in one line naming ``path`` and the key, a value inference would use that is of the wrong type or out
+    of range: ``threshold``, ``postprocess.*``, ``data.model_mpp``, ``unet_widths``. Keys nucleiseg does not know
+    are left alone (a newer version's)."""
+
+    refuse = _refuser(path)
+    threshold = hparams.get("threshold")
+    if threshold is not None and not (_number(threshold) and 0 < threshold < 1):
+        raise refuse("threshold", threshold, "a probability between 0 and 1")
+    _check_postprocess(path, hparams.get("postprocess"))
+    data = hparams.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise refuse("data", data, "a mapping (the training data's description)")
+    mpp = (data or {}).get("model_mpp")
+    if mpp is not None and not (_number(mpp) and mpp > 0):
+        raise refuse("data.model_mpp", mpp, "a positive pixel size in micrometres")
+    widths = hparams.get("unet_widths")
+    if widths is not None and not (isinstance(widths, list | tuple) and all(_whole(w) and w > 0 for w in widths)):
+        raise refuse("unet_widths", widths, "a list of positive channel counts")
+    for key in ("encoder", "head"):
+        if key in hparams and not isinstance(hparams[key], str):
+            raise refuse(key, hparams[key], "a name")
+
+
 def _build(path: Path, state_dict: dict[str, torch.Tensor], hparams: dict[str, Any]) -> tuple[SegmentationNet, dict]:
     if "encoder" not in hparams:
         raise CheckpointError(f"{path}: checkpoint hyper-parameters name no encoder; found {sorted(hparams)}")
+    check_hyperparameters(path, hparams)
     try:  # weights come from the checkpoint, never from ImageNet again
         model = create_model(
             hparams["encoder"],

@@ -13,6 +13,10 @@ is reported and must stay under :data:`TOLERANCE`, or the file is removed and th
 from __future__ import annotations
 
 import io
+import secrets
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +24,49 @@ import numpy as np
 import torch
 
 from nucleiseg.inference.checkpoint import load_checkpoint, write_safetensors
-from nucleiseg.util.errors import NucleisegError
+from nucleiseg.util.errors import NucleisegError, first_line
 from nucleiseg.util.writing import write_bytes_atomic
 
 FORMATS = ("torchscript", "onnx", "safetensors")
 TOLERANCE = 1e-4
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
+SIDE_MULTIPLE = 32  # the smp encoders halve the input five times (the plain U-Nets four): one rule for every model
+
+
+def check_image_size(image_size: int) -> int:
+    """``image_size`` when the model can take it (a positive multiple of 32), else a one-line error."""
+    whole = isinstance(image_size, int) and not isinstance(image_size, bool)
+    if whole and image_size >= SIDE_MULTIPLE and image_size % SIDE_MULTIPLE == 0:
+        return image_size
+    nearest = max(SIDE_MULTIPLE, round(image_size / SIDE_MULTIPLE) * SIDE_MULTIPLE) if whole else 256
+    raise NucleisegError(
+        f"--image-size {image_size}: expected a positive multiple of {SIDE_MULTIPLE} (the model's input sides are "
+        f"multiples of {SIDE_MULTIPLE}), e.g. {nearest}"
+    )
+
+
+def check_writable(out: Path) -> Path:
+    """``out``'s folder created and writable (tried with a file), or a one-line error naming ``--out``."""
+    probe = out.parent / f".{out.name}.{secrets.token_hex(4)}.probe"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise NucleisegError(
+            f"--out {out}: cannot write in {out.parent} ({error.strerror or type(error).__name__}); choose a folder "
+            "you can write"
+        ) from None
+    return out
+
+
+@contextmanager
+def tracing_quietly() -> Iterator[None]:
+    """Within the block, torch's TracerWarning (the trace keeps the U-Net's input-size check as a constant, which it
+    is) is not shown; every other warning is, and the filters are as before after the block."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
 
 
 class Activated(torch.nn.Module):
@@ -57,7 +98,7 @@ def _run_export(fmt: str, path: Path, model: torch.nn.Module, hparams: dict, exa
         return _reference(reloaded, images)
     wrapped = Activated(model).eval()
     if fmt == "torchscript":
-        with torch.no_grad():
+        with torch.no_grad(), tracing_quietly():
             traced = torch.jit.trace(wrapped, example)
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer)
@@ -71,16 +112,20 @@ def _run_export(fmt: str, path: Path, model: torch.nn.Module, hparams: dict, exa
     import onnxruntime
 
     buffer = io.BytesIO()
-    torch.onnx.export(
-        wrapped,
-        example,
-        buffer,
-        input_names=["image"],
-        output_names=["maps"],
-        opset_version=17,
-        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "maps": {0: "batch", 2: "height", 3: "width"}},
-        dynamo=False,  # the TorchScript-based exporter: no onnxscript needed
-    )
+    with tracing_quietly():
+        torch.onnx.export(
+            wrapped,
+            example,
+            buffer,
+            input_names=["image"],
+            output_names=["maps"],
+            opset_version=17,
+            dynamic_axes={
+                "image": {0: "batch", 2: "height", 3: "width"},
+                "maps": {0: "batch", 2: "height", 3: "width"},
+            },
+            dynamo=False,  # the TorchScript-based exporter: no onnxscript needed
+        )
     write_bytes_atomic(path, buffer.getvalue())
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {"image": images.numpy()})[0]
@@ -103,6 +148,8 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, image_size: 
     out = Path(out).expanduser()
     if out.exists():
         raise NucleisegError(f"{out} exists; choose another path or remove it first")
+    check_image_size(image_size)
+    check_writable(out)
     model, hparams = load_checkpoint(checkpoint)
     example = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     try:
@@ -113,6 +160,9 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, image_size: 
                 f"{out}: the exported model's probabilities differ from nucleiseg's by {difference:.2e} "
                 f"(more than {TOLERANCE:.0e}); not kept"
             )
+    except OSError as error:  # the folder filled up or went read-only during the export
+        out.unlink(missing_ok=True)
+        raise NucleisegError(f"--out {out}: could not be written ({first_line(error)}); nothing kept") from None
     except BaseException:
         out.unlink(missing_ok=True)
         raise

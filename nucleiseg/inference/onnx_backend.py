@@ -6,11 +6,13 @@ on the 2-core development machine it computes the same nuclei as eager PyTorch i
 faster, and faster than PyTorch's bf16 autocast too (see experiments/benchmarks.md). The model is exported once
 per model file into the cache (``NUCLEISEG_CACHE``), checked against PyTorch on random input (probabilities
 within 1e-4) before it is used, and on any problem the session stays on PyTorch with a warning: the outputs
-never depend on the backend beyond that tolerance.
+never depend on the backend beyond that tolerance. A cached copy that ONNX Runtime cannot load (cut short, damaged)
+is exported again, with a warning; a cache folder that cannot be written is one warning naming it, and PyTorch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -65,36 +67,71 @@ class OnnxModel(torch.nn.Module):
 
 
 def _export(model: torch.nn.Module, path: Path) -> None:
+    """``model`` as ONNX at ``path``, written atomically (a temporary name, then a rename): a reader sees the whole
+    file or none, and a SIGTERM leaves no temporary file."""
+    from nucleiseg.inference.export_model import tracing_quietly
+    from nucleiseg.models.zoo import cleanup_on_termination
     from nucleiseg.util.writing import write_bytes_atomic
 
     buffer = io.BytesIO()
     example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-    torch.onnx.export(
-        model.eval(),
-        example,
-        buffer,
-        input_names=["image"],
-        output_names=["logits"],
-        opset_version=17,
-        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
-        dynamo=False,
-    )
-    write_bytes_atomic(path, buffer.getvalue())
+    with tracing_quietly():  # torch's TracerWarning, on every first predict of a model file: not for users
+        torch.onnx.export(
+            model.eval(),
+            example,
+            buffer,
+            input_names=["image"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamic_axes={
+                "image": {0: "batch", 2: "height", 3: "width"},
+                "logits": {0: "batch", 2: "height", 3: "width"},
+            },
+            dynamo=False,
+        )
+    with cleanup_on_termination():
+        write_bytes_atomic(path, buffer.getvalue())
+
+
+def _loaded(path: Path, threads: int) -> OnnxModel | None:
+    """The cached copy at ``path`` as an :class:`OnnxModel` when ONNX Runtime loads it; None (with a warning, the
+    file removed) when it does not: cut short or damaged, it is exported again."""
+    runtime = OnnxModel(path, threads)
+    try:
+        runtime._session(runtime.threads)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for every kind of bad file
+        log.warning(
+            "the cached ONNX copy of this model %s does not load (%s); exporting it again",
+            path,
+            str(error).splitlines()[0][:160] if str(error) else type(error).__name__,
+        )
+        with contextlib.suppress(OSError):  # a read-only cache: said next, and PyTorch runs
+            path.unlink(missing_ok=True)
+        return None
+    return runtime
 
 
 def onnx_model(model: torch.nn.Module, key: str, threads: int) -> torch.nn.Module:
-    """``model`` as an :class:`OnnxModel` (exported once per ``key``, checked), or ``model`` itself with a
-    warning when ONNX Runtime is missing or the export does not reproduce it."""
+    """``model`` as an :class:`OnnxModel` (exported once per ``key``, checked), or ``model`` itself with one
+    warning when ONNX Runtime is missing, the cache cannot be written or the export does not reproduce it."""
     if importlib.util.find_spec("onnxruntime") is None:
         log.warning("predict.backend=onnxruntime needs onnxruntime (pip install 'nucleiseg[onnx]'); using PyTorch")
         return model
-    from nucleiseg.models.zoo import cache_dir
+    from nucleiseg.models.zoo import ModelError, cache_dir, writable_cache_folder
 
-    path = cache_dir() / "onnx" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
+    folder = cache_dir() / "onnx"
+    path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
+    runtime = _loaded(path, threads) if path.is_file() else None
+    if runtime is None:
+        try:
+            writable_cache_folder(folder, "ONNX Runtime's copy of the model")
+        except ModelError as error:  # predicting works without it: on PyTorch
+            log.warning("%s; using PyTorch", error)
+            return model
     try:
-        if not path.is_file():
+        if runtime is None:
             _export(model, path)
-        runtime = OnnxModel(path, threads)
+            runtime = OnnxModel(path, threads)
         check = torch.rand(1, 3, 192, 160, generator=torch.Generator().manual_seed(3))
         with torch.no_grad():
             difference = (torch.sigmoid(runtime(check)) - torch.sigmoid(model.eval()(check))).abs().max().item()
@@ -103,6 +140,7 @@ def onnx_model(model: torch.nn.Module, key: str, threads: int) -> torch.nn.Modul
         return model
     if difference > TOLERANCE:
         log.warning("ONNX Runtime differs from PyTorch by %.1e on this model; using PyTorch", difference)
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
         return model
     return runtime

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from nucleiseg.inference.checkpoint import load_checkpoint
-from nucleiseg.util.errors import NucleisegError
+from nucleiseg.inference.export_model import check_image_size, check_writable, tracing_quietly
+from nucleiseg.util.errors import NucleisegError, first_line
 from nucleiseg.util.writing import write_bytes_atomic
 
 
@@ -22,24 +23,33 @@ def export_onnx(
     checkpoint: str | Path, out: str | Path, image_size: int = 256, opset: int = 17, check: bool = True
 ) -> dict[str, float | str]:
     """Write ``out`` (.onnx) from ``checkpoint``; with ``check``, compare onnxruntime and PyTorch on CPU."""
-    out = Path(out)
+    out = Path(out).expanduser()
     if out.exists():
         raise NucleisegError(f"{out} exists; choose another path or remove it first")
+    check_image_size(image_size)
+    check_writable(out)
     model, hparams = load_checkpoint(checkpoint)
     example = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     # the TorchScript-based exporter: no onnxscript needed, and dynamic axes for any batch and tile size
-    torch.onnx.export(
-        model,
-        example,
-        buffer,
-        input_names=["image"],
-        output_names=["logits"],
-        opset_version=opset,
-        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
-        dynamo=False,
-    )
-    write_bytes_atomic(out, buffer.getvalue())
+    with tracing_quietly():
+        torch.onnx.export(
+            model,
+            example,
+            buffer,
+            input_names=["image"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamic_axes={
+                "image": {0: "batch", 2: "height", 3: "width"},
+                "logits": {0: "batch", 2: "height", 3: "width"},
+            },
+            dynamo=False,
+        )
+    try:
+        write_bytes_atomic(out, buffer.getvalue())
+    except OSError as error:
+        raise NucleisegError(f"--out {out}: could not be written ({first_line(error)}); nothing kept") from None
     result: dict[str, float | str] = {"onnx": str(out), "encoder": hparams["encoder"]}
     if check:
         result.update(compare_with_pytorch(out, model, image_size))

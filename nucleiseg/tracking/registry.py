@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
+from nucleiseg.tracking.artifacts import ARTIFACT, cached_artifact, folder_name, store_key
 from nucleiseg.util.errors import NucleisegError
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,11 @@ def register_model(uri: str, run_id: str, name: str, description: str) -> str:
 
 
 def registered_checkpoint(uri: str, model_uri: str, cache: Path) -> Path:
-    """``models:/NAME/VERSION|latest`` -> the registered ``model.ckpt``, downloaded into ``cache`` once."""
+    """``models:/NAME/VERSION|latest`` -> the registered ``model.ckpt``, downloaded into ``cache`` once.
+
+    The cache entry is keyed by the store (a hash of its tracking URI: another store's ``NAME/1`` is another model)
+    and by the version's source (its run), and checked against the SHA-256 recorded when it was downloaded: a copy
+    that changed since is downloaded again."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -56,18 +62,9 @@ def registered_checkpoint(uri: str, model_uri: str, cache: Path) -> Path:
             f"--model {model_uri}: not in the model registry at {uri} ({str(error).splitlines()[0][:120]}); "
             f"registered models: {', '.join(known) or 'none'}"
         ) from None
-    target = cache / "registry" / name / version
-    checkpoint = target / "model.ckpt"
-    if not checkpoint.is_file():
-        import mlflow.artifacts
-
-        target.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(
-            run_id=found.run_id, artifact_path="checkpoint/model.ckpt", dst_path=str(target), tracking_uri=uri
-        )
-        downloaded = target / "checkpoint" / "model.ckpt"
-        if downloaded.is_file():
-            downloaded.replace(checkpoint)
-    if not checkpoint.is_file():
-        raise NucleisegError(f"--model {model_uri}: version {version} has no checkpoint/model.ckpt artifact")
-    return checkpoint
+    source = found.run_id or hashlib.sha256(str(found.source).encode()).hexdigest()[:32]
+    entry = cache / "registry" / store_key(uri) / folder_name(name) / f"{folder_name(version)}-{source}"
+    checkpoint = entry / "model.ckpt"
+    return cached_artifact(
+        checkpoint, uri, found.run_id, f"--model {model_uri}", f"version {version} has no {ARTIFACT} artifact"
+    )
