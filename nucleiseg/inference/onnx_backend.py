@@ -70,7 +70,7 @@ def _export(model: torch.nn.Module, path: Path) -> None:
     """``model`` as ONNX at ``path``, written atomically (a temporary name, then a rename): a reader sees the whole
     file or none, and a SIGTERM leaves no temporary file."""
     from nucleiseg.inference.export_model import tracing_quietly
-    from nucleiseg.models.zoo import cleanup_on_termination
+    from nucleiseg.models.fetch import cleanup_on_termination
     from nucleiseg.util.writing import write_bytes_atomic
 
     buffer = io.BytesIO()
@@ -117,7 +117,8 @@ def onnx_model(model: torch.nn.Module, key: str, threads: int) -> torch.nn.Modul
     if importlib.util.find_spec("onnxruntime") is None:
         log.warning("predict.backend=onnxruntime needs onnxruntime (pip install 'nucleiseg[onnx]'); using PyTorch")
         return model
-    from nucleiseg.models.zoo import ModelError, cache_dir, writable_cache_folder
+    from nucleiseg.models.fetch import ModelError, writable_cache_folder
+    from nucleiseg.models.zoo import cache_dir
 
     folder = cache_dir() / "onnx"
     path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"

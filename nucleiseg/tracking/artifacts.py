@@ -15,8 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from nucleiseg.models.zoo import (  # one cache for models and run checkpoints, one way to fill it
-    cache_dir,
+from nucleiseg.models.fetch import (  # one cache for models and run checkpoints, one way to fill it
     cached_copy,
     cleanup_on_termination,
     file_sha256,
@@ -25,6 +24,7 @@ from nucleiseg.models.zoo import (  # one cache for models and run checkpoints, 
     temporary_name,
     writable_cache_folder,
 )
+from nucleiseg.models.zoo import cache_dir
 from nucleiseg.tracking.mlflow_store import resolve_tracking_uri
 from nucleiseg.util.errors import ConfigError, first_line
 

@@ -307,7 +307,9 @@ def test_a_huge_web_page_is_refused_from_its_first_bytes(hostile_registry, hosti
 
 
 def test_a_url_of_unknown_size_is_stopped_at_the_general_limit(registry, hostile, tmp_path, monkeypatch):
-    monkeypatch.setattr(zoo, "MAX_UNKNOWN_BYTES", 1 << 20)
+    import nucleiseg.models.fetch as fetch
+
+    monkeypatch.setattr(fetch, "MAX_UNKNOWN_BYTES", 1 << 20)
     with pytest.raises(zoo.ModelError, match=r"larger than the 1048576 bytes"):
         zoo.resolve(f"{hostile}/endless.safetensors#sha256={'0' * 64}")
     assert _files(tmp_path / "cache") == []
