@@ -57,3 +57,16 @@ def test_the_tracking_server_accepts_the_trainers_host_header():
     """MLflow 3 refuses requests whose Host header it does not know (403): the trainer calls it "mlflow"."""
     command = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())["services"]["mlflow"]["command"]
     assert "--allowed-hosts" in command and "mlflow:5000" in command
+
+
+def test_every_dependency_of_the_package_is_pinned_for_the_image():
+    """The image installs with docker/constraints.txt: a dependency added to pyproject.toml without a pin there
+    would float in the image (regenerate the file with the command in its header)."""
+    import re
+    import tomllib
+
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in dependencies}
+    constraints = (REPO / "docker" / "constraints.txt").read_text().splitlines()
+    pinned = {line.split("==")[0].lower().replace("_", "-") for line in constraints if "==" in line}
+    assert names - pinned == set()
