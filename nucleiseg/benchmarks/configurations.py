@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -158,6 +159,24 @@ def _quiet_libraries() -> Iterator[None]:
                 logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _scratch_store(uri: str) -> Iterator[str]:
+    """MLflow pointed at the scratch store ``uri`` while the loop is measured, then at the user's store again: the
+    loop's logger sets MLflow's tracking URI, and with it ``MLFLOW_TRACKING_URI``, to the scratch store, which is
+    deleted afterwards; the benchmark's results go where the user said (the variable, ``logger.tracking_uri``)."""
+    import mlflow
+
+    environment, current = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(current)  # (this sets the variable too: put back below as it was)
+        if environment is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
+
+
 def _loop(cfg: DictConfig, scratch: Path) -> tuple[float, int]:
     """Images/s of train.py's real loop for ``cfg`` (after the first epoch), and training images per epoch."""
     from lightning.pytorch.loggers import MLFlowLogger
@@ -172,8 +191,7 @@ def _loop(cfg: DictConfig, scratch: Path) -> tuple[float, int]:
     L.seed_everything(0, verbose=False)
     datamodule = build_datamodule(cfg, folder, accelerator)
     module = build_module(cfg, manifest, folder, accelerator)
-    with _quiet_libraries():
-        store = f"sqlite:///{scratch / 'loop.db'}"
+    with _quiet_libraries(), _scratch_store(f"sqlite:///{scratch / 'loop.db'}") as store:
         use_experiment(store, "benchmark-loop", None)
         logger = MLFlowLogger("benchmark-loop", run_name=cfg.encoder, tracking_uri=store)
         clock = EpochClock()

@@ -82,9 +82,11 @@ def run_benchmark(args: argparse.Namespace, cfg: DictConfig) -> int:
     device = resolve_device("cpu" if args.device == "cpu" else "auto" if args.device == "auto" else "gpu")
     options = Options(
         encoders=encoders,
-        image_size=args.image_size or int(cfg.data.protocol.image_size),
+        image_size=int(cfg.data.protocol.image_size) if args.image_size is None else args.image_size,
         device=device,
-        infer_batch=args.infer_batch or (16 if device.type == "cuda" else int(cfg.predict.batch_size)),
+        infer_batch=args.infer_batch
+        if args.infer_batch is not None
+        else (16 if device.type == "cuda" else int(cfg.predict.batch_size)),
         iterations=args.iterations,
         train_steps=args.train_steps,
         warmup=args.warmup,

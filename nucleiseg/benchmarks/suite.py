@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -127,7 +128,11 @@ def _sweep_rows(cfg: DictConfig, options: SuiteOptions, folder: Path, log: Calla
         raise ConfigError(f"the packed sweep runs {TRAIN_SCRIPT}, which is not there: run the suite from a clone")
     log(f"packed sweep: {len(options.sweep)} architectures x {options.sweep_epochs} epoch(s)...")
     started = time.perf_counter()
-    done = subprocess.run(_sweep_command(cfg, options, folder), capture_output=True, text=True, cwd=folder)
+    # its runs go to the scratch store its command names: a MLFLOW_TRACKING_URI of the user's would win over it
+    scratch_env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        _sweep_command(cfg, options, folder), capture_output=True, text=True, cwd=folder, env=scratch_env
+    )
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"the packed sweep failed (exit {done.returncode}): {done.stderr[-1500:]}")

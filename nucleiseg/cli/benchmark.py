@@ -5,10 +5,44 @@ from __future__ import annotations
 
 import argparse
 
-from nucleiseg.cli.common import WORDS_HELP, add_command, add_model_option, compose, overrides_only
+from nucleiseg.cli.common import WORDS_HELP, UsageError, add_command, add_model_option, compose, overrides_only
+
+# the smallest value of each whole-number option of `benchmark` (a 0 or a negative number is refused, never
+# replaced by a default), and what it means
+LEAST = {
+    "image_size": (64, "a multiple of 32, at least 64"),
+    "infer_batch": (1, "a whole number >= 1"),
+    "iterations": (1, "a whole number >= 1"),
+    "train_steps": (1, "a whole number >= 1"),
+    "loop_epochs": (0, "a whole number >= 0 (0: no loop)"),
+    "warmup": (0, "a whole number >= 0"),
+    "sweep_epochs": (1, "a whole number >= 1"),
+    "slide_size": (0, "a whole number of pixels >= 0 (0: no slide)"),
+}
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse a number out of range before anything is measured (``--iterations 0`` would divide by zero at the
+    end, ``--image-size 0`` silently meant the default)."""
+    for name, (least, expected) in LEAST.items():
+        value = getattr(args, name)
+        wrong = value is not None and (value < least or (name == "image_size" and value % 32))
+        if wrong:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: expected {expected}")
+
+
+def _check_slide_numbers(args: argparse.Namespace) -> None:
+    if not 0 < args.tissue <= 1:
+        raise UsageError(f"--tissue {args.tissue}: expected the share of the slide that is tissue, in (0, 1]")
+    if args.slide:
+        return
+    words = args.sizes.split(",")
+    if not all(word.strip().isdigit() and int(word) > 0 for word in words):
+        raise UsageError(f"--sizes {args.sizes}: expected sides in pixels >= 1, comma-separated (e.g. 10000,20000)")
 
 
 def _benchmark(args: argparse.Namespace) -> int:
+    _check_numbers(args)
     from nucleiseg.benchmarks.configurations import LOOP_DATA
     from nucleiseg.benchmarks.output import run_benchmark
 
@@ -16,6 +50,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _benchmark_slide(args: argparse.Namespace) -> int:
+    _check_slide_numbers(args)
     from nucleiseg.benchmarks.slide import run_slide_benchmark
 
     return run_slide_benchmark(args)

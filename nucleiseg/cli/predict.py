@@ -26,13 +26,35 @@ PREDICT_FLAGS = {  # predict's options, as the overrides they stand for (so they
 }
 
 
+def logged_to(uri: str, experiment: str) -> str:
+    """One line saying where results went: the MLflow experiment and store (a SQLite store's file by its absolute
+    path, a server without the password of its address)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from nucleiseg.tracking.mlflow_store import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        where = f"{uri} (the file {uri.removeprefix('sqlite:///')})"
+    else:
+        parts = urlsplit(uri)
+        if parts.password:
+            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+        where = urlunsplit(parts)
+    return (
+        f"results logged to MLflow experiment {experiment!r} at {where}; "
+        "set MLFLOW_TRACKING_URI or logger.tracking_uri=URI to log elsewhere"
+    )
+
+
 def _predict_cohort(args: argparse.Namespace, inputs: list[str], overrides: list[str]) -> int:
     """Many slides: sharded over processes or a SLURM array, a cohort table, one MLflow run
-    (:mod:`nucleiseg.predict.cohort`)."""
+    (:mod:`nucleiseg.predict.cohort`). Exit 0 when every listed slide is finished (or was before), 1 when one is
+    not, 143 / 130 when stopped by SIGTERM / Ctrl-C (its jobs stopped too)."""
     if args.roi:
         raise UsageError("--roi is for one slide; give a cohort's regions in the CSV list's 'roi' column")
     from nucleiseg.config.settings import build
-    from nucleiseg.predict.cohort import CohortJob, run_cohort
+    from nucleiseg.predict.cohort import CohortJob, CohortStopped, run_cohort
     from nucleiseg.tracking.mlflow_store import tracking_uri
 
     cfg = compose(overrides)
@@ -41,16 +63,27 @@ def _predict_cohort(args: argparse.Namespace, inputs: list[str], overrides: list
     job = CohortJob(
         Path(args.out).expanduser(), args.model, args.run_id, overrides, args.overwrite, args.labels, cfg.logger
     )
-    table = run_cohort(job, inputs, settings, None if args.no_mlflow else tracking_uri(cfg.logger))
+    uri = None if args.no_mlflow else tracking_uri(cfg.logger)
+    try:
+        table = run_cohort(job, inputs, settings, uri)
+    except CohortStopped as stop:
+        print(
+            f"cohort {job.out}: {stop}, its jobs stopped; table: {job.out / 'cohort.csv'}; re-run the same command "
+            "to go on (finished slides are skipped, unfinished ones resume)",
+            file=sys.stderr,
+        )
+        return stop.code
+    if uri:
+        print(logged_to(uri, "cohorts"), file=sys.stderr)
     counts = table.status.value_counts().to_dict()
     print(
         f"cohort {job.out}: {len(table)} slides, "
         + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         + f"; table: {job.out / 'cohort.csv'}"
     )
-    for row in table[table.status == "failed"].itertuples():
-        print(f"failed {row.slide}: {row.reason}")
-    return 1 if counts.get("failed") else 0
+    for row in table[~table.status.isin(["finished", "skipped"])].itertuples():
+        print(f"{row.status} {row.path}: {row.reason}")
+    return 0 if set(counts) <= {"finished", "skipped"} else 1
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -100,7 +133,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "  nucleiseg predict slide.svs --out nuclei\n"
         "  nucleiseg predict tiles/ --out nuclei --mpp 0.25 --model CKPT\n"
         "  nucleiseg predict slides/ --out nuclei --labels slide.min_tissue=0.05\n"
-        "  nucleiseg predict cohort.csv --out cohort --launcher slurm cohort.slurm.partition=gpu",
+        "  nucleiseg predict cohort.csv --out cohort --launcher slurm cohort.slurm.partition=gpu\n"
+        "    (cohort.csv: a 'path' column and optionally 'roi'; relative paths are relative to the CSV's folder)",
     )
     predict.add_argument(
         "words", nargs="+", metavar="INPUT [KEY=VALUE]", help="images, slides or folders, and " + WORDS_HELP

@@ -18,6 +18,9 @@ def _relog(args: argparse.Namespace) -> int:
     overrides, folders = split_overrides(args.words)
     if not folders:
         raise UsageError("relog needs the run folder(s) whose MLflow writes are pending")
+    for folder in map(Path, folders):  # every folder checked before any write is sent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such run folder")
     client = MlflowClient(tracking_uri(compose(overrides).logger))
     for folder in map(Path, folders):
         pending = Pending(folder)

@@ -1,39 +1,68 @@
 """Cohorts of slides: ``nucleiseg predict`` over a list of slides, sharded over processes or SLURM array jobs.
 
-A study is 100-1,000 slides. The list (a folder, a glob, or a CSV with a ``path`` column and optionally ``roi``) is
-cut into shards; each shard is a job of the same engine training scales out with (submitit: ``slurm`` on a
-cluster, ``slurm_local`` for the SLURM code path on this machine, ``local_parallel`` for several processes on one
-node, one per GPU when there are GPUs) or, with ``local``, a loop in this process. Every slide goes through
-``predict`` with its own journal, so a pre-empted or failed job resumes where it stopped and nothing is predicted
-twice; each slide's folder is locked while it is written, the cohort's folder while the cohort runs.
+A study is 100-1,000 slides. The list (folders, glob patterns, files, and CSV lists with a ``path`` column and
+optionally ``roi``; a CSV's relative paths, of slides and of regions, are relative to the CSV's own folder) is cut
+into shards; each shard is a job of the same engine training scales out with (submitit: ``slurm`` on a cluster,
+``slurm_local`` for the SLURM code path on this machine, ``local_parallel`` for several processes on one node, one
+per GPU when there are GPUs) or, with ``local``, a loop in this process. Every slide is predicted with its own
+journal, so a pre-empted or failed job resumes where it stopped and nothing is predicted twice; each slide's
+folder is locked while it is written, the cohort's folder while the cohort runs.
+
+A slide is known by its resolved path, however the list names it: a line listed twice is one slide (a warning
+names the lines), and a slide missing at one run and there at the next is predicted then. Each slide has its own
+output folder ``OUT/NAME`` (``NAME``: the file's stem); slides of one name from different folders get
+``OUT/NAME-<first 8 hex of the SHA-256 of the resolved path>`` each, and keep their folder from run to run. A
+missing slide or region file, a damaged slide, a job that dies: each is the failure of its slides only, recorded
+with the reason, and the others go on. SIGTERM or Ctrl-C stops the cohort's jobs too (exit 143 / 130); the same
+command later goes on.
 
 As slides finish, a row per slide is written to ``OUT/.cohort/rows/`` and the cohort table ``OUT/cohort.csv``
-(+ ``cohort.parquet``) is rebuilt from them: status (and the reason of a failure), tissue area, nuclei, nuclei per
-mm^2 of tissue, mean and median nuclear area, seconds, model and its SHA-256, per region with ``roi``
-(:mod:`nucleiseg.predict.cohort_table`). One MLflow run per cohort (experiment ``cohorts``) holds the table and the
-per-slide metrics.
+(+ ``cohort.parquet``) is rebuilt from them: one line per listed slide, its output folder, status (and the reason
+of a failure), tissue area, nuclei, nuclei per mm^2 of tissue, mean and median nuclear area, seconds, model and its
+SHA-256, per region with ``roi`` (:mod:`nucleiseg.predict.cohort_table`). One MLflow run per cohort (experiment
+``cohorts``) holds the table and the per-slide metrics.
 """
 
 from __future__ import annotations
 
-import glob
-import json
+import hashlib
 import logging
 import os
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nucleiseg.predict.cohort_table import STATE, record_row, slide_row, write_table
-from nucleiseg.util.errors import ConfigError, first_line
+from nucleiseg.predict.cohort_table import (
+    STATE,
+    CohortList,
+    Entry,
+    assign_folders,
+    read_cohort,
+    record_listing,
+    record_row,
+    recorded_keys,
+    slide_row,
+    write_table,
+)
+from nucleiseg.util.errors import ConfigError, NucleisegError, first_line
 
 if TYPE_CHECKING:
     import submitit
 
+    from nucleiseg.inference.session import InferenceSession
+    from nucleiseg.predict.slides.predict_slide import SlideSettings
+    from nucleiseg.util.progress import Progress
+
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "local_parallel", "slurm", "slurm_local")
 LOCK = ".nucleiseg-cohort.lock"
+STOP_GRACE_SECONDS = 15.0  # a local job's controller stops its task within about a second of being interrupted
 
 
 @dataclass(frozen=True)
@@ -55,14 +84,6 @@ class CohortSettings:
                 raise ConfigError(f"cohort.slurm.{key}={value!r}: expected a whole number")
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One slide of a cohort (and its regions of interest)."""
-
-    path: Path
-    roi: Path | None = None
-
-
 @dataclass
 class CohortJob:
     """What a shard needs to predict its slides (pickled to the job by submitit)."""
@@ -74,63 +95,17 @@ class CohortJob:
     overwrite: bool = False
     labels: bool = False
     logger: Any = None  # the logger config group (where MLflow keeps artifacts)
+    launch: str = ""  # this run of the cohort (its rows say so: a job that dies leaves its other slides failed)
 
 
-def read_cohort(inputs: list[str]) -> tuple[list[Entry], list[tuple[str, str]]]:
-    """The slides named by folders, files, glob patterns and CSV lists (``path`` column, optional ``roi``; relative
-    paths are relative to the CSV). Missing and duplicate slides are returned as problems, never fatal."""
-    from nucleiseg.predict.run import INPUT_SUFFIXES
+class CohortStopped(BaseException):
+    """SIGTERM or SIGINT (Ctrl-C) while a cohort runs: its jobs are stopped, its table kept, and the command exits
+    ``128 + signal`` (143, 130); the same command later goes on (finished slides skipped, unfinished resumed)."""
 
-    entries: list[Entry] = []
-    problems: list[tuple[str, str]] = []
-    for word in inputs:
-        path = Path(word).expanduser()
-        if path.suffix.lower() == ".csv" and path.is_file():
-            entries += _csv_entries(path, problems)
-        elif path.is_dir():
-            entries += [Entry(p) for p in sorted(path.iterdir()) if p.suffix.lower() in INPUT_SUFFIXES and p.is_file()]
-        elif any(character in word for character in "*?["):
-            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(word), recursive=True))
-            if not found:
-                problems.append((word, "the pattern matches no file"))
-            entries += [Entry(p) for p in found if p.is_file()]
-        elif path.is_file():
-            entries.append(Entry(path))
-        else:
-            problems.append((word, "no such file or folder"))
-    unique: dict[Path, Entry] = {}
-    for entry in entries:
-        key = entry.path.resolve()
-        if key in unique:
-            problems.append((str(entry.path), "listed twice; predicted once"))
-            continue
-        unique[key] = entry
-    return list(unique.values()), problems
-
-
-def _csv_entries(path: Path, problems: list[tuple[str, str]]) -> list[Entry]:
-    import pandas as pd
-
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not a readable CSV list of slides ({first_line(error)})") from None
-    if "path" not in table.columns:
-        raise ConfigError(f"{path}: no 'path' column (found {', '.join(table.columns)}); expected path[,roi]")
-    entries = []
-    for row, record in enumerate(table.to_dict("records"), start=2):
-        if not record["path"].strip():
-            problems.append((f"{path}:{row}", "empty path"))
-            continue
-        slide = Path(record["path"].strip()).expanduser()
-        slide = slide if slide.is_absolute() else path.parent / slide
-        roi = record.get("roi", "").strip()
-        roi_path = (Path(roi) if Path(roi).is_absolute() else path.parent / roi) if roi else None
-        if not slide.is_file():
-            problems.append((str(slide), f"no such file (row {row} of {path.name})"))
-            continue
-        entries.append(Entry(slide, roi_path))
-    return entries
+    def __init__(self, signum: int) -> None:
+        self.name = signal.Signals(signum).name
+        self.code = 128 + signum
+        super().__init__(f"stopped by {self.name}")
 
 
 def shard(entries: list[Entry], count: int) -> list[list[Entry]]:
@@ -145,6 +120,51 @@ def _model_hash(path: Path) -> str:
     return file_sha256(path)
 
 
+def _failure(error: Exception) -> str:
+    """One line for a slide that failed: our errors say what they are; anything else also names its type."""
+    if isinstance(error, NucleisegError | OSError | MemoryError):
+        return first_line(error)
+    return f"{type(error).__name__}: {first_line(error)}; the file may be damaged or of an unsupported kind"
+
+
+def predict_entry(
+    job: CohortJob, entry: Entry, session: InferenceSession, slide_settings: SlideSettings, bars: Progress
+) -> tuple[str, str]:
+    """One slide into its own folder ``OUT/<entry.folder>``, locked while it is written, as ``nucleiseg predict``
+    writes a slide (:mod:`nucleiseg.predict.run`: the same outputs, journal and ``done.json``, the same check of
+    what is done already, regions giving other outputs): ``(status, reason)``. ``predict`` itself names a slide's
+    folder after the file; slides of one name in a cohort need folders of their own."""
+    from nucleiseg.data.image_io import read_rgb
+    from nucleiseg.predict.input_identity import input_identity
+    from nucleiseg.predict.output_folder import folder_state
+    from nucleiseg.predict.run import output_name, predict_image, settings_fingerprint
+    from nucleiseg.predict.slide_input import predict_slide_input
+    from nucleiseg.predict.slides.reader import is_slide
+    from nucleiseg.util.locking import exclusive
+
+    folder = job.out / entry.folder
+    fingerprint = settings_fingerprint(session)
+    if entry.roi is not None:  # as `predict --roi`: other regions, other outputs
+        salted = (fingerprint + slide_settings.roi_mode).encode() + entry.roi.read_bytes()
+        fingerprint = hashlib.sha256(salted).hexdigest()
+    with exclusive(job.out / ".locks" / f"{entry.folder}.lock", f"outputs of {entry.path.name}"):
+        identity = input_identity(entry.path)
+        slide = entry.roi is not None or is_slide(entry.path, slide_settings.min_pixels)
+        state = folder_state(folder, fingerprint, identity, labels=slide and slide_settings.labels)
+        if state.kind == "done" and not job.overwrite:
+            return "skipped", "finished before"
+        if state.kind in ("foreign", "other") and not job.overwrite:
+            return "failed", f"{folder} holds outputs {state.why}; --overwrite replaces them"
+        if slide:
+            fresh = job.overwrite or state.kind != "interrupted"
+            predict_slide_input(
+                session, entry.path, folder, fingerprint, identity, slide_settings, bars, fresh, entry.roi
+            )
+        else:
+            predict_image(session, read_rgb(entry.path), output_name(entry.path), folder, fingerprint, identity)
+    return "finished", ""
+
+
 def run_shard(job: CohortJob, entries: list[Entry]) -> list[dict[str, Any]]:
     """Predict a shard's slides one by one (each resumable, each locked), recording a row per slide; a slide that
     fails is recorded with its reason and the shard goes on."""
@@ -152,41 +172,33 @@ def run_shard(job: CohortJob, entries: list[Entry]) -> list[dict[str, Any]]:
     from nucleiseg.config.settings import build, inference_settings
     from nucleiseg.inference.session import InferenceSession
     from nucleiseg.predict.model_sources import resolve_model
-    from nucleiseg.predict.run import predict
     from nucleiseg.util.console import setup_logging
+    from nucleiseg.util.progress import Progress
 
     setup_logging()
     cfg = compose(job.overrides, "inference")
     settings = inference_settings(cfg)
     model_path, label = resolve_model(job.model, job.run_id, job.overrides)
     session = InferenceSession.from_checkpoint(model_path, settings, label=label)
+    session.warn_if_synthetic("your slides")
     model_sha = _model_hash(model_path)
     slide_settings = build(cfg.slide, labels=job.labels)
     rows = []
-    for entry in entries:
-        started = time.perf_counter()
-        summary = predict(
-            [entry.path],
-            job.out,
-            session,
-            overwrite=job.overwrite,
-            progress="plain",
-            slide_settings=slide_settings,
-            roi=entry.roi,
-            lock="input",
-        )
-        if summary.done:
-            status, reason = "finished", ""
-        elif summary.skipped:
-            status, reason = "skipped", "finished before"
-        else:
-            status = "failed"
-            reason = "; ".join(why for _, why in summary.failed + summary.not_written) or "not predicted"
-        row = slide_row(job.out, entry.path, entry.roi, status, reason, label, model_sha)
-        if status == "finished":
-            row["seconds"] = row.get("seconds") or time.perf_counter() - started
-        record_row(job.out, row)
-        rows.append(row)
+    with Progress("plain") as bars:
+        for entry in entries:
+            started = time.perf_counter()
+            try:
+                status, reason = predict_entry(job, entry, session, slide_settings, bars)
+            except Exception as error:  # noqa: BLE001 - one slide's failure: recorded, the shard goes on
+                log.debug("%s failed", entry.path, exc_info=error)
+                status, reason = "failed", _failure(error)
+            folder = job.out / entry.folder
+            row = slide_row(folder, entry.path.name, entry.key, entry.roi, status, reason, label, model_sha)
+            row["launch"] = job.launch
+            if status == "finished":
+                row["seconds"] = row.get("seconds") or time.perf_counter() - started
+            record_row(job.out, row)
+            rows.append(row)
     return rows
 
 
@@ -222,74 +234,205 @@ def _executor(launcher: str, out: Path, settings: dict[str, Any], gpus: int) -> 
     return executor
 
 
+class _Signals:
+    """SIGTERM and SIGINT as :class:`CohortStopped`, raised once (a second signal while the jobs are being stopped
+    is ignored), or held while jobs are submitted (so that none is left unknown) and raised right after."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.holding = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.received is not None:
+            return
+        self.received = signum
+        if not self.holding:
+            raise CohortStopped(signum)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle SIGTERM and SIGINT in this block (signals are only caught in the main thread: elsewhere, not)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.signal(number, self) for number in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.received is not None:
+            raise CohortStopped(self.received)
+
+
 def run_cohort(
     job: CohortJob,
     inputs: list[str],
     settings: CohortSettings,
     tracking_uri: str | None = None,
 ) -> Any:
-    """Predict a cohort into ``job.out`` (see the module docstring); returns the cohort table (a DataFrame)."""
+    """Predict a cohort into ``job.out`` (see the module docstring); returns the cohort table (a DataFrame).
+    Raises :class:`CohortStopped` on SIGTERM or SIGINT, after stopping its jobs."""
     import pandas as pd
 
     from nucleiseg.util.locking import exclusive
 
-    launcher = settings.launcher
-    entries, problems = read_cohort(inputs)
-    if not entries and not problems:
+    listing = read_cohort(inputs)
+    if not listing.entries and not listing.problems:
         raise ConfigError(f"no slide found in {inputs}")
     job.out.mkdir(parents=True, exist_ok=True)
+    job.launch = uuid.uuid4().hex
     started = time.time()
-    with exclusive(job.out / LOCK, f"cohort folder {job.out}"):
-        for name, reason in problems:
-            log.warning("%s: %s", name, reason)
-            record_row(job.out, {"slide": Path(name).name, "path": str(name), "status": "failed", "reason": reason})
-        groups = shard(entries, _shard_count(settings.shards, launcher, len(entries))) if entries else []
-        if launcher == "local":
-            for group in groups:
-                run_shard(job, group)
-        else:
-            _run_jobs(job, groups, launcher, settings.slurm)
-        write_table(job.out)
+    signals = _Signals()
+    with exclusive(job.out / LOCK, f"cohort folder {job.out}"), signals.installed():
+        entries = _prepare(job.out, listing)
+        try:
+            if entries:
+                groups = shard(entries, _shard_count(settings.shards, settings.launcher, len(entries)))
+                if settings.launcher == "local":
+                    for group in groups:
+                        run_shard(job, group)
+                else:
+                    _run_jobs(job, groups, settings.launcher, settings.slurm, signals.held)
+        finally:
+            write_table(job.out)
     table = pd.read_csv(job.out / "cohort.csv")
     if tracking_uri:
         _log_cohort(tracking_uri, job, table, time.time() - started)
     return table
 
 
-def _run_jobs(job: CohortJob, groups: list[list[Entry]], launcher: str, slurm: dict[str, Any]) -> None:
+def _prepare(out: Path, listing: CohortList) -> list[Entry]:
+    """Say which slides are listed more than once, give each slide its output folder, keep the list (the table is
+    this list's) and record the slides that cannot be predicted as failed; returns the entries to predict."""
+    from nucleiseg.predict.run import output_name
+
+    for warning in listing.warnings:
+        log.warning("%s", warning)
+    folders = assign_folders(out, [(entry.key, output_name(entry.path)) for entry in listing.entries])
+    entries = [replace(entry, folder=folders[entry.key]) for entry in listing.entries]
+    listed = [{"path": e.key, "slide": e.path.name, "folder": e.folder} for e in entries]
+    listed += [{"path": p.key, "slide": p.slide, "folder": ""} for p in listing.problems]
+    record_listing(out, listed, folders)
+    for problem in listing.problems:
+        log.warning("%s: %s", problem.key, problem.reason)
+        row = {"slide": problem.slide, "folder": "", "path": problem.key, "status": "failed", "reason": problem.reason}
+        record_row(out, row, rebuild=False)
+    return entries
+
+
+def _run_jobs(
+    job: CohortJob,
+    groups: list[list[Entry]],
+    launcher: str,
+    slurm: dict[str, Any],
+    held: Callable[[], Any],
+) -> None:
     """The shards as submitit jobs (an array on SLURM); waits for them. A job that dies (killed, out of memory)
-    has its unrecorded slides recorded as failed with the job's error."""
+    has its unrecorded slides recorded as failed with the job's error. When this process is stopped (SIGTERM,
+    Ctrl-C), the jobs are stopped too before it exits (``held``: signals wait while the jobs are submitted)."""
     gpus = 0
     if launcher == "local_parallel":
         import torch
 
         gpus = 1 if torch.cuda.is_available() else 0
     executor = _executor(launcher, job.out, slurm, gpus)
-    jobs = executor.map_array(run_shard, [job] * len(groups), groups)
-    log.info(
-        "cohort: %d slides in %d jobs (%s), job ids %s",
-        sum(map(len, groups)),
-        len(jobs),
-        launcher,
-        ", ".join(str(j.job_id) for j in jobs),
-    )
-    for submitted, group in zip(jobs, groups, strict=True):
+    jobs: list[submitit.Job] = []
+    try:
+        with held():
+            jobs = executor.map_array(run_shard, [job] * len(groups), groups)
+        log.info(
+            "cohort: %d slides in %d jobs (%s), job ids %s",
+            sum(map(len, groups)),
+            len(jobs),
+            launcher,
+            ", ".join(str(j.job_id) for j in jobs),
+        )
+        for submitted, group in zip(jobs, groups, strict=True):
+            _wait(job, submitted, group)
+    except BaseException:
+        _stop_jobs(jobs, job.out / STATE / "jobs")
+        raise
+
+
+def _wait(job: CohortJob, submitted: submitit.Job, group: list[Entry]) -> None:
+    """Wait for one job; if it died, its slides not recorded by this run are recorded failed, with its error."""
+    try:
+        submitted.result()
+    except Exception as error:  # noqa: BLE001 - a dead job: its slides are recorded, the others go on
+        reason = f"the job {submitted.job_id} died: {first_line(error)}"
+        recorded = recorded_keys(job.out, job.launch)
+        for entry in group:
+            if entry.key not in recorded:
+                row = {"slide": entry.path.name, "folder": entry.folder, "path": entry.key, "status": "failed"}
+                record_row(job.out, {**row, "reason": reason, "launch": job.launch})
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux: read from /proc; elsewhere none are found)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            submitted.result()
-        except Exception as error:  # noqa: BLE001 - a dead job: its slides are recorded, the others go on
-            reason = f"the job {submitted.job_id} died: {first_line(error)}"
-            recorded = {json.loads(p.read_text())["path"] for p in (job.out / STATE / "rows").glob("*.json")}
-            for entry in group:
-                if str(entry.path.resolve()) not in recorded:
-                    record_row(
-                        job.out,
-                        {
-                            "slide": entry.path.name,
-                            "path": str(entry.path.resolve()),
-                            "status": "failed",
-                            "reason": reason,
-                        },
-                    )
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # ended meanwhile
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, below = [], [pid]
+    while below:
+        for child in children.get(below.pop(), []):
+            found.append(child)
+            below.append(child)
+    return found
+
+
+def _signal_job_processes(pids: set[int], folder: Path, signum: int) -> None:
+    """Send ``signum`` to those of ``pids`` that still run a job of ``folder`` (their command line names it, so a
+    process id taken meanwhile by another program is left alone)."""
+    for pid in pids:
+        try:
+            if str(folder) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signum)
+        except OSError:  # ended already, or no /proc here
+            pass
+
+
+def _stop_jobs(jobs: list[submitit.Job], folder: Path) -> None:
+    """Stop the cohort's jobs (submitit's job ``folder``) so that none outlives the cohort. A SLURM job is
+    cancelled (``scancel``). A local job's task is interrupted (its controller then ends by itself; a controller
+    that has not started its task yet is interrupted); what still runs after :data:`STOP_GRACE_SECONDS` is killed."""
+    import submitit
+
+    local = {int(j.job_id): j for j in jobs if isinstance(j, submitit.LocalJob) and str(j.job_id).isdigit()}
+    tasks = {pid: set(_descendants(pid)) for pid in local}
+    for submitted in jobs:
+        pid = int(submitted.job_id) if submitted in local.values() else None
+        try:
+            if pid is not None and tasks[pid]:
+                _signal_job_processes(tasks[pid], folder, signal.SIGINT)
+            else:
+                submitted.cancel(check=False)
+        except Exception as error:  # noqa: BLE001 - the others are stopped all the same
+            log.warning("could not cancel job %s: %s", submitted.job_id, first_line(error))
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while time.monotonic() < deadline and not all(j.done() for j in local.values()):
+        time.sleep(0.1)
+    for pid, submitted in local.items():
+        running = {pid} if not submitted.done() else set()  # done() reaps a controller that has ended
+        _signal_job_processes({*tasks[pid], *_descendants(pid), *running}, folder, signal.SIGKILL)
+        for _ in range(50):
+            if submitted.done():
+                break
+            time.sleep(0.02)
+    if jobs:
+        log.warning("cohort stopped: job(s) %s cancelled", ", ".join(str(j.job_id) for j in jobs))
 
 
 def _log_cohort(uri: str, job: CohortJob, table: Any, seconds: float) -> str:
@@ -316,7 +459,7 @@ def _log_cohort(uri: str, job: CohortJob, table: Any, seconds: float) -> str:
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 metrics.append(Metric(f"slide/{key}", float(value), now, step))
     counts = table.status.value_counts()
-    for key in ("finished", "skipped", "failed"):
+    for key in ("finished", "skipped", "failed", "pending"):
         metrics.append(Metric(f"slides_{key}", float(counts.get(key, 0)), now, 0))
     metrics.append(Metric("nuclei_total", float(table.nuclei.fillna(0).sum()), now, 0))
     metrics.append(Metric("wall_seconds", seconds, now, 0))

@@ -17,6 +17,8 @@ to MLflow as one summary run per configuration (:mod:`nucleiseg.tracking.summary
 
 from __future__ import annotations
 
+import fnmatch
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
     from nucleiseg.inference.session import InferenceSettings
 
 __all__ = ["ReportError", "load_runs", "table_one_order", "write_report"]
+
+log = logging.getLogger(__name__)
 
 
 def _cell(row: pd.Series, name: str, compared: bool) -> str:
@@ -220,12 +224,37 @@ def build_tables(runs: pd.DataFrame, published: pd.DataFrame | None) -> dict:
 
 
 MARKER = ".nucleiseg-report.json"  # which files of its folder the report wrote: what --overwrite may replace
+TABLE_FILES = {  # the CSV tables the report writes, by table
+    "table2": "table2_losses.csv",
+    "table3": "table3_metrics.csv",
+    "instances": "table4_instances.csv",
+    "agreement": "rank_agreement.csv",
+    "spread": "spread_sources.csv",
+    "splits": "splits.csv",
+    "tuned": "tuned_postprocess.csv",
+}
+FIGURES = {"train": "fig7_train_loss", "val": "fig8_val_loss", "predictions": "fig9_predictions"}  # + .png, .svg
+# what a report (this version's or an earlier one's) writes: the only names a marker may make --overwrite remove
+OWN_FILES = ("report.md", "claims.csv", "runs.csv", *TABLE_FILES.values())
+OWN_PATTERNS = ("table*.csv", "fig*.png", "fig*.svg")
+
+
+def _own_file(out: Path, name: object) -> bool:
+    """Whether ``name`` (an entry of a marker) is a file the report writes, directly inside ``out`` (``out``
+    resolved): a plain file name of the report's, not a path, and not a link that leads out of ``out``."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return False
+    if name not in OWN_FILES and not any(fnmatch.fnmatchcase(name, pattern) for pattern in OWN_PATTERNS):
+        return False
+    path = out / name
+    return path.resolve().parent == out and (path.is_file() or not path.exists()) and not path.is_symlink()
 
 
 def _check_out(out: Path, overwrite: bool) -> list[str]:
     """The files an earlier report wrote in ``out`` (which ``overwrite`` replaces, leaving any other file there);
     refuses a non-empty folder without ``overwrite``, and with it a folder no report created (``--out .
-    --overwrite`` never empties the current folder)."""
+    --overwrite`` never empties the current folder). The marker is not trusted: an entry that is not a file the
+    report writes, directly in ``out`` (a path, another name, a link), is ignored with a warning."""
     import json
 
     if not out.exists() or not any(out.iterdir()):
@@ -240,7 +269,23 @@ def _check_out(out: Path, overwrite: bool) -> list[str]:
             f"{out} was not created by nucleiseg report (it holds {shown}); --overwrite replaces only an earlier "
             "report's files: choose a new or empty --out"
         )
-    return list(json.loads(marker.read_text()).get("files", []))
+    try:
+        listed = json.loads(marker.read_text()).get("files", [])
+    except (ValueError, AttributeError, OSError):
+        listed = None
+    if not isinstance(listed, list):
+        log.warning("%s: not a list of the report's files; no earlier file is removed", marker)
+        return []
+    own = [name for name in listed if _own_file(out, name)]
+    ignored = [repr(name) if not isinstance(name, str) else name for name in listed if name not in own]
+    if ignored:
+        log.warning(
+            "%s names files the report does not write in %s, or links out of it: %s; left alone",
+            marker,
+            out,
+            ", ".join(ignored[:20]) + (" ..." if len(ignored) > 20 else ""),
+        )
+    return own
 
 
 def _install(scratch: Path, out: Path, earlier: list[str]) -> None:
@@ -254,15 +299,7 @@ def _install(scratch: Path, out: Path, earlier: list[str]) -> None:
 def _write_tables(tables: dict, runs: pd.DataFrame, scratch: Path) -> list[str]:
     """The CSV files (a table without rows is not written: its section in report.md says so); returns which."""
     written = []
-    for name, file in (
-        ("table2", "table2_losses.csv"),
-        ("table3", "table3_metrics.csv"),
-        ("instances", "table4_instances.csv"),
-        ("agreement", "rank_agreement.csv"),
-        ("spread", "spread_sources.csv"),
-        ("splits", "splits.csv"),
-        ("tuned", "tuned_postprocess.csv"),
-    ):
+    for name, file in TABLE_FILES.items():
         if len(tables[name]):
             tables[name].to_csv(scratch / file, index=False)
             written.append(file)
@@ -305,16 +342,14 @@ def write_report(
     try:
         tables = build_tables(runs, published)
         _write_tables(tables, runs, scratch)
-        for key, number, word in (("loss/train", 7, "train"), ("loss/val", 8, "val")):
+        for key, word in (("loss/train", "train"), ("loss/val", "val")):
             curves = loss_curves(client, runs, key)
             if curves.empty:  # studies logged before the loss keys moved under loss/
                 curves = loss_curves(client, runs, f"{word}/loss")
-            plot_curves(
-                curves, f"{study}: {word} loss (median over seeds)", "loss", scratch / f"fig{number}_{word}_loss"
-            )
+            plot_curves(curves, f"{study}: {word} loss (median over seeds)", "loss", scratch / FIGURES[word])
         sections = _sections(study, runs, tables, comparable, differences)
         if figure_configurations:
-            prediction_figure(runs, figure_configurations, figure_image, scratch / "fig9_predictions", settings)
+            prediction_figure(runs, figure_configurations, figure_image, scratch / FIGURES["predictions"], settings)
             sections += ["![predictions and nuclei](fig9_predictions.png)", ""]
         (scratch / "report.md").write_text("\n".join(sections))
         if summary_runs:

@@ -61,7 +61,10 @@ def seal(cfg: DictConfig, run: RunFolder, setup: Setup, final: dict, metrics: di
     module = setup.module
     module.hparams["mlflow_run_id"] = setup.logger.run_id
     path = write_model_checkpoint(run.path / "checkpoints" / MODEL_CHECKPOINT, module.model, module.hparams)
-    metrics = {**metrics, "train_seconds": setup.clock.seconds()}
+    # the training time as run.json holds it (every session, to the last epoch's end): tuning and testing are not
+    # training, and run.json and done.json must not give two numbers for one run
+    trained = json.loads(run.run_file.read_text()).get("train_seconds") if run.run_file.is_file() else None
+    metrics = {**metrics, "train_seconds": float(trained if trained is not None else setup.clock.seconds())}
     metrics["train_images"] = float(cfg.trainer.max_epochs * setup.manifest["counts"]["train"])
     speed = setup.test_pass.results.get("speed") or {}
     write_json_atomic(

@@ -151,7 +151,8 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def stop_sweep(config: DictConfig, run: str, reason: str, code: int) -> None:
-    """A job was killed (SIGTERM or Ctrl-C): record it, print the sweep's summary so far and say how to go on.
+    """A job was killed (SIGTERM or Ctrl-C): record it, print the sweep's summary so far, write the study's summary
+    runs (the killed seed counted: its MLflow run is KILLED by now) and say how to go on.
     The caller then exits with ``code``, which stops the sweep on purpose (Hydra runs no further job)."""
     from hydra.core.hydra_config import HydraConfig
 
@@ -159,6 +160,13 @@ def stop_sweep(config: DictConfig, run: str, reason: str, code: int) -> None:
     row = {"job": hydra_cfg.job.num, "status": "killed", "run": run, "reason": reason}
     write_json_atomic(Path(hydra_cfg.runtime.output_dir) / STATUS_FILE, row)
     print_sweep_summary(sweep_rows(Path(hydra_cfg.sweep.dir)))
+    # the sweep ends here, without on_multirun_end: its summary runs are written now, the killed seed counted
+    from nucleiseg.tracking.pending import tracking_errors
+
+    try:
+        _write_summary_runs(config)
+    except tracking_errors() as error:
+        print(f"the summary runs were not written to MLflow ({error}); `nucleiseg report` writes them later")
     print(
         f"sweep stopped: {run} was {reason.split(';')[0]}; re-run the same command to go on (finished runs are "
         "skipped, interrupted ones resume)"

@@ -200,6 +200,37 @@ def test_existing_output_is_not_overwritten_unless_asked(tmp_path, tracking_uri,
     assert not (report / "fig9_predictions.png").exists() and (report / "report.md").is_file()
 
 
+def test_overwrite_removes_only_the_reports_own_files_inside_its_folder(tmp_path, tracking_uri, caplog):
+    """A received report folder whose marker names files outside it (a path up, an absolute path, a link out of
+    the folder under a name the report writes): --overwrite touches none of them and says which it ignored."""
+    import json
+    import logging
+
+    make_study(tracking_uri, "report_marker")
+    report = write_report(tracking_uri, "report_marker", tmp_path / "received" / "report")
+    victim = tmp_path / "received" / "victim.txt"
+    victim.write_text("keep")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "victim").write_text("keep")
+    (elsewhere / "linked.csv").write_text("keep")
+    (report / "fig9_predictions.png").symlink_to(elsewhere / "linked.csv")  # not written by this study's report
+    (report / "notes.txt").write_text("mine")
+    marker = report / ".nucleiseg-report.json"
+    files = json.loads(marker.read_text())["files"]
+    hostile = ["../victim.txt", str(elsewhere / "victim"), "fig9_predictions.png", "notes.txt", "", ".", ".."]
+    marker.write_text(json.dumps({"files": files + hostile}))
+    with caplog.at_level(logging.WARNING, logger="nucleiseg"):
+        write_report(tracking_uri, "report_marker", report, overwrite=True)
+    assert victim.read_text() == "keep" and (elsewhere / "victim").read_text() == "keep"
+    assert (elsewhere / "linked.csv").read_text() == "keep" and (report / "notes.txt").read_text() == "mine"
+    assert (report / "report.md").is_file() and (report / "fig9_predictions.png").is_symlink()
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "../victim.txt" in warned and str(elsewhere / "victim") in warned and "notes.txt" in warned
+    assert "fig9_predictions.png" in warned
+    assert json.loads(marker.read_text())["files"] == sorted(files)  # the new marker lists only what it wrote
+
+
 def test_no_finished_run_gives_a_clear_message(tmp_path, tracking_uri):
     client = MlflowClient(tracking_uri)
     experiment = client.create_experiment("report_empty")
