@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from nucleiseg.cli import main
 
 
@@ -43,7 +45,8 @@ def test_value_choices_are_the_codes_own():
     from nucleiseg.config.checks import CHOICES, ENCODER_NAMES
     from nucleiseg.data.split import SPLIT_MODES
     from nucleiseg.evaluation.tuning import BALANCES, OBJECTIVES
-    from nucleiseg.models.factory import ENCODERS, HEADS
+    from nucleiseg.models.factory import ENCODERS
+    from nucleiseg.models.heads import HEADS
     from nucleiseg.postprocess.instances import METHODS
 
     assert ENCODER_NAMES == tuple(ENCODERS) and CHOICES["model.head"] == tuple(HEADS)
@@ -99,3 +102,66 @@ def test_every_option_has_help_and_each_command_shows_examples():
                 assert action.help, f"{name} {action.option_strings or action.dest}"
     shown = commands["predict"].format_help()
     assert "--model NAME|PATH|URL" in shown and "(default:" in shown
+
+
+@pytest.mark.parametrize(
+    ("words", "named"),
+    [
+        (["benchmark", "--image-size", "0"], "--image-size 0"),
+        (["benchmark", "--image-size", "-64"], "--image-size -64"),
+        (["benchmark", "--iterations", "0"], "--iterations 0"),
+        (["benchmark", "--train-steps", "-1"], "--train-steps -1"),
+        (["benchmark", "--infer-batch", "0"], "--infer-batch 0"),
+        (["benchmark", "--warmup", "-1"], "--warmup -1"),
+        (["benchmark", "--loop-epochs", "-2"], "--loop-epochs -2"),
+        (["benchmark", "--suite", "gpu", "--sweep-epochs", "0"], "--sweep-epochs 0"),
+        (["benchmark", "--suite", "gpu", "--slide-size", "-5"], "--slide-size -5"),
+        (["benchmark-slide", "--sizes", "abc"], "--sizes abc"),
+        (["benchmark-slide", "--sizes", "10000,0"], "--sizes 10000,0"),
+        (["benchmark-slide", "--sizes", ""], "--sizes"),
+        (["benchmark-slide", "--tissue", "0"], "--tissue 0"),
+        (["benchmark-slide", "--tissue", "1.5"], "--tissue 1.5"),
+    ],
+)
+def test_benchmark_numbers_out_of_range_are_one_line_errors(words, named, capsys, monkeypatch):
+    import nucleiseg.benchmarks.output
+    import nucleiseg.benchmarks.slide
+
+    def measured(*args):
+        raise AssertionError(f"{words} was measured")
+
+    monkeypatch.setattr(nucleiseg.benchmarks.output, "run_benchmark", measured)
+    monkeypatch.setattr(nucleiseg.benchmarks.slide, "run_slide_benchmark", measured)
+    assert main(words) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and "expected" in err and "Traceback" not in err
+
+
+def test_relog_of_a_missing_folder_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default store (./mlflow.db) is made here
+    (tmp_path / "run").mkdir()  # a run folder with nothing pending
+    assert main(["relog", str(tmp_path / "run"), str(tmp_path / "gone")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [f"error: {tmp_path / 'gone'}: no such run folder"]
+    assert "nothing pending" not in captured.out  # nothing is done before every folder is checked
+    assert main(["relog", str(tmp_path / "run")]) == 0
+    assert "nothing pending" in capsys.readouterr().out
+
+
+def test_evaluate_says_where_its_results_are_logged(trained_run, tmp_path, monkeypatch, capsys):
+    """The default store is a SQLite file in the current folder: the command says which file, by its full path."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--model", str(trained_run[3]), "logger.tracking_uri=sqlite:///here.db"]) == 0
+    err = capsys.readouterr().err
+    assert f"results logged to MLflow experiment 'evaluate' at sqlite:///{tmp_path / 'here.db'}" in err
+    assert f"(the file {tmp_path / 'here.db'})" in err and (tmp_path / "here.db").is_file()
+
+
+def test_the_logged_to_line_never_shows_a_password():
+    from nucleiseg.cli.predict import logged_to
+
+    line = logged_to("postgresql://mlflow:secret@db:5432/mlflow", "cohorts")
+    assert "secret" not in line and "postgresql://mlflow:***@db:5432/mlflow" in line
+    assert logged_to("http://mlflow-host:5000", "cohorts").startswith(
+        "results logged to MLflow experiment 'cohorts' at http://mlflow-host:5000; "
+    )

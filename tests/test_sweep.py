@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, fast_run_overrides, run_train, run_train_here
@@ -180,3 +181,21 @@ def test_the_slurm_code_path_with_submitit_on_this_machine(tmp_path, tracking_ur
     runs = [r for r in client.search_runs([client.get_experiment_by_name("submitit").experiment_id])]
     finished = [r for r in runs if "summary" not in r.data.tags]
     assert [(r.data.tags["pretrained"], r.info.status) for r in finished] == [("false", "FINISHED")]
+
+
+@pytest.mark.parametrize(("experiment", "runs", "epochs"), [("heads", 12, 20), ("heads_gpu", 20, 40)])
+def test_the_heads_study_plans_every_head_over_its_seeds(tmp_path, experiment, runs, epochs):
+    """experiment=heads (this CPU's budget) and heads_gpu (the release recipe) sweep the four heads over seeds on
+    the paper's TNBC hold-out; the dry run lists each run (its GPU variant plans here without a GPU)."""
+    from nucleiseg.config.compose import compose
+
+    cfg = compose([f"experiment={experiment}"])
+    assert cfg.data.protocol.split == "paper" and cfg.trainer.max_epochs == epochs and cfg.encoder == "unet_bn"
+    assert (cfg.model.unet_widths is None) == (experiment == "heads_gpu")
+    result = _train(f"experiment={experiment}", "dry_run=true", "dry_run_steps=0", f"paths.root_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = re.findall(r"dry run: would train (\S+) \[(.+?)\]", result.stdout)
+    assert len(planned) == runs and len({name for name, _ in planned}) == runs
+    labels = {label for _, label in planned}
+    assert {"Modified U-Net (BatchNorm)", "Modified U-Net (BatchNorm) + HV head (HoVer-Net)"} <= labels
+    assert "Modified U-Net (BatchNorm) + StarDist head" in labels

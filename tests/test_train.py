@@ -352,3 +352,30 @@ def test_a_kill_while_finishing_resumes_the_finish_not_the_training(train_overri
         history = client.get_metric_history(record.info.run_id, key)
         assert [point.step for point in history] == [1], key
     assert (folder / "checkpoints" / "MODEL_CARD.md").is_file() and not (folder / "finishing.json").exists()
+
+
+@pytest.mark.parametrize(("head", "method"), [("hv", "hover"), ("stardist", "stardist")])
+def test_the_field_heads_train_tune_their_own_separation_and_predict(train_overrides, tracking_uri, head, method):
+    """HoVer-Net's and StarDist's heads through the whole run: their losses logged and falling, their own
+    separation tuned on validation (its parameters searched, not the watershed's) and scored on test, and the
+    checkpoint predicting their maps."""
+    import numpy as np
+
+    from nucleiseg.config.settings import defaults
+    from nucleiseg.inference.session import InferenceSession
+
+    cfg = compose(
+        train_overrides + [f"study=heads_{head}", f"model.head={head}", "trainer.max_epochs=2", "model.n_rays=8"]
+    )
+    metrics = run(cfg)
+    assert 0 <= metrics[f"test/aji_{method}"] <= 1 and "test/aji_watershed" in metrics
+    done = json.loads((run_folder(cfg) / "done.json").read_text())
+    [record] = _runs(tracking_uri, f"heads_{head}")
+    parts = ("hv_mse", "hv_msge") if head == "hv" else ("star_prob", "star_dist")
+    history = _client(tracking_uri).get_metric_history(record.info.run_id, f"train/{parts[1]}")
+    assert len(history) == 2 and all(np.isfinite(m.value) for m in history)
+    tuned = {k.removeprefix("tuned."): v for k, v in record.data.tags.items() if k.startswith("tuned.")}
+    assert tuned["method"] == method and any(k.startswith("hover_" if head == "hv" else "star_") for k in tuned)
+    session = InferenceSession.from_checkpoint(done["test_checkpoint"], defaults("predict"))
+    prediction = session.predict(np.full((64, 64, 3), 200, np.uint8))
+    assert prediction.maps.shape[0] == (3 if head == "hv" else 2 + 8) and session.postprocess.method == method

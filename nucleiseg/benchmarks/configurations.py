@@ -243,7 +243,11 @@ def _measure(
     inference = cfg.predict.get("channels_last", cfg.model.channels_last)
     channels_last = device.type == "cuda" if inference == "auto" else bool(inference)
     torch.manual_seed(0)
-    model = create_model(encoder, head=cfg.model.head, unet_widths=unet_widths(cfg, encoder)).to(device).eval()
+    model = (
+        create_model(encoder, head=cfg.model.head, unet_widths=unet_widths(cfg, encoder), n_rays=cfg.model.n_rays)
+        .to(device)
+        .eval()
+    )
     naive = measure_inference(model, size, 1, "32-true", device, options.warmup, options.iterations)
     probe = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.inference_mode():

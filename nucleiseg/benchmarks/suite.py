@@ -64,7 +64,7 @@ def _inference_rows(cfg: DictConfig, options: Options, measured: Measurement) ->
     device, size = options.device, options.image_size
     precision = resolve_inference_precision(cfg.predict.precision, device)
     widths = OmegaConf.to_container(cfg.model.unet_widths) if cfg.model.unet_widths else None
-    model = create_model("unet_bn", head=cfg.model.head, unet_widths=widths).to(device).eval()
+    model = create_model("unet_bn", head=cfg.model.head, unet_widths=widths, n_rays=cfg.model.n_rays).to(device).eval()
     channels_last = device.type == "cuda"
     compiled = torch.compile(model.to(memory_format=torch.channels_last) if channels_last else model)
     fast = measure_inference(

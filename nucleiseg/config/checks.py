@@ -20,8 +20,8 @@ ENCODER_NAMES = (
 )
 CHOICES: dict[str, tuple[str, ...]] = {
     "encoder": ENCODER_NAMES,
-    "model.head": ("binary", "distance"),
-    "postprocess.method": ("auto", "components", "watershed", "distance"),
+    "model.head": ("binary", "distance", "hv", "stardist"),
+    "postprocess.method": ("auto", "components", "watershed", "distance", "hover", "stardist"),
     "test_checkpoint": ("last", "best"),
     "progress_bar": ("auto", "rich", "plain", "none"),
     "data.protocol.split": ("paper", "by_patient", "none"),

@@ -117,7 +117,7 @@ def tune(
     def score(settings: Postprocess, threshold: float) -> float:
         metrics: dict[str, InstanceMetrics] = {}
         for group, mask, prediction in predictions:
-            labels = separate_instances(prediction.probability, threshold, settings, prediction.distance)
+            labels = separate_instances(prediction.probability, threshold, settings, prediction.head_maps())
             metrics.setdefault(group, InstanceMetrics(iou_threshold)).update(mask, labels)
         return float(sum(m.compute()[objective] for m in metrics.values()) / len(metrics))
 
@@ -140,7 +140,7 @@ def tune(
         objective,
         best[0],
         untuned,
-        best[1].as_dict(),
+        best[1].own(),
         best[2],
     )
     return TuningResult(best[1], best[2], objective, best[0], untuned, len(predictions), trials)

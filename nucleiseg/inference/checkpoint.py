@@ -17,8 +17,8 @@ import torch
 
 from nucleiseg.config.plain import plain
 from nucleiseg.models.factory import SegmentationNet, create_model
-from nucleiseg.postprocess.instances import METHODS
-from nucleiseg.util.errors import NucleisegError, first_line
+from nucleiseg.postprocess.instances import RULES, Postprocess
+from nucleiseg.util.errors import ConfigError, NucleisegError, first_line
 from nucleiseg.util.writing import write_bytes_atomic
 
 MODEL_CHECKPOINT_KEY = "nucleiseg_model_checkpoint"  # marks a finished run's weights-only checkpoint (format 1)
@@ -115,17 +115,6 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-# what each value a checkpoint carries for inference must be (the postprocess group's rules, and the threshold's)
-POSTPROCESS_RULES: dict[str, tuple[str, Any]] = {
-    "method": (f"one of auto, {', '.join(METHODS)}", lambda v: v in ("auto", *METHODS)),
-    "min_distance": ("a whole number >= 0", _whole),
-    "min_area": ("a whole number >= 0", _whole),
-    "fill_holes": ("a whole number >= 0", _whole),
-    "smoothing": ("a number >= 0", lambda v: _number(v) and v >= 0),
-    "seed_height": ("a number above 0, at most 1", lambda v: _number(v) and 0 < v <= 1),
-}
-
-
 def _refuser(path: Path) -> Any:
     def refuse(key: str, value: Any, expected: str) -> CheckpointError:
         return CheckpointError(f"{path}: hyper-parameter {key}={value!r:.80}: expected {expected}")
@@ -134,12 +123,15 @@ def _refuser(path: Path) -> Any:
 
 
 def _check_postprocess(path: Path, post: Any) -> None:
+    """The post-processing a checkpoint carries, checked by :class:`Postprocess`'s own rules (keys this version does
+    not know are a newer version's: left alone)."""
     if post is not None and not isinstance(post, dict):
         raise _refuser(path)("postprocess", post, "a mapping of post-processing parameters")
-    for key, value in (post or {}).items():
-        expected, rule = POSTPROCESS_RULES.get(key, ("", None))
-        if rule is not None and value is not None and not rule(value):
-            raise _refuser(path)(f"postprocess.{key}", value, expected)
+    known = {key: value for key, value in (post or {}).items() if key in RULES}
+    try:
+        Postprocess.check_values(known, prefix="postprocess")
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: hyper-parameter {error}") from None
 
 
 def check_hyperparameters(path: Path, hparams: dict[str, Any]) -> None:
@@ -176,6 +168,7 @@ def _build(path: Path, state_dict: dict[str, torch.Tensor], hparams: dict[str, A
             pretrained=False,
             head=hparams.get("head", "binary"),
             unet_widths=hparams.get("unet_widths"),
+            n_rays=hparams.get("n_rays"),
         )
     except NucleisegError as error:
         raise CheckpointError(f"{path}: {error}") from None

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from nucleiseg.inference.checkpoint import load_checkpoint, write_safetensors
+from nucleiseg.models.heads import activate
 from nucleiseg.util.errors import NucleisegError, first_line
 from nucleiseg.util.writing import write_bytes_atomic
 
@@ -70,14 +71,17 @@ def tracing_quietly() -> Iterator[None]:
 
 
 class Activated(torch.nn.Module):
-    """The network with the activation nucleiseg applies: sigmoid on every channel (probability, distance)."""
+    """The network with the activation nucleiseg applies to its head (:func:`nucleiseg.models.heads.activate`):
+    probabilities through a sigmoid, HV offsets and ray distances as they are. The separation into nuclei stays in
+    nucleiseg (:mod:`nucleiseg.postprocess`)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.head = str(getattr(model, "head", "binary"))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(image))
+        return activate(self.head, self.model(image))
 
 
 def _check_images() -> torch.Tensor:
@@ -86,7 +90,7 @@ def _check_images() -> torch.Tensor:
 
 def _reference(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
-        return torch.sigmoid(model.eval()(images)).numpy()
+        return activate(str(getattr(model, "head", "binary")), model.eval()(images)).numpy()
 
 
 def _run_export(fmt: str, path: Path, model: torch.nn.Module, hparams: dict, example: torch.Tensor) -> np.ndarray:
@@ -108,7 +112,7 @@ def _run_export(fmt: str, path: Path, model: torch.nn.Module, hparams: dict, exa
     import importlib.util
 
     if importlib.util.find_spec("onnxruntime") is None:
-        raise NucleisegError("onnxruntime is not installed: pip install 'nucleiseg[onnx]' to export and check ONNX")
+        raise NucleisegError("onnxruntime is missing from this environment (a dependency of nucleiseg): reinstall it")
     import onnxruntime
 
     buffer = io.BytesIO()

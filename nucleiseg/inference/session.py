@@ -106,14 +106,27 @@ class InferenceSettings:
 
 @dataclass
 class Prediction:
-    """Activated maps of one image: nucleus probability and, with a distance head, the distance map."""
+    """Activated maps of one image, ``float32 CxHxW`` as the head lays them out (:mod:`nucleiseg.models.heads`):
+    the nucleus probability (channel 0) and the head's own maps, by name."""
 
-    probability: np.ndarray  # float32 HxW
-    distance: np.ndarray | None = None  # float32 HxW in [0, 1]
+    maps: np.ndarray
+    head: str = "binary"
 
-    @classmethod
-    def from_maps(cls, maps: np.ndarray) -> Prediction:
-        return cls(maps[0], maps[1] if maps.shape[0] > 1 else None)
+    @property
+    def probability(self) -> np.ndarray:
+        """``float32 HxW`` nucleus probability (every head)."""
+        return self.maps[0]
+
+    def head_maps(self) -> dict[str, np.ndarray]:
+        """The maps the head's separation method reads (:func:`separate_instances`): ``distance``; ``hv``;
+        ``star_probability`` and ``star_distances``."""
+        if self.head == "distance":
+            return {"distance": self.maps[1]}
+        if self.head == "hv":
+            return {"hv": self.maps[1:3]}
+        if self.head == "stardist":
+            return {"star_probability": self.maps[1], "star_distances": self.maps[2:]}
+        return {}
 
 
 class InferenceSession:
@@ -238,6 +251,7 @@ class InferenceSession:
                 channels_last=self.channels_last,
                 normaliser=self.normaliser if normalise else None,
                 scale=scale,
+                head=self.head,
             )
         return self._segmenters[key]
 
@@ -290,7 +304,7 @@ class InferenceSession:
         self, image: np.ndarray, scale: float = 1.0, normalise: bool = True, progress: Callable | None = None
     ) -> Prediction:
         """``uint8 HxWx3`` of any size -> :class:`Prediction` at the input's size."""
-        return Prediction.from_maps(self.segmenter(scale, normalise).predict(image, progress))
+        return Prediction(self.segmenter(scale, normalise).predict(image, progress), self.head)
 
     def binarise(self, probability: np.ndarray) -> np.ndarray:
         """The nucleus mask ``bool HxW`` of a probability map at the session's threshold."""
@@ -313,7 +327,7 @@ class InferenceSession:
     def instances(self, prediction: Prediction, method: str | None = None) -> np.ndarray:
         """Instance labels ``int32 HxW`` of a prediction, with the session's post-processing (or ``method``)."""
         settings = self.postprocess if method is None else replace(self.postprocess, method=method)
-        return separate_instances(prediction.probability, self.threshold, settings, prediction.distance)
+        return separate_instances(prediction.probability, self.threshold, settings, prediction.head_maps())
 
     def evaluate(
         self,

@@ -2,8 +2,8 @@
 
 The tiling engine under :class:`nucleiseg.inference.session.InferenceSession` (the one inference path of
 evaluate, predict, training's test pass and the report): images of any size go in as ``uint8 HxWx3`` and come
-out as activated maps ``float32 CxHxW`` (channel 0: nucleus probability; channel 1 with a distance head: the
-predicted distance map). Images larger than a tile are cut into overlapping
+out as activated maps ``float32 CxHxW`` (channel 0: nucleus probability; then the head's own maps, activated as
+:func:`nucleiseg.models.heads.activate` says). Images larger than a tile are cut into overlapping
 tiles whose predictions are blended with a weight that falls towards the tile edges, so the seams vanish and
 memory is bounded by the tile batch, not the image.
 """
@@ -20,6 +20,7 @@ from torch import nn
 from nucleiseg.data.model_input import to_model_input
 from nucleiseg.data.stain import StainNormaliser
 from nucleiseg.data.transforms import resize_image
+from nucleiseg.models.heads import activate, unflip
 from nucleiseg.util.devices import autocast
 from nucleiseg.util.errors import ConfigError
 
@@ -43,8 +44,9 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
 
 
 class Segmenter:
-    """Predict with ``model`` (``float32 Bx3xHxW`` in [0,1] -> logits ``BxCxHxW``); every channel is activated
-    with a sigmoid (nucleus probability; normalised distance with a distance head)."""
+    """Predict with ``model`` (``float32 Bx3xHxW`` in [0,1] -> logits ``BxCxHxW``); the channels are activated as
+    the ``head`` defines (:mod:`nucleiseg.models.heads`), and flipped predictions (TTA) are brought back to the
+    input's frame the head's way (an HV map changes sign, StarDist's rays are mirrored)."""
 
     def __init__(
         self,
@@ -59,6 +61,7 @@ class Segmenter:
         channels_last: bool = False,
         normaliser: StainNormaliser | None = None,
         scale: float = 1.0,
+        head: str = "binary",
     ) -> None:
         """``normaliser``: stain normalisation applied to whole images in :meth:`probability` (the model's own,
         from its checkpoint); :meth:`probability_batch` takes already-prepared tensors. ``scale`` resamples
@@ -79,6 +82,7 @@ class Segmenter:
         self.tta, self.batch_size = tta, batch_size
         self.normaliser = normaliser
         self.scale = float(scale)
+        self.head = head
 
     @torch.inference_mode()
     def predict_batch(self, images: torch.Tensor) -> torch.Tensor:
@@ -91,9 +95,8 @@ class Segmenter:
         with autocast(self.device, self.precision):
             for dims in flips:
                 view = x.flip(dims) if dims else x
-                logits = self.model(view).float()
-                prob = torch.sigmoid(logits.flip(dims) if dims else logits)
-                total = prob if total is None else total + prob
+                maps = unflip(self.head, activate(self.head, self.model(view).float()), dims)
+                total = maps if total is None else total + maps
         return total / len(flips)
 
     def probability_batch(self, images: torch.Tensor) -> torch.Tensor:

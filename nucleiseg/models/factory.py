@@ -3,10 +3,9 @@
 The registry below is the paper's Table I: two plain U-Nets and six smp encoders. Pretrained weights are
 ImageNet only (section III-B); plain U-Nets have none, so ``pretrained=True`` with them is a config error.
 
-Every configuration takes one of two heads (``model.head``):
-- ``binary``: one logit channel, nucleus vs background (the paper);
-- ``distance``: a second channel regressing each nucleus's normalised distance to its border (Naylor et al.,
-  IEEE TMI 2018), whose maxima seed the separation of touching nuclei.
+Every configuration takes one of the heads of :mod:`nucleiseg.models.heads` (``model.head``): ``binary`` (the
+paper), ``distance`` (Naylor et al.), ``hv`` (HoVer-Net) or ``stardist`` (StarDist); channel 0 is always the nucleus
+logit.
 """
 
 from __future__ import annotations
@@ -17,11 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nucleiseg.models.heads import output_channels
 from nucleiseg.models.unet import WIDTHS, UNet
 from nucleiseg.models.weights import imagenet_state_dict
 from nucleiseg.util.errors import ConfigError
 
-HEADS = {"binary": 1, "distance": 2}  # head -> output channels (channel 0 is always the nucleus logit)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -51,10 +50,16 @@ ENCODERS: dict[str, EncoderSpec] = {
 }
 
 
-def configuration_label(encoder: str, pretrained: bool) -> str:
-    """Human name of a configuration as in the paper's tables, e.g. ``DenseNet-121 (ImageNet)``."""
+# how a configuration with a head the paper did not have is named (never compared with the paper's rows)
+HEAD_LABELS = {"distance": "distance head", "hv": "HV head (HoVer-Net)", "stardist": "StarDist head"}
+
+
+def configuration_label(encoder: str, pretrained: bool, head: str = "binary") -> str:
+    """Human name of a configuration as in the paper's tables, e.g. ``DenseNet-121 (ImageNet)``, and with another
+    head than the paper's ``+ distance head``, ``+ HV head (HoVer-Net)``, ``+ StarDist head``."""
     spec = ENCODERS[encoder]
-    return f"{spec.label} (ImageNet)" if pretrained else spec.label
+    label = f"{spec.label} (ImageNet)" if pretrained else spec.label
+    return f"{label} + {HEAD_LABELS[head]}" if head in HEAD_LABELS else label
 
 
 def check_configuration(encoder: str, pretrained: bool) -> EncoderSpec:
@@ -84,17 +89,18 @@ class Normalise(nn.Module):
         return (x - self.mean) / self.std
 
 
-def check_head(head: str) -> int:
-    """Number of output channels of ``head``; raise ConfigError naming the option otherwise."""
-    if head not in HEADS:
-        raise ConfigError(f"model.head={head!r}: expected one of {sorted(HEADS)}")
-    return HEADS[head]
+def check_head(head: str, n_rays: int | None = None) -> int:
+    """Number of output channels of ``head`` (``n_rays``: the StarDist head's rays); raise ConfigError naming the
+    option otherwise."""
+    if head == "stardist" and n_rays is None:
+        raise ConfigError("model.head=stardist needs model.n_rays (the rays each pixel predicts)")
+    return output_channels(head, n_rays or 0)
 
 
 class SegmentationNet(nn.Module):
-    """``float32 Bx3xHxW`` in [0, 1] -> logits ``BxCxHxW`` (channel 0: nucleus; channel 1 with the distance
-    head: the distance map, before its sigmoid); input normalisation is part of the model, so training,
-    evaluation and prediction cannot disagree about it."""
+    """``float32 Bx3xHxW`` in [0, 1] -> logits ``BxCxHxW`` (channel 0: nucleus; then the head's own maps, see
+    :mod:`nucleiseg.models.heads`); input normalisation is part of the model, so training, evaluation and
+    prediction cannot disagree about it."""
 
     def __init__(self, network: nn.Module, normalise: nn.Module | None, head: str = "binary") -> None:
         super().__init__()
@@ -113,13 +119,14 @@ def create_model(
     allow_download: bool = True,
     head: str = "binary",
     unet_widths: tuple[int, ...] | None = None,
+    n_rays: int | None = None,
 ) -> SegmentationNet:
     """Build one of the 14 configurations of the paper (see ``ENCODERS``) with ``head`` (see ``HEADS``).
 
     ``unet_widths`` narrows the plain U-Nets (default: the paper's 64-128-256-512-1024), e.g. for CPU smoke runs.
     """
     spec = check_configuration(encoder, pretrained)
-    classes = check_head(head)
+    classes = check_head(head, n_rays)
     if spec.smp_name is None:
         widths = tuple(unet_widths) if unet_widths else WIDTHS
         if len(widths) < 2 or any(int(w) < 1 for w in widths):

@@ -1,5 +1,5 @@
-"""One LightningModule for every configuration and head: the paper's loss (plus the distance term), Adam, and
-pixel metrics on validation. The held-out test metrics come from the inference session
+"""One LightningModule for every configuration and head: the paper's loss (plus the terms of the head's own maps),
+Adam, and pixel metrics on validation. The held-out test metrics come from the inference session
 (:class:`nucleiseg.inference.held_out_pass.SessionTestPass`), the same path as ``nucleiseg evaluate``."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from nucleiseg.metrics.pixel import pixel_metrics
@@ -23,6 +24,29 @@ class NonFiniteLossError(NucleisegError):
 def foreground(mask: torch.Tensor) -> torch.Tensor:
     """Instance labels ``int BxHxW`` -> binary target ``float32 Bx1xHxW`` (where the loss binarises masks)."""
     return (mask > 0).float().unsqueeze(1)
+
+
+def head_targets(head: str, masks: torch.Tensor, n_rays: int) -> dict[str, torch.Tensor]:
+    """The targets of the HV and StarDist heads, made from the batch's instance labels ``int BxHxW`` as they are
+    now, after any augmentation (a flip negates an HV map and mirrors the rays, so these cannot be made once and
+    moved along as the distance map is): ``hv`` ``Bx2xHxW``; ``star_probability`` ``Bx1xHxW`` and
+    ``star_distances`` ``B x n_rays x H x W``. Computed with HoVer-Net's and StarDist's own target code (NumPy,
+    on the CPU)."""
+    if head not in ("hv", "stardist"):
+        return {}
+    labels = masks.detach().to("cpu").numpy()
+    if head == "hv":
+        from nucleiseg.postprocess.hover import hv_maps
+
+        return {"hv": torch.from_numpy(np.stack([hv_maps(m) for m in labels])).to(masks.device)}
+    from nucleiseg.postprocess.star import star_targets
+
+    made = [star_targets(m, n_rays) for m in labels]
+    probability = torch.from_numpy(np.stack([p for p, _ in made]))[:, None].to(masks.device)
+    return {
+        "star_probability": probability,
+        "star_distances": torch.from_numpy(np.stack([d for _, d in made])).to(masks.device),
+    }
 
 
 class SegmentationModule(L.LightningModule):
@@ -41,6 +65,7 @@ class SegmentationModule(L.LightningModule):
         threshold: float,
         *,
         head: str,
+        n_rays: int,
         unet_widths: list[int] | None,
         weights_dir: str | None,
         channels_last: bool,
@@ -75,11 +100,16 @@ class SegmentationModule(L.LightningModule):
                 "register_as",
             ]
         )
-        if isinstance(loss, SegmentationLoss):  # what the paper's loss was trained with, for the checkpoint's record
-            self.hparams.update(smooth=loss.mask_loss.smooth, distance_weight=loss.distance_weight)
+        if isinstance(loss, SegmentationLoss):  # what the loss was trained with, for the checkpoint's record
+            self.hparams.update(loss.record())
         # from a checkpoint the weights come from the checkpoint itself, never from ImageNet again
         self.model = create_model(
-            encoder, pretrained and load_pretrained_weights, weights_dir, head=head, unet_widths=unet_widths
+            encoder,
+            pretrained and load_pretrained_weights,
+            weights_dir,
+            head=head,
+            unet_widths=unet_widths,
+            n_rays=n_rays,
         )
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -105,7 +135,8 @@ class SegmentationModule(L.LightningModule):
         logits = self(batch["image"])
         target = foreground(batch["mask"])
         distance = batch["distance"].unsqueeze(1) if "distance" in batch else None
-        return self.criterion(logits, target, distance), logits, target
+        targets = head_targets(self.hparams.head, batch["mask"], self.hparams.n_rays)
+        return self.criterion(logits, target, distance, targets), logits, target
 
     def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int) -> None:
         for name, value in losses.items():

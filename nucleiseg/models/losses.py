@@ -1,4 +1,5 @@
-"""The paper's loss (section III-C, equations 1-3): binary cross-entropy plus Dice loss with smooth 1.
+"""The paper's loss (section III-C, equations 1-3): binary cross-entropy plus Dice loss with smooth 1, and the
+losses of the heads beyond the paper's (:class:`SegmentationLoss`).
 
     BCE  = -mean(y log p + (1 - y) log(1 - p))
     Dice = (2 sum(y p) + smooth) / (sum(y) + sum(p) + smooth)
@@ -41,21 +42,77 @@ class BCEDiceLoss(nn.Module):
 
 
 class SegmentationLoss(nn.Module):
-    """The paper's loss on the nucleus channel, plus, for the distance head, ``distance_weight`` x the mean squared
-    error between the predicted distance map (sigmoid of channel 1) and each nucleus's normalised distance
-    transform (Naylor et al., IEEE TMI 2018 regress it with a squared error too)."""
+    """The paper's loss on the nucleus channel (channel 0, every head), plus the loss of the head's own maps:
 
-    def __init__(self, smooth: float, distance_weight: float) -> None:
+    - ``distance``: ``distance_weight`` x the mean squared error between the predicted distance map (sigmoid of
+      channel 1) and each nucleus's normalised distance transform (Naylor et al., IEEE TMI 2018);
+    - ``hv``: HoVer-Net's ``hv_mse_weight`` x MSE of the HV maps + ``hv_msge_weight`` x the squared error of their
+      Sobel gradients on the nuclei (:func:`nucleiseg.models.hover_loss.hover_loss_terms`);
+    - ``stardist``: StarDist's ``star_prob_weight`` x BCE of the object probability + ``star_dist_weight`` x the
+      probability-weighted MAE of the ray distances (:func:`nucleiseg.models.star_loss.star_loss_terms`).
+
+    The head is read from the maps the batch carries (``targets``), so one loss object serves every head."""
+
+    def __init__(
+        self,
+        smooth: float,
+        distance_weight: float,
+        hv_mse_weight: float,
+        hv_msge_weight: float,
+        star_prob_weight: float,
+        star_dist_weight: float,
+        star_background_reg: float,
+    ) -> None:
         super().__init__()
         self.mask_loss = BCEDiceLoss(smooth)
         self.distance_weight = distance_weight
+        self.hv_weights = (hv_mse_weight, hv_msge_weight)
+        self.star_weights = (star_prob_weight, star_dist_weight)
+        self.star_background_reg = star_background_reg
+
+    def record(self) -> dict[str, float]:
+        """The loss's weights, for a checkpoint's hyper-parameters."""
+        return {
+            "smooth": self.mask_loss.smooth,
+            "distance_weight": self.distance_weight,
+            "hv_mse_weight": self.hv_weights[0],
+            "hv_msge_weight": self.hv_weights[1],
+            "star_prob_weight": self.star_weights[0],
+            "star_dist_weight": self.star_weights[1],
+            "star_background_reg": self.star_background_reg,
+        }
 
     def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, distance: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        distance: torch.Tensor | None = None,
+        targets: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``logits BxCxHxW``; ``target`` 0/1 ``Bx1xHxW``; ``distance`` ``Bx1xHxW`` in [0, 1] when C == 2."""
+        """``logits BxCxHxW``; ``target`` 0/1 ``Bx1xHxW``; ``distance`` ``Bx1xHxW`` in [0, 1] for the distance head;
+        ``targets``: ``hv`` (``Bx2xHxW``) for the HV head, ``star_probability`` (``Bx1xHxW``) and
+        ``star_distances`` (``B x n_rays x H x W``) for the StarDist head."""
         losses = self.mask_loss(logits[:, :1], target)
-        if logits.shape[1] > 1:
+        targets = targets or {}
+        if "hv" in targets:
+            from nucleiseg.models.hover_loss import hover_loss_terms
+
+            mse, msge = hover_loss_terms(logits[:, 1:3], targets["hv"], target)
+            losses.update(hv_mse=mse, hv_msge=msge)
+            losses["loss"] = losses["loss"] + self.hv_weights[0] * mse + self.hv_weights[1] * msge
+        elif "star_probability" in targets:
+            from nucleiseg.models.star_loss import star_loss_terms
+
+            prob, dist = star_loss_terms(
+                logits[:, 1:2],
+                logits[:, 2:],
+                targets["star_probability"],
+                targets["star_distances"],
+                background_reg=self.star_background_reg,
+            )
+            losses.update(star_prob=prob, star_dist=dist)
+            losses["loss"] = losses["loss"] + self.star_weights[0] * prob + self.star_weights[1] * dist
+        elif logits.shape[1] > 1:
             if distance is None:
                 raise ValueError("a distance head needs the distance target of each batch")
             regression = F.mse_loss(torch.sigmoid(logits[:, 1:2].float()), distance.float())

@@ -7,6 +7,9 @@ touching round nuclei joined by a neck get two markers and are cut along the nec
 ``distance``: for models with a distance head (Naylor et al., IEEE TMI 2018): markers are the h-maxima (height
 ``seed_height``) of the *predicted* distance map, and the watershed floods that map inside the thresholded mask.
 The network has learnt where one nucleus ends and the next begins, which the geometry of a merged blob cannot tell.
+``hover``: for the HV head, HoVer-Net's Sobel-energy markers and watershed (:mod:`nucleiseg.postprocess.hover`).
+``stardist``: for the StarDist head, its star-convex polygons after non-maximum suppression
+(:mod:`nucleiseg.postprocess.star`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,57 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from nucleiseg.util.errors import ConfigError
 
-METHODS = ("components", "watershed", "distance")
+METHODS = ("components", "watershed", "distance", "hover", "stardist")
+# the maps a method separates with, beyond the nucleus probability (what a head predicts)
+NEEDS = {"distance": ("distance",), "hover": ("hv",), "stardist": ("star_probability", "star_distances")}
+# the head each method needs, and the method postprocess.method=auto gives a head (nucleiseg.models.heads agrees)
+HEAD_OF = {"distance": "distance", "hover": "hv", "stardist": "stardist"}
+AUTO = {"binary": "watershed", "distance": "distance", "hv": "hover", "stardist": "stardist"}
+# the parameters each method reads (the others are carried along, unused)
+_FINAL = ("min_area", "fill_holes")
+PARAMETERS = {
+    "components": _FINAL,
+    "watershed": ("min_distance", "smoothing", *_FINAL),
+    "distance": ("seed_height", "smoothing", *_FINAL),
+    "hover": tuple(
+        f"hover_{n}"
+        for n in ("min_object", "sobel_kernel", "edge_threshold", "smoothing_kernel", "marker_opening", "min_marker")
+    )
+    + _FINAL,  # fmt: skip
+    "stardist": ("star_prob_threshold", "star_nms_threshold", "star_border", *_FINAL),
+}
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _odd(value: Any) -> bool:
+    return _whole(value) and value % 2 == 1
+
+
+# every parameter's rule: (what it must be, test); the one place these are written (checkpoints are checked by them)
+RULES: dict[str, tuple[str, Any]] = {
+    "method": (f"auto or one of {', '.join(METHODS)}", lambda v: v in ("auto", *METHODS)),
+    "min_distance": ("a whole number >= 0", _whole),
+    "smoothing": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "min_area": ("a whole number >= 0", _whole),
+    "fill_holes": ("a whole number >= 0", _whole),
+    "seed_height": ("a number above 0, at most 1", lambda v: _number(v) and 0 < v <= 1),
+    "hover_min_object": ("a whole number >= 0", _whole),
+    "hover_sobel_kernel": ("an odd whole number between 3 and 31", lambda v: _odd(v) and 3 <= v <= 31),
+    "hover_edge_threshold": ("a number between 0 and 1", lambda v: _number(v) and 0 < v < 1),
+    "hover_smoothing_kernel": ("an odd whole number", _odd),
+    "hover_marker_opening": ("a whole number >= 1", lambda v: _whole(v) and v >= 1),
+    "hover_min_marker": ("a whole number >= 0", _whole),
+    "star_prob_threshold": ("a number between 0 and 1", lambda v: _number(v) and 0 < v < 1),
+    "star_nms_threshold": ("a number between 0 and 1", lambda v: _number(v) and 0 < v < 1),
+    "star_border": ("a whole number >= 0", _whole),
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +86,9 @@ class Postprocess:
     ``conf/postprocess/default.yaml`` holds the defaults; :meth:`merged` completes a partial mapping with the
     defaults its caller passes down).
 
-    ``method=auto`` is ``distance`` for a model with a distance head and ``watershed`` otherwise.
+    ``method=auto`` is the head's own way (:data:`AUTO`): ``watershed`` for the paper's binary head, ``distance``,
+    ``hover`` (HoVer-Net) and ``stardist`` for the heads of those names. The ``hover_*`` values are the numbers
+    HoVer-Net's post-processing hard-codes, the ``star_*`` ones StarDist's (both tuned on validation).
     """
 
     method: str
@@ -42,18 +97,27 @@ class Postprocess:
     min_area: int  # nuclei smaller than this (pixels) are dropped, after the separation
     fill_holes: int  # holes up to this size (pixels) inside a nucleus are filled
     seed_height: float  # distance: h of the h-maxima of the predicted distance (0-1)
+    hover_min_object: int  # hover: foreground pieces under this many pixels dropped
+    hover_sobel_kernel: int  # hover: size of the Sobel kernel on the HV maps
+    hover_edge_threshold: float  # hover: edge energy above which a pixel is no marker
+    hover_smoothing_kernel: int  # hover: Gaussian size on the flooded surface
+    hover_marker_opening: int  # hover: elliptic opening of the markers (pixels)
+    hover_min_marker: int  # hover: markers under this many pixels dropped
+    star_prob_threshold: float  # stardist: object probability above which a pixel proposes a polygon
+    star_nms_threshold: float  # stardist: overlap above which the less probable polygon is suppressed
+    star_border: int  # stardist: no polygon centred closer than this to the image edge
 
     def __post_init__(self) -> None:
-        if self.method not in ("auto", *METHODS):
-            raise ConfigError(f"postprocess.method={self.method!r}: expected auto or one of {METHODS}")
-        for name in ("min_distance", "min_area", "fill_holes"):
-            if not isinstance(getattr(self, name), int | np.integer) or getattr(self, name) < 0:
-                raise ConfigError(f"postprocess.{name}={getattr(self, name)!r}: expected a whole number >= 0")
-        if self.smoothing < 0 or not 0 < self.seed_height <= 1:
-            raise ConfigError(
-                f"postprocess.smoothing={self.smoothing}, seed_height={self.seed_height}: expected smoothing >= 0 "
-                "and 0 < seed_height <= 1"
-            )
+        self.check_values(asdict(self))
+
+    @staticmethod
+    def check_values(values: Mapping[str, Any] | None, prefix: str = "postprocess") -> None:
+        """Refuse an unknown name or a value against its rule, in one line naming ``prefix.NAME``."""
+        Postprocess.check_names(values)
+        for name, value in (values or {}).items():
+            expected, rule = RULES[name]
+            if value is not None and not rule(value):
+                raise ConfigError(f"{prefix}.{name}={value!r}: expected {expected}")
 
     @staticmethod
     def check_names(values: Mapping[str, Any] | None) -> None:
@@ -73,20 +137,30 @@ class Postprocess:
         return cls(**{**defaults, **(values or {})})
 
     def resolved(self, head: str) -> Postprocess:
-        """``auto`` made concrete for a model with ``head``; ``distance`` without a distance head is an error."""
+        """``auto`` made concrete for a model with ``head``; a method whose maps the head does not predict is an
+        error naming both."""
         if self.method == "auto":
-            return replace(self, method="distance" if head == "distance" else "watershed")
-        if self.method == "distance" and head != "distance":
-            raise ConfigError("postprocess.method=distance needs a model trained with model.head=distance")
+            return replace(self, method=AUTO.get(head, "watershed"))
+        if self.method in HEAD_OF and HEAD_OF[self.method] != head:
+            raise ConfigError(
+                f"postprocess.method={self.method} needs a model trained with model.head={HEAD_OF[self.method]} "
+                f"(this one: {head})"
+            )
         return self
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def own(self) -> dict[str, Any]:
+        """The method and the parameters it reads (for logs and cards: the others are carried along unused)."""
+        return {"method": self.method, **{name: getattr(self, name) for name in PARAMETERS.get(self.method, ())}}
+
 
 def methods_for(head: str) -> tuple[str, ...]:
-    """The separation methods a model with ``head`` supports (evaluation scores each of them)."""
-    return METHODS if head == "distance" else METHODS[:2]
+    """The separation methods a model with ``head`` supports (evaluation scores each of them): the two that need
+    only the nucleus probability, and the head's own."""
+    own = AUTO.get(head, "watershed")
+    return ("components", "watershed") + ((own,) if own not in ("components", "watershed") else ())
 
 
 def binarise(probability: np.ndarray, threshold: float) -> np.ndarray:
@@ -121,25 +195,34 @@ def separate_instances(
     probability: np.ndarray,
     threshold: float,
     settings: Postprocess,
-    distance: np.ndarray | None = None,
+    maps: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``float HxW`` probabilities (or a boolean mask) -> ``int32 HxW`` instance labels, 0 = background.
 
     ``settings``: the method and its parameters (``nucleiseg.config.settings.defaults("postprocess", method=...)``
-    gives the defaults of ``conf/`` with a method of your choice).
-    ``distance`` (``float HxW`` in [0, 1]) is the predicted distance map, needed by the ``distance`` method.
+    gives the defaults of ``conf/`` with a method of your choice). ``maps``: what the head predicted beyond the
+    nucleus probability, needed by its own method: ``distance`` (``float HxW`` in [0, 1]), ``hv`` (``float 2xHxW``,
+    HoVer-Net's maps), ``star_probability`` (``float HxW``) and ``star_distances`` (``float n_rays x H x W``).
     """
     method = settings.method
     if method not in METHODS:
         raise ConfigError(f"postprocess.method={method!r}: expected one of {METHODS} (auto is resolved by the head)")
+    maps = maps or {}
+    if any(maps.get(key) is None for key in NEEDS.get(method, ())):
+        raise ConfigError(
+            f"postprocess.method={method} needs the predicted {' and '.join(NEEDS[method])} maps "
+            f"(model.head={HEAD_OF[method]})"
+        )
+    if method == "hover":
+        return final_nuclei(_hover(probability, threshold, maps["hv"], settings), settings)
+    if method == "stardist":
+        return final_nuclei(_stardist(maps["star_probability"], maps["star_distances"], settings), settings)
     foreground = _foreground(probability, threshold, settings)
     components = label(foreground, connectivity=2)
     if method == "components" or not components.any():
         return final_nuclei(components, settings)
     if method == "distance":
-        if distance is None:
-            raise ConfigError("postprocess.method=distance needs the predicted distance map (model.head=distance)")
-        height = distance.astype(np.float64)
+        height = maps["distance"].astype(np.float64)
         if settings.smoothing:
             height = ndimage.gaussian_filter(height, settings.smoothing)
         height = np.where(foreground, height, 0.0)
@@ -155,6 +238,36 @@ def separate_instances(
     markers = _mark_every_component(markers, components, height)
     labels = watershed(-height, markers, mask=foreground)
     return final_nuclei(labels, settings)
+
+
+def _hover(probability: np.ndarray, threshold: float, hv: np.ndarray, settings: Postprocess) -> np.ndarray:
+    """HoVer-Net's separation (:func:`nucleiseg.postprocess.hover.hover_instances`) at the model's threshold."""
+    from nucleiseg.postprocess.hover import hover_instances
+
+    return hover_instances(
+        probability.astype(np.float32),
+        hv,
+        threshold=threshold,
+        min_object=settings.hover_min_object,
+        sobel_kernel=settings.hover_sobel_kernel,
+        edge_threshold=settings.hover_edge_threshold,
+        smoothing_kernel=settings.hover_smoothing_kernel,
+        marker_opening=settings.hover_marker_opening,
+        min_marker=settings.hover_min_marker,
+    )
+
+
+def _stardist(probability: np.ndarray, distances: np.ndarray, settings: Postprocess) -> np.ndarray:
+    """StarDist's polygons (:func:`nucleiseg.postprocess.star.star_instances`)."""
+    from nucleiseg.postprocess.star import star_instances
+
+    return star_instances(
+        probability,
+        distances,
+        prob_threshold=settings.star_prob_threshold,
+        nms_threshold=settings.star_nms_threshold,
+        border=settings.star_border,
+    )
 
 
 def final_nuclei(labels: np.ndarray, settings: Postprocess) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from nucleiseg.models.factory import ENCODERS, configuration_label
+from nucleiseg.models.factory import ENCODERS, HEAD_LABELS, configuration_label
 from nucleiseg.postprocess.instances import METHODS
 from nucleiseg.tracking.mlflow_store import resolve_tracking_uri
 from nucleiseg.util.errors import NucleisegError
@@ -37,19 +37,19 @@ class ReportError(NucleisegError):
 
 
 def row_label(encoder: str | None, pretrained: bool, head: str | None) -> str:
-    """The configuration's name in the tables: the paper's (Table I) and, for the distance head, ``+ distance
-    head`` (a model the paper did not have, never compared with its published row)."""
+    """The configuration's name in the tables: the paper's (Table I) and, for another head, ``+ distance head``,
+    ``+ HV head (HoVer-Net)``, ``+ StarDist head`` (models the paper did not have, never compared with its
+    published rows)."""
     if encoder not in ENCODERS:
         return str(encoder)
-    label = configuration_label(encoder, pretrained)
-    return f"{label} + distance head" if head == "distance" else label
+    return configuration_label(encoder, pretrained, head or "binary")
 
 
 def table_one_order() -> list[str]:
     """Row labels in the paper's Table I order (each encoder without, then with ImageNet), binary heads first,
     then the same with the distance head."""
     labels = []
-    for head in ("binary", "distance"):
+    for head in ("binary", *HEAD_LABELS):
         for encoder, spec in ENCODERS.items():
             for pretrained in (False, True) if spec.has_imagenet_weights else (False,):
                 labels.append(row_label(encoder, pretrained, head))

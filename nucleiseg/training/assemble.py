@@ -53,7 +53,7 @@ def validate(cfg: DictConfig) -> None:
     """Fail before any work on an invalid configuration (bad names, bad combinations, bad values)."""
     _check_groups(cfg)
     spec = check_configuration(cfg.encoder, cfg.pretrained)
-    check_head(cfg.model.head)
+    check_head(cfg.model.head, cfg.model.n_rays)
     if cfg.model.unet_widths and spec.smp_name is not None:
         raise ConfigError(f"model.unet_widths applies to the plain U-Nets only, not to encoder={cfg.encoder}")
     if cfg.pretrained and not cfg.dry_run:

@@ -146,6 +146,45 @@ TRAINING_NEUTRAL = {
 }
 
 
+# Keys added after run identities were pinned, for what earlier runs could not do (the HV and StarDist heads): at their
+# shipped value they leave a run's identity as it was, so adding a key never makes earlier runs "other runs"; a run
+# that sets one to another value is another run. The values themselves live in conf/ only.
+LATER_KEYS = (
+    "model.n_rays",
+    "loss.hv_mse_weight",
+    "loss.hv_msge_weight",
+    "loss.star_prob_weight",
+    "loss.star_dist_weight",
+    "loss.star_background_reg",
+    "postprocess.hover_min_object",
+    "postprocess.hover_sobel_kernel",
+    "postprocess.hover_edge_threshold",
+    "postprocess.hover_smoothing_kernel",
+    "postprocess.hover_marker_opening",
+    "postprocess.hover_min_marker",
+    "postprocess.star_prob_threshold",
+    "postprocess.star_nms_threshold",
+    "postprocess.star_border",
+    "tune.grid.hover",
+    "tune.grid.stardist",
+)
+
+
+def _drop_later_keys(plain: dict[str, Any], shipped: DictConfig) -> None:
+    """Remove, in place, the :data:`LATER_KEYS` whose value is the shipped one."""
+    for dotted in LATER_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = plain
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            shipped_value = OmegaConf.select(shipped, dotted)
+            if OmegaConf.is_config(shipped_value):
+                shipped_value = OmegaConf.to_container(shipped_value, resolve=True)
+            if node[leaf] == shipped_value:
+                node.pop(leaf)
+
+
 def _plain_identity(cfg: DictConfig) -> dict[str, Any]:
     """``cfg`` resolved to plain containers, without the shipped wiring (see :data:`WIRING_KEYS`)."""
     from nucleiseg.config.settings import shipped_config
@@ -153,6 +192,7 @@ def _plain_identity(cfg: DictConfig) -> dict[str, Any]:
     shipped = shipped_config()
     plain = OmegaConf.to_container(cfg, resolve=True)
     _drop_our_targets(plain, OmegaConf.to_container(shipped, resolve=False))
+    _drop_later_keys(plain, shipped)
     if "callbacks" in cfg and OmegaConf.to_container(cfg.callbacks) == OmegaConf.to_container(shipped.callbacks):
         plain.pop("callbacks", None)
     predict, model = plain.get("predict"), plain.get("model")

@@ -175,14 +175,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from nucleiseg.training.study_cost import plan_run
 
         name, folder = run_name(cfg), run_folder(cfg)
+        planned = f"dry run: would train {name} [{configuration_label(cfg.encoder, cfg.pretrained, cfg.model.head)}]"
         if not cfg.dry_run_steps:  # list the runs only
-            print(f"dry run: would train {name} [{configuration_label(cfg.encoder, cfg.pretrained)}] in {folder}")
+            print(f"{planned} in {folder}")
             return {}
         row = plan_run(cfg, name, steps=int(cfg.dry_run_steps))
         print(
-            f"dry run: would train {name} [{configuration_label(cfg.encoder, cfg.pretrained)}] in {folder}: about "
-            f"{row['seconds'] / 60:.1f} min at {row['images_per_second']:.1f} training images/s here, "
-            f"{row['disk_bytes'] / 1e6:.0f} MB"
+            f"{planned} in {folder}: about {row['seconds'] / 60:.1f} min at {row['images_per_second']:.1f} training "
+            f"images/s here, {row['disk_bytes'] / 1e6:.0f} MB"
         )
         return {"projected_seconds": row["seconds"]}
     run = inspect_folder(cfg)

@@ -64,16 +64,27 @@ def test_imagenet_weights_load_into_every_encoder(encoder, weight_files):
     assert all(torch.equal(loaded[key], value) for key, value in saved.items())
 
 
-@pytest.mark.parametrize("head", ["binary", "distance"])
+CHANNELS = {"binary": 1, "distance": 2, "hv": 3, "stardist": 2 + 16}  # stardist with 16 rays here
+
+
+@pytest.mark.parametrize("head", list(CHANNELS))
 @pytest.mark.parametrize(
     ("encoder", "widths"), [("unet", (8, 16, 32, 64, 128)), ("unet_bn", (8, 16, 32, 64, 128)), ("resnet50", None)]
 )
 def test_each_family_and_head_does_forward_and_backward(encoder, widths, head):
-    """One representative per family (narrow plain U-Nets, the lightest smp encoder), both heads: the full set
-    of 14 full-size configurations runs under ``-m slow``."""
+    """One representative per family (narrow plain U-Nets, the lightest smp encoder), every head: the full set
+    of 14 full-size configurations with every head runs under ``-m slow``."""
     torch.manual_seed(0)
-    model = create_model(encoder, head=head, unet_widths=widths)
-    _forward_backward(model, 2 if head == "distance" else 1)
+    model = create_model(encoder, head=head, unet_widths=widths, n_rays=16)
+    _forward_backward(model, CHANNELS[head])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["hv", "stardist"])
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_every_encoder_of_table_one_takes_the_field_heads(encoder, head):
+    torch.manual_seed(0)
+    _forward_backward(create_model(encoder, head=head, n_rays=16), CHANNELS[head])
 
 
 @pytest.mark.slow
@@ -106,8 +117,12 @@ def test_unet_state_dict_round_trip_gives_identical_output():
 def test_unknown_encoder_lists_the_valid_names():
     with pytest.raises(ConfigError, match=r"encoder='resnet5' .*densenet121.*unet_bn"):
         create_model("resnet5")
-    with pytest.raises(ConfigError, match=r"model.head='hovernet'.*binary.*distance"):
+    with pytest.raises(ConfigError, match=r"model.head='hovernet'.*binary.*distance.*hv.*stardist"):
         create_model("unet", head="hovernet")
+    with pytest.raises(ConfigError, match="model.head=stardist needs model.n_rays"):
+        create_model("unet", head="stardist")
+    with pytest.raises(ConfigError, match=r"model.n_rays=7: expected an even whole number"):
+        create_model("unet", head="stardist", n_rays=7)
     with pytest.raises(ConfigError, match="plain U-Nets only"):
         create_model("resnet50", unet_widths=(8, 16))
 

@@ -6,7 +6,20 @@ from nucleiseg.models.lit_module import SegmentationModule
 from nucleiseg.models.losses import SegmentationLoss
 
 # the model group's keys, as conf/model/unet.yaml would give them (channels_last resolved for the CPU)
-GROUP = {"unet_widths": [16, 32, 64, 128, 256], "weights_dir": None, "channels_last": False, "compile": False}
+GROUP = {
+    "unet_widths": [16, 32, 64, 128, 256],
+    "weights_dir": None,
+    "channels_last": False,
+    "compile": False,
+    "n_rays": 32,
+}
+LOSS = {
+    "hv_mse_weight": 1.0,
+    "hv_msge_weight": 1.0,
+    "star_prob_weight": 1.0,
+    "star_dist_weight": 0.2,
+    "star_background_reg": 1e-4,
+}
 GROUP["register_as"] = None
 
 
@@ -24,7 +37,7 @@ def test_small_model_overfits_a_synthetic_batch():
         pretrained=False,
         threshold=0.5,
         head="binary",
-        loss=SegmentationLoss(smooth=1.0, distance_weight=1.0),
+        loss=SegmentationLoss(smooth=1.0, distance_weight=1.0, **LOSS),
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
         **GROUP,
     )
@@ -59,7 +72,7 @@ def test_the_distance_head_learns_the_distance_map_too():
         pretrained=False,
         threshold=0.5,
         head="distance",
-        loss=SegmentationLoss(smooth=1.0, distance_weight=2.0),
+        loss=SegmentationLoss(smooth=1.0, distance_weight=2.0, **LOSS),
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
         **GROUP,
     )

@@ -35,14 +35,17 @@ def test_the_distance_method_cuts_where_the_predicted_distance_says():
         mask, 0.5, settings=defaults("postprocess", method="watershed", min_distance=8, smoothing=2.0)
     )
     by_distance = separate_instances(
-        mask.astype(np.float32), 0.5, defaults("postprocess", method="distance", seed_height=0.1), distance_map(truth)
+        mask.astype(np.float32),
+        0.5,
+        defaults("postprocess", method="distance", seed_height=0.1),
+        {"distance": distance_map(truth)},
     )
     assert geometric.max() == 1 and by_distance.max() == 2
     assert np.array_equal(by_distance > 0, mask)
     metrics = InstanceMetrics()
     metrics.update(truth, by_distance)
     assert metrics.compute()["aji"] > 0.8
-    with pytest.raises(ConfigError, match="distance map"):
+    with pytest.raises(ConfigError, match=r"needs the predicted distance maps \(model.head=distance\)"):
         separate_instances(mask, 0.5, settings=defaults("postprocess", method="distance"))
 
 
@@ -79,8 +82,12 @@ def test_small_objects_are_dropped_and_bad_settings_named():
     mask[2:4, 2:4] = True  # 4 px
     mask[10:16, 10:16] = True
     assert separate_instances(mask, 0.5, settings=defaults("postprocess", method="watershed", min_area=10)).max() == 1
-    with pytest.raises(ConfigError, match="postprocess.method='stardist'"):
+    with pytest.raises(ConfigError, match="postprocess.method='voronoi'"):
+        defaults("postprocess", method="voronoi")
+    with pytest.raises(ConfigError, match="needs the predicted star_probability and star_distances maps"):
         separate_instances(mask, 0.5, settings=defaults("postprocess", method="stardist"))
+    with pytest.raises(ConfigError, match=r"postprocess.hover_sobel_kernel=4: expected an odd whole number"):
+        defaults("postprocess", hover_sobel_kernel=4)
     with pytest.raises(ConfigError, match="min_area"):
         defaults("postprocess", min_area=-1)
     with pytest.raises(ConfigError, match="seed_height"):

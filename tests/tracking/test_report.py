@@ -298,3 +298,36 @@ def test_runs_with_other_settings_are_not_pooled_as_seeds(tmp_path, tracking_uri
         "ResNet-50 (config aaaa1111)",
         "ResNet-50 (config bbbb2222)",
     ]
+
+
+def test_the_heads_study_has_its_table_ranking_and_stability(tmp_path, tracking_uri):
+    """Four heads x three seeds, each scored on its own method: medians and IQR per head, the ranking with each
+    gap against the seed spread, and Kendall's tau between the seeds' rankings (two seeds agree, one swaps)."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("report_heads")
+    aji = {  # head -> AJI of seeds 0, 1, 2 on its own method
+        ("binary", "watershed"): (0.55, 0.56, 0.54),
+        ("distance", "distance"): (0.60, 0.61, 0.62),
+        ("hv", "hover"): (0.63, 0.64, 0.58),
+        ("stardist", "stardist"): (0.50, 0.52, 0.51),
+    }
+    for (head, method), values in aji.items():
+        for seed, value in enumerate(values):
+            own = {f"aji_{method}": value, f"aji_plus_{method}": value + 0.01, f"pq_{method}": value - 0.02,
+                   f"object_f1_{method}": value + 0.1, f"n_predicted_nuclei_{method}": 1800.0 + seed,
+                   f"n_true_nuclei_{method}": 1883.0}  # fmt: skip
+            own.setdefault("aji_watershed", 0.5)  # what the other heads score with the watershed too
+            add_run(client, experiment, "unet_bn", False, seed, 0.7, [(1.0, 1.1)], head=head, protocol="other", **own)
+    out = write_report(tracking_uri, "report_heads", tmp_path / "r")
+    heads = pd.read_csv(out / "table5_heads.csv")
+    assert list(heads["head"]) == ["hv", "distance", "binary", "stardist"] and set(heads.n) == {3}
+    assert heads.set_index("head").loc["hv", "aji"] == pytest.approx(0.63)
+    assert heads.set_index("head").loc["distance", "aji_iqr"] == pytest.approx(0.01)
+    assert heads.set_index("head").loc["binary", "count_error"] == pytest.approx(1801 / 1883 - 1)
+    ranking = pd.read_csv(out / "table6_head_ranking.csv").set_index("head")
+    assert ranking.loc["hv", "rank"] == 1 and ranking.loc["hv", "gap"] == pytest.approx(0.02)
+    assert not ranking.loc["hv", "beyond_spread"]  # a 0.02 gap, inside hv's IQR of 0.03: not beyond the seeds
+    assert ranking.loc["binary", "beyond_spread"]  # binary 0.55 is 0.04 over stardist 0.51: beyond their IQRs
+    report = (out / "report.md").read_text()
+    # seeds 0 and 1 rank hv > distance > binary > stardist; seed 2 puts distance above hv: tau 1, 2/3, 2/3
+    assert "Ways of separating nuclei, by head" in report and "rankings): 0.78" in report
