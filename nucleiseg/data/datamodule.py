@@ -39,10 +39,17 @@ def distance_map(instances: np.ndarray) -> np.ndarray:
 
 
 class TensorPairs(Dataset):
-    """In-memory pairs: ``image uint8 3xHxW``, ``mask int32 HxW`` (and ``distance float32 HxW`` when given)."""
+    """In-memory pairs: ``image uint8 3xHxW``, ``mask int32 HxW`` (and ``distance float32 HxW``, ``types int32
+    HxW`` each pixel's nucleus class, when given)."""
 
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor, distances: torch.Tensor | None = None) -> None:
-        self.images, self.masks, self.distances = images, masks, distances
+    def __init__(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        distances: torch.Tensor | None = None,
+        types: torch.Tensor | None = None,
+    ) -> None:
+        self.images, self.masks, self.distances, self.types = images, masks, distances, types
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -51,6 +58,8 @@ class TensorPairs(Dataset):
         item = {"image": self.images[index], "mask": self.masks[index], "index": index}
         if self.distances is not None:
             item["distance"] = self.distances[index]
+        if self.types is not None:
+            item["types"] = self.types[index]
         return item
 
 
@@ -64,7 +73,8 @@ def load_split(folder: str | Path, split: str, distance_targets: bool = False) -
         distances = torch.from_numpy(np.zeros(masks_array.shape, np.float32))
         for index, mask in enumerate(masks_array):
             distances[index] = torch.from_numpy(distance_map(mask))
-    return TensorPairs(images, torch.from_numpy(masks_array), distances)
+    types = torch.from_numpy(np.load(folder / "types.npy")) if (folder / "types.npy").is_file() else None
+    return TensorPairs(images, torch.from_numpy(masks_array), distances, types)
 
 
 class NucleiDataModule(L.LightningDataModule):
@@ -102,9 +112,8 @@ class NucleiDataModule(L.LightningDataModule):
             if split not in self.splits:
                 pairs = load_split(self.folder, split, self.distance_targets)
                 if device is not None and device.type == "cuda":
-                    pairs = TensorPairs(
-                        *(t.to(device) if t is not None else None for t in (pairs.images, pairs.masks, pairs.distances))
-                    )
+                    tensors = (pairs.images, pairs.masks, pairs.distances, pairs.types)
+                    pairs = TensorPairs(*(t.to(device) if t is not None else None for t in tensors))
                 self.splits[split] = pairs
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -130,5 +139,5 @@ class NucleiDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         batch["image"] = to_model_input(batch["image"])
         if self.online_augment is not None and self.trainer is not None and self.trainer.training:
-            batch.update(self.online_augment(batch["image"], batch["mask"], batch.get("distance")))
+            batch.update(self.online_augment(batch["image"], batch["mask"], batch.get("distance"), batch.get("types")))
         return batch

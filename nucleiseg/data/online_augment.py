@@ -65,15 +65,8 @@ class OnlineAugment(nn.Module):
             geometric.append(K.RandomRotation(degrees=rotate_degrees, p=rotate))
         if elastic:
             geometric.append(K.RandomElasticTransform(p=elastic))
-        # one sequence per set of targets: with and without the distance map (moved like the image, bilinear)
-        self.geometric = (
-            {
-                False: K.AugmentationSequential(*geometric, data_keys=["input", "mask"]),
-                True: K.AugmentationSequential(*geometric, data_keys=["input", "mask", "input"]),
-            }
-            if geometric
-            else None
-        )
+        # the instance labels and the classes move as masks (nearest), the distance map like the image (bilinear)
+        self.geometric = K.AugmentationSequential(*geometric, data_keys=None) if geometric else None
         colour = []
         if colour_jitter:
             colour.append(K.ColorJiggle(0.1, 0.1, 0.1, 0.02, p=colour_jitter))
@@ -82,15 +75,24 @@ class OnlineAugment(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, image: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        distance: torch.Tensor | None = None,
+        types: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``image float32 Bx3xHxW`` in [0, 1], ``mask int32 BxHxW`` labels (and ``distance float32 BxHxW``)
-        -> ``{"image", "mask"[, "distance"]}``, augmented."""
+        """``image float32 Bx3xHxW`` in [0, 1], ``mask int32 BxHxW`` labels (and ``distance float32 BxHxW``,
+        ``types int32 BxHxW`` classes) -> ``{"image", "mask"[, "distance"][, "types"]}``, augmented."""
         out: dict[str, torch.Tensor] = {}
         if self.geometric is not None:
+            labels = mask[:, None].float() if types is None else torch.stack([mask, types], 1).float()
             extra = [distance[:, None]] if distance is not None else []
-            moved = self.geometric[distance is not None](image, mask[:, None].float(), *extra)
-            image, mask = moved[0], moved[1][:, 0].round().to(torch.int32)
+            keys = ["input", "mask", *(["input"] * len(extra))]  # the distance map moves like the image
+            moved = self.geometric(image, labels, *extra, data_keys=keys)
+            image, labels = moved[0], moved[1].round().to(torch.int32)
+            mask = labels[:, 0]
+            if types is not None:
+                types = labels[:, 1]
             if distance is not None:
                 distance = moved[2][:, 0]
         if self.colour is not None:
@@ -100,4 +102,6 @@ class OnlineAugment(nn.Module):
         out["image"], out["mask"] = image.clamp(0, 1), mask
         if distance is not None:
             out["distance"] = distance
+        if types is not None:
+            out["types"] = types
         return out

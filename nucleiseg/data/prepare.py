@@ -29,11 +29,19 @@ from nucleiseg.config.plain import plain
 from nucleiseg.data.archive import dataset_folder
 from nucleiseg.data.monuseg import find_monuseg
 from nucleiseg.data.source import SourceImage
-from nucleiseg.data.split import SPLIT_MODES, carve_validation, split_by_patient, split_none, split_paper
+from nucleiseg.data.split import (
+    SPLIT_MODES,
+    carve_validation,
+    split_by_patient,
+    split_folds,
+    split_none,
+    split_paper,
+)
 from nucleiseg.data.stain import StainNormaliser, fit_from_config
 from nucleiseg.data.synthetic import SyntheticSpec, synthetic_sources
 from nucleiseg.data.tnbc import find_tnbc
 from nucleiseg.data.transforms import augment_pair, rescale_pair, resize_pair, tile_pair
+from nucleiseg.data.typed_sources import TYPED_KEYS, dataset_classes, typed_sources
 from nucleiseg.util.errors import ConfigError
 
 MANIFEST = "manifest.json"
@@ -59,6 +67,8 @@ def collect_sources(sources_cfg: Mapping, stack: ExitStack) -> dict[str, list[So
         elif key == "monuseg":
             folder = stack.enter_context(dataset_folder(cfg["root"], "monuseg"))
             found = {"monuseg": find_monuseg(folder, cfg.get("mask_dir"))}
+        elif key in TYPED_KEYS:
+            found = typed_sources(key, cfg, stack)
         elif key == "synthetic":
             spec = SyntheticSpec(height=cfg["tile_size"], width=cfg["tile_size"], n_nuclei=cfg["n_nuclei"])
             found = {
@@ -66,9 +76,14 @@ def collect_sources(sources_cfg: Mapping, stack: ExitStack) -> dict[str, list[So
                 "monuseg": synthetic_sources("monuseg", [1] * cfg["monuseg_images"], spec, cfg["seed"]),
             }
         else:
-            raise ConfigError(f"data.sources.{key}: unknown dataset; expected tnbc, monuseg or synthetic")
+            raise ConfigError(
+                f"data.sources.{key}: unknown dataset; expected tnbc, monuseg, synthetic or one of {list(TYPED_KEYS)}"
+            )
         for dataset, sources in found.items():
-            collected[dataset] = [replace(source, microns_per_pixel=mpp) for source in sources]
+            # the configured pixel size; else the one a reader found (PanNuke's, a typed folder's classes.json)
+            collected[dataset] = [
+                replace(source, microns_per_pixel=mpp or source.microns_per_pixel) for source in sources
+            ]
     return collected
 
 
@@ -80,6 +95,8 @@ def plan_splits(sources: dict[str, list[SourceImage]], protocol: Mapping) -> dic
     test_dataset = protocol["test_dataset"]
     if test_dataset not in sources:
         raise ConfigError(f"data.protocol.test_dataset={test_dataset!r}: no such dataset among {sorted(sources)}")
+    if mode == "folds":
+        return split_folds(sources[test_dataset], protocol.get("folds"))
     splitter = {"paper": split_paper, "by_patient": split_by_patient, "none": split_none}[mode]
     pool, test = splitter(sources[test_dataset], protocol["n_test"], protocol["seed"])
     for name, dataset in sources.items():
@@ -129,7 +146,11 @@ def _write_split(
     augmentations = _augmentations(split, protocol)
     images, masks, records = [], [], []
     for source in sources:
-        image, mask = source.load()
+        if source.typed:  # instances and classes moved together (2xHxW)
+            image, instances, types = source.load_typed()
+            mask = np.stack([instances, types])
+        else:
+            image, mask = source.load()
         source_size = [int(image.shape[0]), int(image.shape[1])]
         if normaliser is not None:
             image = normaliser(image, str(source.image_path))
@@ -143,7 +164,7 @@ def _write_split(
                     "patient": source.patient,
                     "augmentation": augmentation,
                     "source_size": source_size,
-                    "n_nuclei": int(len(np.unique(pair_mask)) - 1),
+                    "n_nuclei": int(len(np.unique(pair_mask[0] if pair_mask.ndim == 3 else pair_mask)) - 1),
                 }
                 if origin is not None:  # physical-scale protocol: where the tile lies in the resampled image
                     record["tile"] = list(origin)
@@ -153,15 +174,20 @@ def _write_split(
     size = protocol["image_size"]
     folder.mkdir(parents=True)
     np.save(folder / "images.npy", np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8))
-    np.save(folder / "masks.npy", np.stack(masks) if masks else np.zeros((0, size, size), np.int32))
+    typed = any(source.typed for source in sources)
+    stacked = np.stack(masks) if masks else np.zeros((0, *((2,) if typed else ()), size, size), np.int32)
+    np.save(folder / "masks.npy", stacked[:, 0] if typed else stacked)
+    if typed:  # each pixel's nucleus class (0 outside nuclei), beside the instance labels
+        np.save(folder / "types.npy", stacked[:, 1])
     return records
 
 
 def _content_hash(folder: Path, records: dict[str, list[dict]]) -> str:
     digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode())
     for split in SPLITS:
-        for array in ("images.npy", "masks.npy"):
-            digest.update(np.load(folder / split / array, mmap_mode="r").tobytes())
+        for array in ("images.npy", "masks.npy", "types.npy"):
+            if (folder / split / array).is_file():
+                digest.update(np.load(folder / split / array, mmap_mode="r").tobytes())
     return digest.hexdigest()
 
 
@@ -237,8 +263,10 @@ def _check_pixel_sizes(sources_cfg: Mapping, protocol: Mapping) -> None:
     """With ``protocol.mpp``, every configured source needs its own pixel size: named before anything is read."""
     if protocol.get("mpp") is None:
         return
+
     for key, cfg in sources_cfg.items():
-        if cfg is not None and not cfg.get("microns_per_pixel"):
+        # a typed folder carries its own pixel size (classes.json): checked per image, as it is read
+        if cfg is not None and key not in TYPED_KEYS and not cfg.get("microns_per_pixel"):
             raise ConfigError(
                 f"data.protocol.mpp={protocol['mpp']}: data.sources.{key}.microns_per_pixel is not set; expected the "
                 "dataset's pixel size in micrometres (0.25 for 40x scans), or data.protocol.mpp=null"
@@ -253,6 +281,7 @@ def _build(data_cfg: Mapping, target: Path, overwrite: bool, log: Callable[[str]
         normaliser = fit_from_config(data_cfg.get("stain"))
         with ExitStack() as stack:
             sources = collect_sources(data_cfg["sources"], stack)
+            classes = dataset_classes(sources)
             splits = plan_splits(sources, protocol)
             records = {}
             for split in SPLITS:
@@ -275,6 +304,7 @@ def _build(data_cfg: Mapping, target: Path, overwrite: bool, log: Callable[[str]
             },
             "stain": normaliser.state() if normaliser is not None else None,
             "counts": {s: len(records[s]) for s in SPLITS},
+            "classes": classes,  # nucleus classes (types.npy index k is classes[k - 1]); empty: untyped
             "source_images": {s: sorted({r["source_id"] for r in records[s]}) for s in SPLITS},
             "splits": records,
         }

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 
 from nucleiseg.data.source import SourceImage
 from nucleiseg.util.errors import ConfigError
 
-SPLIT_MODES = ("paper", "by_patient", "none")  # none: no test hold-out (a release model trained on everything)
+# none: no test hold-out (a release model trained on everything); folds: a dataset's own folds (PanNuke's protocol)
+SPLIT_MODES = ("paper", "by_patient", "none", "folds")
 
 
 def _by_patient(sources: list[SourceImage]) -> dict[str, list[SourceImage]]:
@@ -94,6 +96,27 @@ def carve_validation(
             val_ids.update(s.source_id for s in groups[key])
             taken += len(groups[key])
     return [s for s in pool if s.source_id not in val_ids], [s for s in pool if s.source_id in val_ids]
+
+
+def split_folds(sources: list[SourceImage], folds: dict[str, Any]) -> dict[str, list[SourceImage]]:
+    """A dataset's own folds as the splits (PanNuke: train on one fold, select on another, test on the third):
+    ``folds`` maps train/val/test to a fold (or a list of folds) as the dataset names them (``metadata["fold"]``),
+    or is written ``"T/V/S"`` (train, validation and test fold: ``1/2/3``, what a sweep over rotations names)."""
+    if isinstance(folds, str) and folds.count("/") == 2:
+        folds = dict(zip(("train", "val", "test"), folds.split("/"), strict=True))
+    if not isinstance(folds, dict) or set(folds) != {"train", "val", "test"}:
+        raise ConfigError(
+            f"data.protocol.folds={folds!r}: expected train/val/test folds as T/V/S (1/2/3) or {{train: F, val: F, "
+            "test: F}}"
+        )
+    chosen = {
+        split: {str(f) for f in (fold if isinstance(fold, list | tuple) else [fold])} for split, fold in folds.items()
+    }
+    known = {str(s.metadata.get("fold")) for s in sources}
+    missing = sorted(set().union(*chosen.values()) - known)
+    if missing:
+        raise ConfigError(f"data.protocol.folds: fold(s) {missing} not in the data; its folds: {sorted(known)}")
+    return {split: [s for s in sources if str(s.metadata.get("fold")) in names] for split, names in chosen.items()}
 
 
 def split_none(sources: list[SourceImage], n_test: int, seed: int) -> tuple[list[SourceImage], list[SourceImage]]:

@@ -1,8 +1,9 @@
 """Geometric transforms of the protocol, with kornia: resizing and the paper's Algorithm 1 augmentation.
 
-Images are ``uint8 HxWx3`` in and out; masks ``int32 HxW`` instance labels in and out. Images are resampled
+Images are ``uint8 HxWx3`` in and out; masks ``int32 HxW`` instance labels in and out, or ``int32 2xHxW`` for a
+typed dataset (instance labels, and each pixel's nucleus class), the two moved together. Images are resampled
 with area (down-sampling) or bilinear (rotation) interpolation; masks always with nearest neighbour, so
-instance labels survive unchanged.
+instance labels and classes survive unchanged (instances are renumbered 1..n, classes kept as they are).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def _image_tensor(image: np.ndarray) -> torch.Tensor:
 
 def _mask_tensor(mask: np.ndarray) -> torch.Tensor:
     # float32 holds integers exactly up to 2**24, far above any nucleus count in a tile
-    return torch.tensor(mask)[None, None].float()
+    labels = torch.tensor(mask)
+    return (labels[None] if labels.ndim == 2 else labels)[None].float()
 
 
 def _image_array(tensor: torch.Tensor) -> np.ndarray:
@@ -31,8 +33,17 @@ def _image_array(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _mask_array(tensor: torch.Tensor) -> np.ndarray:
-    labels = tensor[0, 0].round().to(torch.int64).numpy()
-    return relabel_sequential(labels)[0].astype(np.int32)
+    labels = tensor[0].round().to(torch.int64).numpy()
+    return _renumbered(labels if labels.shape[0] > 1 else labels[0])
+
+
+def _renumbered(mask: np.ndarray) -> np.ndarray:
+    """Instances renumbered 1..n (channel 0 of a typed mask; its classes as they are), as ``int32``."""
+    if mask.ndim == 2:
+        return relabel_sequential(mask)[0].astype(np.int32)
+    out = mask.astype(np.int32)
+    out[0] = relabel_sequential(mask[0])[0]
+    return out
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,8 +59,8 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
 def rescale_pair(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
     """Resample a pair by ``factor`` (model pixels per source pixel), keeping its aspect: area interpolation
     when shrinking and bilinear when enlarging for the image, nearest neighbour for the labels."""
-    height, width = max(1, round(mask.shape[0] * factor)), max(1, round(mask.shape[1] * factor))
-    if (height, width) == mask.shape:
+    height, width = max(1, round(mask.shape[-2] * factor)), max(1, round(mask.shape[-1] * factor))
+    if (height, width) == mask.shape[-2:]:
         return image, mask
     resized_mask = KT.resize(_mask_tensor(mask), (height, width), interpolation="nearest")
     return resize_image(image, height, width), _mask_array(resized_mask)
@@ -67,16 +78,18 @@ def tile_origins(length: int, size: int) -> list[int]:
 def tile_pair(image: np.ndarray, mask: np.ndarray, size: int) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
     """Cut a pair into ``size x size`` tiles covering it (crops, never a squash): ``[(image, mask, (top, left))]``.
     A side shorter than ``size`` is padded at the bottom/right with white (slide background) and no nucleus."""
-    height, width = mask.shape
+    height, width = mask.shape[-2:]
     tiles = []
     for top in tile_origins(height, size):
         for left in tile_origins(width, size):
             crop_image = np.full((size, size, 3), 255, np.uint8)
-            crop_mask = np.zeros((size, size), np.int32)
+            crop_mask = np.zeros((*mask.shape[:-2], size, size), np.int32)
             part_image = image[top : top + size, left : left + size]
             crop_image[: part_image.shape[0], : part_image.shape[1]] = part_image
-            crop_mask[: part_image.shape[0], : part_image.shape[1]] = mask[top : top + size, left : left + size]
-            tiles.append((crop_image, relabel_sequential(crop_mask)[0].astype(np.int32), (top, left)))
+            crop_mask[..., : part_image.shape[0], : part_image.shape[1]] = mask[
+                ..., top : top + size, left : left + size
+            ]
+            tiles.append((crop_image, _renumbered(crop_mask), (top, left)))
     return tiles
 
 

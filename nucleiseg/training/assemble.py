@@ -165,12 +165,35 @@ def build_module(cfg: DictConfig, manifest: dict, data_folder: Path, accelerator
     """The run's LightningModule: :func:`module_from_config` with what the prepared data gives it (its stain
     state, and the data record the checkpoint keeps)."""
     return module_from_config(
-        cfg, accelerator, stain=manifest.get("stain"), data=_data_info(cfg, manifest, data_folder)
+        cfg,
+        accelerator,
+        stain=manifest.get("stain"),
+        data=_data_info(cfg, manifest, data_folder),
+        classes=manifest.get("classes") or [],
     )
 
 
+def model_types(value: Any, classes: list[str]) -> list[str] | None:
+    """``model.types`` made concrete: ``auto`` is the prepared data's nucleus classes (none for untyped data),
+    null an untyped model even on typed data, a list must be the data's classes."""
+    if value == "auto":
+        return list(classes) or None
+    if value is None:
+        return None
+    given = [str(name) for name in value]
+    if classes and given != list(classes):
+        raise ConfigError(
+            f"model.types={given}: the prepared data's classes are {list(classes)}; expected auto or them"
+        )
+    return given
+
+
 def module_from_config(
-    cfg: DictConfig, accelerator: str, stain: dict | None = None, data: dict | None = None
+    cfg: DictConfig,
+    accelerator: str,
+    stain: dict | None = None,
+    data: dict | None = None,
+    classes: list[str] | None = None,
 ) -> SegmentationModule:
     """The LightningModule of the ``model`` group, before any data exists (what ``benchmark`` and the dry run
     time), completed with the run-time values: encoder and pretrained, threshold, the ``loss`` group, the
@@ -192,6 +215,7 @@ def module_from_config(
         postprocess=postprocess_settings(cfg).as_dict(),
         stain=stain,
         data=data,
+        types=model_types(cfg.model.types, classes or []),
     )
 
 
@@ -273,6 +297,7 @@ def build_test_pass(cfg: DictConfig, logger: MLFlowLogger) -> SessionTestPass:
     return SessionTestPass(
         carried_settings(cfg),
         iou_threshold=float(cfg.metrics.iou_threshold),
+        type_match_um=float(cfg.metrics.type_match_um),
         speed=build(cfg.speed).measurement(int(cfg.data.protocol.image_size)),
         overlays=logger.overlays,
         log_artifact=logger.artifact,

@@ -167,6 +167,10 @@ LATER_KEYS = (
     "postprocess.star_border",
     "tune.grid.hover",
     "tune.grid.stardist",
+    "model.types",
+    "loss.type_weight",
+    "data.protocol.folds",
+    "metrics.type_match_um",
 )
 
 
