@@ -109,7 +109,7 @@ def tune(
     objective, balance, grid = settings.objective, settings.balance, settings.grid_for(session.postprocess.method)
     predictions = [
         (dataset_of(name) if balance == "dataset" else "", mask, session.predict(image, normalise=normalise))
-        for name, image, mask in items
+        for name, image, mask, *_ in items
     ]
     if not predictions:
         raise ConfigError("tuning needs a validation split with images (data.protocol.val_fraction > 0)")

@@ -169,6 +169,7 @@ def _build(path: Path, state_dict: dict[str, torch.Tensor], hparams: dict[str, A
             head=hparams.get("head", "binary"),
             unet_widths=hparams.get("unet_widths"),
             n_rays=hparams.get("n_rays"),
+            n_types=len(hparams.get("types") or []),
         )
     except NucleisegError as error:
         raise CheckpointError(f"{path}: {error}") from None

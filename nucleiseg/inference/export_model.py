@@ -79,9 +79,10 @@ class Activated(torch.nn.Module):
         super().__init__()
         self.model = model
         self.head = str(getattr(model, "head", "binary"))
+        self.n_types = int(getattr(model, "n_types", 0))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return activate(self.head, self.model(image))
+        return activate(self.head, self.model(image), self.n_types)
 
 
 def _check_images() -> torch.Tensor:
@@ -90,7 +91,8 @@ def _check_images() -> torch.Tensor:
 
 def _reference(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
-        return activate(str(getattr(model, "head", "binary")), model.eval()(images)).numpy()
+        head, n_types = str(getattr(model, "head", "binary")), int(getattr(model, "n_types", 0))
+        return activate(head, model.eval()(images), n_types).numpy()
 
 
 def _run_export(fmt: str, path: Path, model: torch.nn.Module, hparams: dict, example: torch.Tensor) -> np.ndarray:

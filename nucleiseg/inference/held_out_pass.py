@@ -34,11 +34,13 @@ class SessionTestPass(L.Callback):
         self,
         settings: InferenceSettings,
         iou_threshold: float,
+        type_match_um: float | None = None,
         speed: Mapping[str, int] | None = None,
         overlays: int = 0,
         log_artifact: Callable[[Path, str], None] | None = None,
     ) -> None:
         self.settings, self.iou_threshold, self.speed = settings, iou_threshold, speed
+        self.type_match_um = type_match_um
         self.overlays, self.log_artifact = overlays, log_artifact
         self.results: dict[str, Any] = {}
         self.session: InferenceSession | None = None
@@ -57,6 +59,7 @@ class SessionTestPass(L.Callback):
                 "test",
                 normalise=False,  # the prepared split is already normalised as the model was trained
                 iou_threshold=self.iou_threshold,
+                type_match_um=self.type_match_um,
                 on_prediction=lambda *args: self._overlay(Path(scratch), *args),
             )
         if self.speed:

@@ -137,8 +137,8 @@ def onnx_model(model: torch.nn.Module, key: str, threads: int) -> torch.nn.Modul
             runtime = OnnxModel(path, threads)
         check = torch.rand(1, 3, 192, 160, generator=torch.Generator().manual_seed(3))
         with torch.no_grad():
-            head = str(getattr(model, "head", "binary"))
-            theirs, ours = activate(head, runtime(check)), activate(head, model.eval()(check))
+            head, n_types = str(getattr(model, "head", "binary")), int(getattr(model, "n_types", 0))
+            theirs, ours = activate(head, runtime(check), n_types), activate(head, model.eval()(check), n_types)
             # probabilities compared as they are, HV offsets and ray distances (pixels) relative to their size
             difference = ((theirs - ours).abs() / (1 + ours.abs())).max().item()
     except Exception as error:  # noqa: BLE001 - exporters and runtimes fail in many ways: PyTorch then

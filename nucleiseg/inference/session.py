@@ -111,21 +111,28 @@ class Prediction:
 
     maps: np.ndarray
     head: str = "binary"
+    n_types: int = 0  # a typed model's classes: its last n_types + 1 maps are class probabilities
 
     @property
     def probability(self) -> np.ndarray:
         """``float32 HxW`` nucleus probability (every head)."""
         return self.maps[0]
 
+    @property
+    def class_probabilities(self) -> np.ndarray | None:
+        """``float32 (K+1)xHxW`` class probabilities of a typed model (0: background), else None."""
+        return self.maps[-(self.n_types + 1) :] if self.n_types else None
+
     def head_maps(self) -> dict[str, np.ndarray]:
         """The maps the head's separation method reads (:func:`separate_instances`): ``distance``; ``hv``;
         ``star_probability`` and ``star_distances``."""
+        maps = self.maps[: -(self.n_types + 1)] if self.n_types else self.maps
         if self.head == "distance":
-            return {"distance": self.maps[1]}
+            return {"distance": maps[1]}
         if self.head == "hv":
-            return {"hv": self.maps[1:3]}
+            return {"hv": maps[1:3]}
         if self.head == "stardist":
-            return {"star_probability": self.maps[1], "star_distances": self.maps[2:]}
+            return {"star_probability": maps[1], "star_distances": maps[2:]}
         return {}
 
 
@@ -144,6 +151,7 @@ class InferenceSession:
         self.settings, self.hparams, self.source = settings, dict(hparams), source
         self.path = Path(path) if path is not None else None
         self.head = str(self.hparams.get("head", "binary"))
+        self.classes: list[str] = [str(name) for name in self.hparams.get("types") or []]  # a typed model's
         self.device = resolve_device(settings.device)
         self.precision = resolve_inference_precision(settings.precision, self.device)
         self.channels_last = resolve_flag(settings.channels_last, self.device, "model.channels_last")
@@ -252,6 +260,7 @@ class InferenceSession:
                 normaliser=self.normaliser if normalise else None,
                 scale=scale,
                 head=self.head,
+                n_types=len(self.classes),
             )
         return self._segmenters[key]
 
@@ -304,7 +313,7 @@ class InferenceSession:
         self, image: np.ndarray, scale: float = 1.0, normalise: bool = True, progress: Callable | None = None
     ) -> Prediction:
         """``uint8 HxWx3`` of any size -> :class:`Prediction` at the input's size."""
-        return Prediction(self.segmenter(scale, normalise).predict(image, progress), self.head)
+        return Prediction(self.segmenter(scale, normalise).predict(image, progress), self.head, len(self.classes))
 
     def binarise(self, probability: np.ndarray) -> np.ndarray:
         """The nucleus mask ``bool HxW`` of a probability map at the session's threshold."""
@@ -329,6 +338,15 @@ class InferenceSession:
         settings = self.postprocess if method is None else replace(self.postprocess, method=method)
         return separate_instances(prediction.probability, self.threshold, settings, prediction.head_maps())
 
+    def nucleus_classes(self, labels: np.ndarray, prediction: Prediction) -> tuple[np.ndarray, np.ndarray] | None:
+        """A typed model's class of each nucleus of ``labels`` (1..K, :attr:`classes`) and its probability, indexed
+        by label (:func:`nucleiseg.postprocess.types.nucleus_classes`); None for an untyped model."""
+        if prediction.class_probabilities is None:
+            return None
+        from nucleiseg.postprocess.types import nucleus_classes
+
+        return nucleus_classes(labels, prediction.class_probabilities)
+
     def evaluate(
         self,
         items: Iterable[Item],
@@ -337,22 +355,52 @@ class InferenceSession:
         normalise: bool = True,
         *,
         iou_threshold: float,
+        type_match_um: float | None = None,
         on_prediction: Callable[[int, np.ndarray, np.ndarray, Prediction], None] | None = None,
     ) -> dict[str, float]:
         """Pixel metrics (whole split and per image) and instance metrics for every separation method the head
         supports, keyed ``PREFIX/metric`` and ``PREFIX/metric_METHOD``; ``on_prediction(index, image, mask,
-        prediction)`` sees each prediction (overlays) without predicting twice."""
+        prediction)`` sees each prediction (overlays) without predicting twice. A typed model on items that carry
+        their nuclei's classes (a 4th element, ``int HxW``) is also scored by class
+        (:class:`nucleiseg.metrics.typed.TypedMetrics`, its own separation's nuclei; HoVer-Net's F_c pairs
+        centroids within ``type_match_um`` micrometres), keyed ``PREFIX/mpq_plus``, ``PREFIX/pq_CLASS`` ..."""
         from nucleiseg.metrics.scoring import Scorer  # (torchmetrics: only when scoring, not for predict)
 
         scorer = Scorer(self.threshold, iou_threshold, methods_for(self.head))
-        for index, (_, image, mask) in enumerate(items):
+        typed = self._typed_metrics(type_match_um)
+        for index, (_, image, mask, *rest) in enumerate(items):
             prediction = self.predict(image, scale, normalise)
-            scorer.update(mask, prediction.probability, {m: self.instances(prediction, m) for m in scorer.methods})
+            separated = {m: self.instances(prediction, m) for m in scorer.methods}
+            scorer.update(mask, prediction.probability, separated)
+            if typed is not None and rest:
+                labels = separated[self.postprocess.method]
+                classes, _ = self.nucleus_classes(labels, prediction)
+                typed.update(*_classified_only(mask, rest[0], labels, classes))
             if on_prediction is not None:
                 on_prediction(index, image, mask, prediction)
         if not scorer.n_images:
             raise ConfigError(f"{prefix}: no image to evaluate")
-        return scorer.compute(prefix)
+        results = scorer.compute(prefix)
+        if typed is not None and typed.per_image:
+            results.update({f"{prefix}/{key}": value for key, value in typed.compute().items()})
+        return results
+
+    def _typed_metrics(self, type_match_um: float | None) -> Any:
+        """The per-class accumulator of a typed model (None when untyped or no matching radius is given): the
+        radius in the model's pixels from its resolution (HoVer-Net's 12 px at 40x is 3 um)."""
+        if not self.classes or type_match_um is None:
+            return None
+        from nucleiseg.metrics.typed import TypedMetrics
+
+        mpp = self.model_mpp or self.settings.assumed_mpp  # a model without a resolution: the assumed 40x
+        if not mpp:
+            log.warning(
+                "%s: no resolution to match nuclei centroids within %s um: no metrics by class",
+                self.source,
+                type_match_um,
+            )
+            return None
+        return TypedMetrics(self.classes, type_match_um / mpp)
 
     def measure_speed(self, image_size: int, batch_size: int, warmup: int, iterations: int) -> dict[str, Any]:
         """Inference images/s at ``image_size``, with this session's device, precision and memory format."""
@@ -381,6 +429,17 @@ class InferenceSession:
         }
 
 
+def _classified_only(
+    truth: np.ndarray, true_types: np.ndarray, labels: np.ndarray, classes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
+    """What the scores by class count: true nuclei with a class (an unclassified annotation is left out of them, not
+    taken for a miss) and predicted nuclei with one (a nucleus every pixel of which said background is left out)."""
+    truth = np.where(true_types > 0, truth, 0)
+    labels = np.where(np.asarray(classes)[labels] > 0, labels, 0)
+    kept = np.unique(labels[labels > 0])
+    return truth, true_types, labels, {int(k): int(classes[k]) for k in kept}
+
+
 def iterate_split(folder: str | Path, split: str) -> Iterator[Item]:
     """Items of a prepared split, named ``source_id:augmentation`` (see :mod:`nucleiseg.data.prepare`)."""
     from nucleiseg.data.datamodule import load_split
@@ -392,8 +451,8 @@ def iterate_split(folder: str | Path, split: str) -> Iterator[Item]:
     pairs = load_split(folder, split)
     for record in manifest["splits"][split]:
         item = pairs[record["index"]]
-        yield (
-            f"{record['source_id']}:{record['augmentation']}",
-            item["image"].permute(1, 2, 0).numpy(),
-            item["mask"].numpy(),
-        )
+        name, image = f"{record['source_id']}:{record['augmentation']}", item["image"].permute(1, 2, 0).numpy()
+        if "types" in item:  # a typed dataset: each pixel's nucleus class too
+            yield name, image, item["mask"].numpy(), item["types"].numpy()
+        else:
+            yield name, image, item["mask"].numpy()

@@ -62,6 +62,7 @@ class Segmenter:
         normaliser: StainNormaliser | None = None,
         scale: float = 1.0,
         head: str = "binary",
+        n_types: int = 0,
     ) -> None:
         """``normaliser``: stain normalisation applied to whole images in :meth:`probability` (the model's own,
         from its checkpoint); :meth:`probability_batch` takes already-prepared tensors. ``scale`` resamples
@@ -82,7 +83,7 @@ class Segmenter:
         self.tta, self.batch_size = tta, batch_size
         self.normaliser = normaliser
         self.scale = float(scale)
-        self.head = head
+        self.head, self.n_types = head, n_types
 
     @torch.inference_mode()
     def predict_batch(self, images: torch.Tensor) -> torch.Tensor:
@@ -95,7 +96,8 @@ class Segmenter:
         with autocast(self.device, self.precision):
             for dims in flips:
                 view = x.flip(dims) if dims else x
-                maps = unflip(self.head, activate(self.head, self.model(view).float()), dims)
+                maps = activate(self.head, self.model(view).float(), self.n_types)
+                maps = unflip(self.head, maps, dims, self.n_types)
                 total = maps if total is None else total + maps
         return total / len(flips)
 

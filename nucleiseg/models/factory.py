@@ -89,12 +89,12 @@ class Normalise(nn.Module):
         return (x - self.mean) / self.std
 
 
-def check_head(head: str, n_rays: int | None = None) -> int:
-    """Number of output channels of ``head`` (``n_rays``: the StarDist head's rays); raise ConfigError naming the
-    option otherwise."""
+def check_head(head: str, n_rays: int | None = None, n_types: int = 0) -> int:
+    """Number of output channels of ``head`` (``n_rays``: the StarDist head's rays; ``n_types``: nucleus classes of
+    a typed model); raise ConfigError naming the option otherwise."""
     if head == "stardist" and n_rays is None:
         raise ConfigError("model.head=stardist needs model.n_rays (the rays each pixel predicts)")
-    return output_channels(head, n_rays or 0)
+    return output_channels(head, n_rays or 0, n_types)
 
 
 class SegmentationNet(nn.Module):
@@ -102,11 +102,12 @@ class SegmentationNet(nn.Module):
     :mod:`nucleiseg.models.heads`); input normalisation is part of the model, so training, evaluation and
     prediction cannot disagree about it."""
 
-    def __init__(self, network: nn.Module, normalise: nn.Module | None, head: str = "binary") -> None:
+    def __init__(self, network: nn.Module, normalise: nn.Module | None, head: str = "binary", n_types: int = 0) -> None:
         super().__init__()
         self.normalise = normalise if normalise is not None else nn.Identity()
         self.network = network
         self.head = head
+        self.n_types = n_types  # nucleus classes of a typed model (its last n_types + 1 channels), 0: untyped
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(self.normalise(x))
@@ -120,19 +121,20 @@ def create_model(
     head: str = "binary",
     unet_widths: tuple[int, ...] | None = None,
     n_rays: int | None = None,
+    n_types: int = 0,
 ) -> SegmentationNet:
     """Build one of the 14 configurations of the paper (see ``ENCODERS``) with ``head`` (see ``HEADS``).
 
     ``unet_widths`` narrows the plain U-Nets (default: the paper's 64-128-256-512-1024), e.g. for CPU smoke runs.
     """
     spec = check_configuration(encoder, pretrained)
-    classes = check_head(head, n_rays)
+    classes = check_head(head, n_rays, n_types)
     if spec.smp_name is None:
         widths = tuple(unet_widths) if unet_widths else WIDTHS
         if len(widths) < 2 or any(int(w) < 1 for w in widths):
             raise ConfigError(f"model.unet_widths={list(widths)}: expected at least two positive channel counts")
         network = UNet(classes=classes, batch_norm=spec.batch_norm, widths=tuple(int(w) for w in widths))
-        return SegmentationNet(network, normalise=None, head=head)
+        return SegmentationNet(network, normalise=None, head=head, n_types=n_types)
     if unet_widths:
         raise ConfigError(f"model.unet_widths applies to the plain U-Nets only, not to encoder={encoder}")
     import segmentation_models_pytorch as smp  # (with timm and torchvision: not imported for the plain U-Nets)
@@ -146,4 +148,4 @@ def create_model(
             raise ConfigError(f"ImageNet weights for {encoder} do not match the encoder: {str(error)[:300]}") from None
     # smp encoders get ImageNet normalisation with or without pretrained weights, so the two arms of the
     # comparison differ only in initialisation
-    return SegmentationNet(network, Normalise(IMAGENET_MEAN, IMAGENET_STD), head=head)
+    return SegmentationNet(network, Normalise(IMAGENET_MEAN, IMAGENET_STD), head=head, n_types=n_types)

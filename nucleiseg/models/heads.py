@@ -9,6 +9,10 @@ metrics, masks and thresholds are the same for all), and adds the maps its way o
 - ``stardist`` (Schmidt et al., MICCAI 2018): 1 + ``n_rays`` channels, the object probability (sigmoid) and the
   distance in pixels to the nucleus border along ``n_rays`` rays at equal angles (linear, as StarDist's).
 
+A typed model (``model.types``: nucleus classes) adds, after any head's channels, ``classes + 1`` channels of class
+logits (0: background), activated with a softmax: HoVer-Net's type branch, on every head. A nucleus's class is the
+majority of its pixels' (:mod:`nucleiseg.postprocess.types`).
+
 The separation of each head's maps into nuclei is NumPy in :mod:`nucleiseg.postprocess` (exports carry the maps).
 """
 
@@ -55,28 +59,36 @@ def check_rays(n_rays: int) -> int:
     return n_rays
 
 
-def output_channels(head: str, n_rays: int) -> int:
-    """Channels a network with ``head`` predicts (``n_rays`` counts for ``stardist`` only)."""
+def output_channels(head: str, n_rays: int, n_types: int = 0) -> int:
+    """Channels a network with ``head`` predicts (``n_rays`` counts for ``stardist`` only), plus ``n_types + 1``
+    class channels for a typed model."""
     spec = head_spec(head)
-    return 1 + spec.extra + (check_rays(n_rays) if head == "stardist" else 0)
+    return 1 + spec.extra + (check_rays(n_rays) if head == "stardist" else 0) + (n_types + 1 if n_types else 0)
 
 
-def activate(head: str, logits: torch.Tensor) -> torch.Tensor:
+def activate(head: str, logits: torch.Tensor, n_types: int = 0) -> torch.Tensor:
     """Logits ``BxCxHxW`` -> the maps of ``head``: its probability channels through a sigmoid, the rest as they
-    are (HV offsets, ray distances)."""
+    are (HV offsets, ray distances); a typed model's last ``n_types + 1`` channels through a softmax."""
+    if n_types:
+        classes = n_types + 1
+        base = activate(head, logits[:, :-classes])
+        return torch.cat([base, torch.softmax(logits[:, -classes:], dim=1)], dim=1)
     count = head_spec(head).sigmoid
     if logits.shape[1] <= count:
         return torch.sigmoid(logits)
     return torch.cat([torch.sigmoid(logits[:, :count]), logits[:, count:]], dim=1)
 
 
-def unflip(head: str, maps: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+def unflip(head: str, maps: torch.Tensor, dims: tuple[int, ...], n_types: int = 0) -> torch.Tensor:
     """The activated maps ``BxCxHxW`` of a flipped input (``dims``: -1 columns, -2 rows) in the input's frame. A
     flip mirrors the maps and, for the heads whose maps have a direction, changes them: a horizontal flip negates
     HoVer-Net's horizontal map and sends StarDist's ray at angle a to pi - a; a vertical flip negates the vertical
-    map and sends ray a to -a."""
+    map and sends ray a to -a. A typed model's class probabilities (the last ``n_types + 1``) are mirrored only."""
     if not dims:
         return maps
+    if n_types:  # class probabilities have no direction: mirrored only
+        classes = n_types + 1
+        return torch.cat([unflip(head, maps[:, :-classes], dims), maps[:, -classes:].flip(dims)], dim=1)
     maps = maps.flip(dims)
     if head == "hv":
         signs = torch.ones(maps.shape[1], device=maps.device, dtype=maps.dtype)

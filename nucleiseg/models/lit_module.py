@@ -66,6 +66,7 @@ class SegmentationModule(L.LightningModule):
         *,
         head: str,
         n_rays: int,
+        types: list[str] | None,
         unet_widths: list[int] | None,
         weights_dir: str | None,
         channels_last: bool,
@@ -110,6 +111,7 @@ class SegmentationModule(L.LightningModule):
             head=head,
             unet_widths=unet_widths,
             n_rays=n_rays,
+            n_types=len(types or []),
         )
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -136,7 +138,14 @@ class SegmentationModule(L.LightningModule):
         target = foreground(batch["mask"])
         distance = batch["distance"].unsqueeze(1) if "distance" in batch else None
         targets = head_targets(self.hparams.head, batch["mask"], self.hparams.n_rays)
-        return self.criterion(logits, target, distance, targets), logits, target
+        type_logits = None
+        if self.hparams.types:  # the class logits come last (nucleiseg.models.heads)
+            classes = len(self.hparams.types) + 1
+            logits, type_logits = logits[:, :-classes], logits[:, -classes:]
+            if "types" not in batch:
+                raise NucleisegError("a typed model (model.types) needs typed data: the batch has no nucleus classes")
+            targets["types"] = batch["types"]
+        return self.criterion(logits, target, distance, targets, type_logits), logits, target
 
     def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int) -> None:
         for name, value in losses.items():

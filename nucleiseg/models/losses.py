@@ -41,6 +41,24 @@ class BCEDiceLoss(nn.Module):
         return {"loss": bce + dice, "bce": bce, "dice_loss": dice}
 
 
+TYPE_DICE_SMOOTH = 1.0e-3  # HoVer-Net's dice_loss smoothing for its type branch (models/hovernet/utils.py)
+
+
+def type_loss_terms(type_logits: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cross-entropy, Dice loss)`` of class logits ``B x (K+1) x H x W`` against classes ``int BxHxW`` (0
+    background), as HoVer-Net's type branch: the Dice loss of the softmax against the one-hot classes over the
+    batch, ``1 - (2 I + s) / (P + T + s)`` per class, summed over the classes (HoVer-Net's ``dice_loss``)."""
+    logits = type_logits.float()
+    types = types.long()
+    cross_entropy = F.cross_entropy(logits, types)
+    probability = torch.softmax(logits, dim=1)
+    one_hot = F.one_hot(types, logits.shape[1]).permute(0, 3, 1, 2).float()
+    intersection = (probability * one_hot).sum(dim=(0, 2, 3))
+    total = probability.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
+    dice = (1.0 - (2.0 * intersection + TYPE_DICE_SMOOTH) / (total + TYPE_DICE_SMOOTH)).sum()
+    return cross_entropy, dice
+
+
 class SegmentationLoss(nn.Module):
     """The paper's loss on the nucleus channel (channel 0, every head), plus the loss of the head's own maps:
 
@@ -50,6 +68,9 @@ class SegmentationLoss(nn.Module):
       Sobel gradients on the nuclei (:func:`nucleiseg.models.hover_loss.hover_loss_terms`);
     - ``stardist``: StarDist's ``star_prob_weight`` x BCE of the object probability + ``star_dist_weight`` x the
       probability-weighted MAE of the ray distances (:func:`nucleiseg.models.star_loss.star_loss_terms`).
+
+    - a typed model (``model.types``): ``type_weight`` x (cross-entropy + the Dice loss summed over classes) of the
+      class logits against each pixel's nucleus class, as HoVer-Net's type branch is trained.
 
     The head is read from the maps the batch carries (``targets``), so one loss object serves every head."""
 
@@ -62,8 +83,10 @@ class SegmentationLoss(nn.Module):
         star_prob_weight: float,
         star_dist_weight: float,
         star_background_reg: float,
+        type_weight: float,
     ) -> None:
         super().__init__()
+        self.type_weight = type_weight
         self.mask_loss = BCEDiceLoss(smooth)
         self.distance_weight = distance_weight
         self.hv_weights = (hv_mse_weight, hv_msge_weight)
@@ -80,6 +103,7 @@ class SegmentationLoss(nn.Module):
             "star_prob_weight": self.star_weights[0],
             "star_dist_weight": self.star_weights[1],
             "star_background_reg": self.star_background_reg,
+            "type_weight": self.type_weight,
         }
 
     def forward(
@@ -88,12 +112,18 @@ class SegmentationLoss(nn.Module):
         target: torch.Tensor,
         distance: torch.Tensor | None = None,
         targets: dict[str, torch.Tensor] | None = None,
+        type_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """``logits BxCxHxW``; ``target`` 0/1 ``Bx1xHxW``; ``distance`` ``Bx1xHxW`` in [0, 1] for the distance head;
         ``targets``: ``hv`` (``Bx2xHxW``) for the HV head, ``star_probability`` (``Bx1xHxW``) and
-        ``star_distances`` (``B x n_rays x H x W``) for the StarDist head."""
+        ``star_distances`` (``B x n_rays x H x W``) for the StarDist head; ``type_logits`` ``B x (K+1) x H x W`` and
+        ``targets["types"]`` (``int BxHxW``, 0 outside nuclei) for a typed model."""
         losses = self.mask_loss(logits[:, :1], target)
         targets = targets or {}
+        if type_logits is not None:
+            cross_entropy, dice = type_loss_terms(type_logits, targets["types"])
+            losses.update(type_ce=cross_entropy, type_dice=dice)
+            losses["loss"] = losses["loss"] + self.type_weight * (cross_entropy + dice)
         if "hv" in targets:
             from nucleiseg.models.hover_loss import hover_loss_terms
 
