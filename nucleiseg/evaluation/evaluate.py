@@ -133,7 +133,12 @@ def evaluate(
         folder, normalise = split_source(session, data_folder)
         prefix, source = split, f"{folder}:{split}"
         # a prepared split is at the model's training resolution already: scale 1
-        results = session.evaluate(iterate_split(folder, split), prefix, 1.0, normalise, iou_threshold=iou_threshold)
+        from nucleiseg.config.settings import default_value
+
+        match = float(default_value("metrics.type_match_um"))
+        results = session.evaluate(
+            iterate_split(folder, split), prefix, 1.0, normalise, iou_threshold=iou_threshold, type_match_um=match
+        )
     results["evaluated_on"] = source
     results["prefix"] = prefix
     if speed:
@@ -172,4 +177,17 @@ def summary_json(session: InferenceSession, results: Mapping[str, Any]) -> dict[
         },
         "settings": {k: described[k] for k in ("encoder", "head", "device", "precision", "batch_size", "tta")},
         **({"images_per_second": results[f"{prefix}/images_per_second"]} if "speed" in results else {}),
+        **({"classes": typed_summary(session.classes, results, prefix)} if f"{prefix}/mpq_plus" in results else {}),
+    }
+
+
+def typed_summary(classes: list[str], results: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """A typed model's scores by class (the set's mPQ+, F_d, type accuracy; each class's PQ, F_c, counts)."""
+    from nucleiseg.metrics.typed import class_key
+
+    overall = ("mpq_plus", "multi_r2", "pannuke_mpq", "pannuke_bpq", "f_d", "type_accuracy")
+    per_class = ("pq", "dq", "sq", "f_c", "r2", "n_true", "n_predicted")
+    return {
+        **{k: results[f"{prefix}/{k}"] for k in overall},
+        "by_class": {name: {k: results[f"{prefix}/{k}_{class_key(name)}"] for k in per_class} for name in classes},
     }

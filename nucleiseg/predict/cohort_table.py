@@ -251,7 +251,17 @@ def slide_row(
                 row["mean_area_um2"], row["median_area_um2"] = float(areas.mean()), float(np.median(areas))
         if "regions" in info:
             row["regions"] = json.dumps(info["regions"], sort_keys=True)
+        for name, count in (info.get("nuclei_by_class") or {}).items():  # a typed model: each class's count, density
+            key = class_column(name)
+            row[f"nuclei_{key}"] = int(count)
+            if row.get("tissue_mm2"):
+                row[f"{key}_per_mm2"] = count / row["tissue_mm2"]
     return row
+
+
+def class_column(name: str) -> str:
+    """A class name as a column name: ``Immune cells`` -> ``immune_cells``."""
+    return "_".join(str(name).lower().split()).replace("-", "_")
 
 
 def record_row(out: Path, row: dict[str, Any], rebuild: bool = True) -> None:
@@ -307,7 +317,9 @@ def write_table(out: Path) -> Path:
 
     from nucleiseg.util.writing import write_bytes_atomic
 
-    table = pd.DataFrame(current_rows(out), columns=TABLE_COLUMNS).sort_values(["slide", "path"], kind="stable")
+    rows = current_rows(out)
+    by_class = sorted({key for row in rows for key in row if key not in TABLE_COLUMNS})  # a typed model's classes
+    table = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, *by_class]).sort_values(["slide", "path"], kind="stable")
     write_bytes_atomic(out / "cohort.csv", table.to_csv(index=False).encode())
     if importlib.util.find_spec("pyarrow") is not None:
         buffer = io.BytesIO()

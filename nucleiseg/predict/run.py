@@ -32,6 +32,7 @@ from nucleiseg.postprocess.features import nucleus_features, write_features
 from nucleiseg.predict.output_folder import DONE, OUTPUTS, clear_outputs, folder_state
 from nucleiseg.predict.slide_input import predict_slide_input
 from nucleiseg.predict.slides.reader import SLIDE_SUFFIXES
+from nucleiseg.predict.typed import class_counts, with_types
 from nucleiseg.util.errors import ConfigError, NucleisegError, first_line
 from nucleiseg.util.progress import Progress
 from nucleiseg.util.writing import install_files, png_bytes, tiff_bytes, write_bytes_atomic, write_json_atomic
@@ -134,19 +135,24 @@ def predict_image(
         mpp = session.input_mpp(name) if session.settings.scale is None else session.settings.microns_per_pixel
         prediction = session.predict(image, session.scale_for(mpp), progress=progress)
         instances = session.instances(prediction)
-        features = nucleus_features(image, instances, name, mpp)
+        classified = session.nucleus_classes(instances, prediction)
+        features = with_types(nucleus_features(image, instances, name, mpp), classified, session.classes)
         write_bytes_atomic(scratch / "probability.tif", tiff_bytes(prediction.probability.astype(np.float32)))
         write_bytes_atomic(
             scratch / "mask.png", png_bytes((session.binarise(prediction.probability) * 255).astype(np.uint8))
         )
         write_bytes_atomic(scratch / "instances.tif", tiff_bytes(instances.astype(np.int32)))
-        overlay = outline_overlay(image, instances)
+        overlay = outline_overlay(image, instances, *((classified[0], session.classes) if classified else ()))
         if session.trained_on_synthetic:
             overlay = warning_banner(overlay, "model trained on synthetic tiles: not for real tissue")
         write_bytes_atomic(scratch / "overlay.png", png_bytes(overlay))
         write_bytes_atomic(
             scratch / "nuclei.geojson",
-            geojson_bytes(geojson_nuclei(instances, features, input_sha256=(identity or {}).get("sha256"))),
+            geojson_bytes(
+                geojson_nuclei(
+                    instances, features, input_sha256=(identity or {}).get("sha256"), classes=session.classes
+                )
+            ),
         )
         written = [p.name for p in write_features(features, scratch / "features.csv")]
         outputs = [*(n for n in OUTPUTS if n != "features.csv"), *written]
@@ -155,6 +161,7 @@ def predict_image(
             "image": name,
             "input": identity,
             "n_nuclei": n_nuclei,
+            **({"nuclei_by_class": class_counts(features, session.classes)} if classified else {}),
             "height": image.shape[0],
             "width": image.shape[1],
             "seconds": time.perf_counter() - started,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from nucleiseg.postprocess.instances import METHODS
+from nucleiseg.tracking.classes import class_table
 from nucleiseg.tracking.figures import plot_curves, prediction_figure
 from nucleiseg.tracking.heads import head_ranking, head_table
 from nucleiseg.tracking.paper import (
@@ -88,14 +89,14 @@ def display(table: pd.DataFrame, metrics: tuple[str, ...], compared: bool) -> pd
 def instance_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Median AJI, AJI+, PQ and object F1 per separation method, and nuclei found per true nucleus."""
     table = aggregate(runs, INSTANCE_METRICS + COUNT_METRICS)
-    keep = ["configuration", "n"]
+    keep, found = ["configuration", "n"], {}
     for method in METHODS:
         if f"aji_{method}" not in table or table[f"aji_{method}"].isna().all():
             continue
         keep += [f"{name}_{method}" for name in ("aji", "aji_plus", "pq", "object_f1")]
-        table[f"found_per_true_{method}"] = table[f"n_predicted_nuclei_{method}"] / table[f"n_true_nuclei_{method}"]
+        found[f"found_per_true_{method}"] = table[f"n_predicted_nuclei_{method}"] / table[f"n_true_nuclei_{method}"]
         keep.append(f"found_per_true_{method}")
-    return table[keep]
+    return pd.concat([table, pd.DataFrame(found, index=table.index)], axis=1)[keep]
 
 
 def tuned_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -194,6 +195,17 @@ def _sections(study: str, runs: pd.DataFrame, tables: dict, comparable: bool, di
             markdown_table(tables["head_ranking"]),
             "",
         ]
+    if not tables["classes"].empty:
+        lines += [
+            "## Nuclei by class",
+            "",
+            "Median over seeds, on the held-out split: PQ per class (CoNIC's, pooled over the split) and its mean "
+            "mPQ+, PanNuke's mPQ (per image), HoVer-Net's detection F1 (F_d) and classification F1 per class (F_c), "
+            "and the nuclei of each class found and annotated:",
+            "",
+            markdown_table(tables["classes"]),
+            "",
+        ]
     if not tables["tuned"].empty:
         lines += [
             "Post-processing tuned on validation (value and number of seeds):",
@@ -241,6 +253,7 @@ def build_tables(runs: pd.DataFrame, published: pd.DataFrame | None) -> dict:
         "heads": head_table(runs),
         "head_ranking": ranking,
         "head_stability": stability,
+        "classes": class_table(runs),
     }
 
 
@@ -255,6 +268,7 @@ TABLE_FILES = {  # the CSV tables the report writes, by table
     "tuned": "tuned_postprocess.csv",
     "heads": "table5_heads.csv",
     "head_ranking": "table6_head_ranking.csv",
+    "classes": "table7_classes.csv",
 }
 FIGURES = {"train": "fig7_train_loss", "val": "fig8_val_loss", "predictions": "fig9_predictions"}  # + .png, .svg
 # what a report (this version's or an earlier one's) writes: the only names a marker may make --overwrite remove

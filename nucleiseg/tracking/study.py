@@ -16,6 +16,7 @@ import pandas as pd
 
 from nucleiseg.models.factory import ENCODERS, HEAD_LABELS, configuration_label
 from nucleiseg.postprocess.instances import METHODS
+from nucleiseg.tracking.classes import typed_columns
 from nucleiseg.tracking.mlflow_store import resolve_tracking_uri
 from nucleiseg.util.errors import NucleisegError
 
@@ -99,6 +100,7 @@ def load_runs(tracking_uri: str, study: str) -> tuple[pd.DataFrame, Any]:
                 "train_loss": metrics.get("loss/train", metrics.get("train/loss")),
                 "val_loss": metrics.get("loss/val", metrics.get("val/loss")),
                 **{name: metrics.get(f"test/{name}") for name in TABLE3_METRICS + INSTANCE_METRICS + COUNT_METRICS},
+                **{key[5:]: value for key, value in metrics.items() if key[5:] in typed_columns([key[5:]])},
                 **{key: value for key, value in tags.items() if key.startswith("tuned.")},
             }
         )
@@ -176,14 +178,16 @@ def aggregate(runs: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     finished = runs[runs.finished]
     table = counts(runs)
     grouped = finished.groupby("configuration")
+    columns = {}
     for name in metrics:
         if name not in finished:
             continue
         values = grouped[name]
-        table[name] = values.median()
-        table[f"{name}_iqr"] = values.quantile(0.75) - values.quantile(0.25)
-        table[f"{name}_min"] = values.min()
-        table[f"{name}_max"] = values.max()
+        columns[name] = values.median()
+        columns[f"{name}_iqr"] = values.quantile(0.75) - values.quantile(0.25)
+        columns[f"{name}_min"] = values.min()
+        columns[f"{name}_max"] = values.max()
+    table = pd.concat([table, pd.DataFrame(columns, index=table.index)], axis=1)  # at once: no fragmented frame
     return order_rows(table.reset_index())
 
 

@@ -42,6 +42,7 @@ from nucleiseg.predict.slides.plan import Plan, SlideSettings, Window, plan_slid
 from nucleiseg.predict.slides.reader import Slide
 from nucleiseg.predict.slides.slide_outputs import assemble
 from nucleiseg.predict.slides.tissue import is_greyscale, tissue_fraction, tissue_mask
+from nucleiseg.predict.typed import with_types
 
 if TYPE_CHECKING:
     from nucleiseg.predict.slides.roi import Regions
@@ -121,15 +122,23 @@ def predict_window(
     region = slide.read(plan.level, window.x - plan.margin, window.y - plan.margin, read_w, read_h)
     model_h, model_w = max(1, round(read_h * plan.resize)), max(1, round(read_w * plan.resize))
     image = region if (model_h, model_w) == (read_h, read_w) else resize_image(region, model_h, model_w)
-    labels = session.instances(session.predict(image))
+    prediction = session.predict(image)
+    labels = session.instances(prediction)
+    classified = session.nucleus_classes(labels, prediction)
     r = plan.resize
     core = (plan.margin * r, plan.margin * r, (plan.margin + window.height) * r, (plan.margin + window.width) * r)
     kept, touching = _owned(labels, core)
     kept, regions = _in_regions(kept, window, plan, roi)
-    features = nucleus_features(image, kept, slide.path.stem)
+    if classified is not None:  # the kept nuclei's classes, by their new labels
+        original = np.zeros(int(kept.max()) + 1, np.int64)
+        original[kept[kept > 0]] = labels[kept > 0]
+        classified = (classified[0][original], classified[1][original])
+    features = with_types(nucleus_features(image, kept, slide.path.stem), classified, session.classes)
     origin = ((window.x - plan.margin) * plan.level_downsample, (window.y - plan.margin) * plan.level_downsample)
     geojson = nucleus_features_geojson(kept, None, origin, plan.model_downsample)
     rows = _slide_columns(features, window, plan)
+    if classified is not None:
+        rows["type"], rows["type_probability"] = features["type"].to_numpy(), features["type_probability"].to_numpy()
     if roi is not None:
         rows["region"] = regions
     entry = {"index": window.index, "n": int(kept.max()), "touching_edge": touching, "features": geojson}
@@ -314,7 +323,16 @@ def predict_slide(
         "windows_in_flight": in_flight.get("workers"),
     }
     counts, outputs = assemble(
-        folder, slide, plan, journal, selection.thumbnail, selection.thumb_downsample, selection.mask, settings, roi
+        folder,
+        slide,
+        plan,
+        journal,
+        selection.thumbnail,
+        selection.thumb_downsample,
+        selection.mask,
+        settings,
+        roi,
+        session.classes,
     )
     summary.update(counts)
     if settings.labels:  # labels.tif is at the read level (its TIFF resolution tags say so too), not level 0

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from nucleiseg.inference.export import class_colour
 from nucleiseg.predict.slides.plan import Plan, SlideSettings, slide_columns
 from nucleiseg.predict.slides.reader import Slide
 from nucleiseg.util.writing import png_bytes, write_bytes_atomic
@@ -32,15 +33,20 @@ def assemble(
     mask: np.ndarray,
     settings: SlideSettings,
     roi: Regions | None = None,
+    classes: list[str] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Stream the journal into the slide's outputs; returns counts for ``slide.json`` and the files written."""
-    from nucleiseg.inference.export import nucleus_uuid
+    """Stream the journal into the slide's outputs; returns counts for ``slide.json`` and the files written.
+    ``classes``: a typed model's classes (each nucleus's class is its table row's ``type``)."""
     from nucleiseg.util.writing import atomic_stream
 
     input_sha256 = ((journal.state() or {}).get("input") or {}).get("sha256")
     offsets: dict[int, int] = {}
     centres: list[np.ndarray] = []
     per_region: dict[str, int] = dict.fromkeys(roi.names, 0) if roi is not None else {}
+    classes = list(classes or [])
+    by_class = {"": dict.fromkeys(classes, 0)} | (
+        {name: dict.fromkeys(classes, 0) for name in roi.names} if roi else {}
+    )
     total, touching, first = 0, 0, True
     parquet = _ParquetRows(folder / "features.parquet")
     with atomic_stream(folder / "nuclei.geojson") as geojson, atomic_stream(folder / "features.csv") as table:
@@ -52,13 +58,11 @@ def assemble(
                 rows.insert(0, "nucleus_id", total + rows.pop("local_id"))
                 rows.insert(0, "image", slide.path.stem)
                 for feature, row in zip(entry["features"], rows.to_dict("records"), strict=True):
-                    measured = {k: float(v) for k, v in row.items() if k not in ("window", "image", "region")}
-                    feature["properties"]["measurements"] = measured
-                    feature["id"] = nucleus_uuid(input_sha256, row["nucleus_id"])  # its slide-wide number
+                    _complete(feature, row, classes, input_sha256)
                     geojson.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
                     first = False
                 table.write(rows.to_csv(index=False, header=total == 0))
-                _count_in_regions(roi, rows, per_region)
+                _count_in_regions(roi, rows, per_region, by_class)
                 parquet.append(rows)
                 centres.append(rows[["centroid_x", "centroid_y"]].to_numpy())
             total += entry["n"]
@@ -85,33 +89,64 @@ def assemble(
             round(plan.margin * plan.resize),
         )
     counts: dict[str, Any] = {"n_nuclei": total, "nuclei_touching_window_edge": touching}
+    if classes:
+        counts["nuclei_by_class"] = by_class[""]
     if roi is not None:
-        counts.update(_region_counts(roi, per_region, plan.slide_mpp))
+        counts.update(_region_counts(roi, per_region, plan.slide_mpp, by_class if classes else None))
     return counts, outputs
 
 
-def _count_in_regions(roi: Regions | None, rows: pd.DataFrame, per_region: dict[str, int]) -> None:
-    """Add a window's nuclei to every region that holds their centroid (regions may nest or overlap)."""
+def _complete(feature: dict[str, Any], row: dict[str, Any], classes: list[str], input_sha256: str | None) -> None:
+    """A window's GeoJSON feature completed with what the whole slide knows: its measurements, its slide-wide id
+    (stable across runs) and, for a typed model, its class in its colour."""
+    from nucleiseg.inference.export import nucleus_uuid
+
+    skip = ("window", "image", "region", "type")
+    feature["properties"]["measurements"] = {k: float(v) for k, v in row.items() if k not in skip}
+    if row.get("type") in classes:
+        colour = list(class_colour(classes.index(row["type"]) + 1))
+        feature["properties"]["classification"] = {"name": row["type"], "color": colour}
+    feature["id"] = nucleus_uuid(input_sha256, row["nucleus_id"])
+
+
+def _count_in_regions(
+    roi: Regions | None, rows: pd.DataFrame, per_region: dict[str, int], by_class: dict[str, dict[str, int]]
+) -> None:
+    """Add a window's nuclei to every region that holds their centroid (regions may nest or overlap), and, for a
+    typed model, to the counts per class of the slide and of each region (``by_class[""]``: the slide's)."""
+    if "type" in rows:
+        for kind, count in rows["type"].value_counts().items():
+            if kind in by_class[""]:
+                by_class[""][kind] += int(count)
     if roi is None:
         return
     held = roi.memberships(rows["centroid_x"].to_numpy(), rows["centroid_y"].to_numpy())
-    for name, count in zip(roi.names, held.sum(axis=0), strict=True):
+    for index, (name, count) in enumerate(zip(roi.names, held.sum(axis=0), strict=True)):
         per_region[name] += int(count)
+        if "type" in rows:
+            for kind, n in rows["type"][held[:, index]].value_counts().items():
+                if kind in by_class[name]:
+                    by_class[name][kind] += int(n)
 
 
-def _region_counts(roi: Regions, per_region: dict[str, int], mpp: float | None) -> dict[str, Any]:
-    """``slide.json``'s ``regions`` (nuclei, area and density of each) and ``region_notes``."""
+def _region_counts(
+    roi: Regions, per_region: dict[str, int], mpp: float | None, by_class: dict[str, dict[str, int]] | None
+) -> dict[str, Any]:
+    """``slide.json``'s ``regions`` (nuclei, area and density of each; for a typed model the same per class, e.g.
+    inflammatory nuclei per mm^2 of a tumour annotation) and ``region_notes``."""
+    from nucleiseg.predict.typed import class_densities
+
     areas = roi.areas_um2(mpp)
-    counts: dict[str, Any] = {
-        "regions": {
-            name: {
-                "nuclei": per_region[name],
-                "area_mm2": areas[name] / 1e6 if areas[name] is not None else None,
-                "nuclei_per_mm2": per_region[name] / (areas[name] / 1e6) if areas[name] else None,
-            }
-            for name in roi.names
+    counts: dict[str, Any] = {"regions": {}}
+    for name in roi.names:
+        area = areas[name] / 1e6 if areas[name] is not None else None
+        counts["regions"][name] = {
+            "nuclei": per_region[name],
+            "area_mm2": area,
+            "nuclei_per_mm2": per_region[name] / area if area else None,
         }
-    }
+        if by_class is not None:
+            counts["regions"][name]["by_class"] = class_densities(by_class[name], area)
     if roi.notes:
         counts["region_notes"] = list(roi.notes)
     return counts
