@@ -7,6 +7,7 @@ from nucleiseg.models.losses import SegmentationLoss
 
 # the model group's keys, as conf/model/unet.yaml would give them (channels_last resolved for the CPU)
 GROUP = {
+    "types": None,
     "unet_widths": [16, 32, 64, 128, 256],
     "weights_dir": None,
     "channels_last": False,
@@ -19,6 +20,7 @@ LOSS = {
     "star_prob_weight": 1.0,
     "star_dist_weight": 0.2,
     "star_background_reg": 1e-4,
+    "type_weight": 1.0,
 }
 GROUP["register_as"] = None
 
