@@ -62,6 +62,12 @@ def _models(args: argparse.Namespace) -> int:
     console = make_console()
     console.print("nucleiseg models (nucleiseg models --card NAME for one model's card)")
     console.print(table)
+    if not any(row["types"] != "none (untyped)" for row in rows):
+        console.print(
+            "No typed model ships yet: none has been trained on real typed data (PanNuke, CoNSeP, Lizard, MoNuSAC) "
+            "and checked on a hold-out. Train one with `python train.py experiment=typed_release` (see the docs' "
+            "Typed nuclei page)."
+        )
     return 0
 
 

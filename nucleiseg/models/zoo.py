@@ -62,6 +62,7 @@ class ModelEntry:
     architecture: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     card: str | None = None  # Markdown file beside the weights
+    types: tuple[str, ...] = ()  # the nucleus classes of a typed model; () for an untyped one
 
     @property
     def shipped(self) -> bool:
@@ -81,7 +82,10 @@ def _read_registry(path: Path) -> dict[str, Any]:
 def registry(path: Path | None = None) -> tuple[str, dict[str, ModelEntry]]:
     """``(default model's name, {name: entry})`` from ``registry.json``."""
     raw = _read_registry(path or PRETRAINED / "registry.json")
-    entries = {name: ModelEntry(name=name, **values) for name, values in raw.get("models", {}).items()}
+    entries = {
+        name: ModelEntry(name=name, **{**values, "types": tuple(values.get("types") or ())})
+        for name, values in raw.get("models", {}).items()
+    }
     return raw.get("default", ""), entries
 
 
@@ -179,6 +183,7 @@ def describe_models() -> list[dict[str, Any]]:
                 "name": name + (" (default)" if name == default else ""),
                 "architecture": entry.architecture,
                 "head": entry.head,
+                "types": ", ".join(entry.types) or "none (untyped)",
                 "um_per_pixel": entry.microns_per_pixel,
                 "size_mb": round(entry.size_bytes / 1e6, 1),
                 "licence": entry.licence,

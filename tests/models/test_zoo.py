@@ -139,6 +139,12 @@ def test_models_command_lists_them(registry, capsys):
         rows["tiny (default)"]["where"] == "in the package" and rows["published"]["where"] == "downloads on first use"
     )
     assert rows["tiny (default)"]["um_per_pixel"] == 0.5
+    assert rows["tiny (default)"]["types"] == "none (untyped)"
+
+
+def test_models_command_says_no_typed_model_ships(registry, capsys):
+    assert cli(["models"]) == 0
+    assert "No typed model ships yet" in capsys.readouterr().out
 
 
 def test_the_mlflow_model_registry_gives_models_by_name_and_version(trained_run, tracking_uri, tmp_path, monkeypatch):
