@@ -54,7 +54,8 @@ def _predict_cohort(args: argparse.Namespace, inputs: list[str], overrides: list
     if args.roi:
         raise UsageError("--roi is for one slide; give a cohort's regions in the CSV list's 'roi' column")
     from nucleiseg.config.settings import build
-    from nucleiseg.predict.cohort import CohortJob, CohortStopped, run_cohort
+    from nucleiseg.predict.cohort import CohortJob, run_cohort
+    from nucleiseg.predict.cohort_jobs import CohortStopped
     from nucleiseg.tracking.mlflow_store import tracking_uri
 
     cfg = compose(overrides)

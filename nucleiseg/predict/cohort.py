@@ -25,19 +25,16 @@ SHA-256, per region with ``roi`` (:mod:`nucleiseg.predict.cohort_table`). One ML
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import signal
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nucleiseg.predict.cohort_jobs import StopSignals, stop_jobs
 from nucleiseg.predict.cohort_table import (
     STATE,
     CohortList,
@@ -50,7 +47,7 @@ from nucleiseg.predict.cohort_table import (
     slide_row,
     write_table,
 )
-from nucleiseg.util.errors import ConfigError, NucleisegError, first_line
+from nucleiseg.util.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     import submitit
@@ -62,7 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "local_parallel", "slurm", "slurm_local")
 LOCK = ".nucleiseg-cohort.lock"
-STOP_GRACE_SECONDS = 15.0  # a local job's controller stops its task within about a second of being interrupted
 
 
 @dataclass(frozen=True)
@@ -98,16 +94,6 @@ class CohortJob:
     launch: str = ""  # this run of the cohort (its rows say so: a job that dies leaves its other slides failed)
 
 
-class CohortStopped(BaseException):
-    """SIGTERM or SIGINT (Ctrl-C) while a cohort runs: its jobs are stopped, its table kept, and the command exits
-    ``128 + signal`` (143, 130); the same command later goes on (finished slides skipped, unfinished resumed)."""
-
-    def __init__(self, signum: int) -> None:
-        self.name = signal.Signals(signum).name
-        self.code = 128 + signum
-        super().__init__(f"stopped by {self.name}")
-
-
 def shard(entries: list[Entry], count: int) -> list[list[Entry]]:
     """``count`` shards (round robin: neighbours in a list are often similar in size); none empty."""
     count = max(1, min(count, len(entries)))
@@ -120,48 +106,33 @@ def _model_hash(path: Path) -> str:
     return file_sha256(path)
 
 
-def _failure(error: Exception) -> str:
-    """One line for a slide that failed: our errors say what they are; anything else also names its type."""
-    if isinstance(error, NucleisegError | OSError | MemoryError):
-        return first_line(error)
-    return f"{type(error).__name__}: {first_line(error)}; the file may be damaged or of an unsupported kind"
-
-
 def predict_entry(
     job: CohortJob, entry: Entry, session: InferenceSession, slide_settings: SlideSettings, bars: Progress
 ) -> tuple[str, str]:
-    """One slide into its own folder ``OUT/<entry.folder>``, locked while it is written, as ``nucleiseg predict``
-    writes a slide (:mod:`nucleiseg.predict.run`: the same outputs, journal and ``done.json``, the same check of
-    what is done already, regions giving other outputs): ``(status, reason)``. ``predict`` itself names a slide's
-    folder after the file; slides of one name in a cohort need folders of their own."""
-    from nucleiseg.data.image_io import read_rgb
-    from nucleiseg.predict.input_identity import input_identity
-    from nucleiseg.predict.output_folder import folder_state
-    from nucleiseg.predict.run import output_name, predict_image, settings_fingerprint
-    from nucleiseg.predict.slide_input import predict_slide_input
-    from nucleiseg.predict.slides.reader import is_slide
+    """One slide into its own folder ``OUT/<entry.folder>``, locked while it is written, by the function
+    ``nucleiseg predict`` writes each input with (:func:`nucleiseg.predict.run.predict_into`: the same outputs,
+    journal, ``done.json`` and check of what is done already; regions give other outputs): ``(status, reason)``.
+    ``predict`` itself names a slide's folder after the file; slides of one name in a cohort need folders of their
+    own."""
+    from nucleiseg.predict.run import outputs_fingerprint, predict_into
     from nucleiseg.util.locking import exclusive
 
-    folder = job.out / entry.folder
-    fingerprint = settings_fingerprint(session)
-    if entry.roi is not None:  # as `predict --roi`: other regions, other outputs
-        salted = (fingerprint + slide_settings.roi_mode).encode() + entry.roi.read_bytes()
-        fingerprint = hashlib.sha256(salted).hexdigest()
+    fingerprint = outputs_fingerprint(session, slide_settings, entry.roi)
     with exclusive(job.out / ".locks" / f"{entry.folder}.lock", f"outputs of {entry.path.name}"):
-        identity = input_identity(entry.path)
-        slide = entry.roi is not None or is_slide(entry.path, slide_settings.min_pixels)
-        state = folder_state(folder, fingerprint, identity, labels=slide and slide_settings.labels)
-        if state.kind == "done" and not job.overwrite:
-            return "skipped", "finished before"
-        if state.kind in ("foreign", "other") and not job.overwrite:
-            return "failed", f"{folder} holds outputs {state.why}; --overwrite replaces them"
-        if slide:
-            fresh = job.overwrite or state.kind != "interrupted"
-            predict_slide_input(
-                session, entry.path, folder, fingerprint, identity, slide_settings, bars, fresh, entry.roi
-            )
-        else:
-            predict_image(session, read_rgb(entry.path), output_name(entry.path), folder, fingerprint, identity)
+        outcome = predict_into(
+            session,
+            entry.path,
+            job.out / entry.folder,
+            fingerprint,
+            slide_settings,
+            bars,
+            overwrite=job.overwrite,
+            roi=entry.roi,
+        )
+    if outcome.kind == "skipped":
+        return "skipped", "finished before"
+    if outcome.kind == "not_written":
+        return "failed", f"{job.out / entry.folder} holds outputs {outcome.why}; --overwrite replaces them"
     return "finished", ""
 
 
@@ -172,6 +143,7 @@ def run_shard(job: CohortJob, entries: list[Entry]) -> list[dict[str, Any]]:
     from nucleiseg.config.settings import build, inference_settings
     from nucleiseg.inference.session import InferenceSession
     from nucleiseg.predict.model_sources import resolve_model
+    from nucleiseg.predict.run import failure_reason
     from nucleiseg.util.console import setup_logging
     from nucleiseg.util.progress import Progress
 
@@ -190,8 +162,7 @@ def run_shard(job: CohortJob, entries: list[Entry]) -> list[dict[str, Any]]:
             try:
                 status, reason = predict_entry(job, entry, session, slide_settings, bars)
             except Exception as error:  # noqa: BLE001 - one slide's failure: recorded, the shard goes on
-                log.debug("%s failed", entry.path, exc_info=error)
-                status, reason = "failed", _failure(error)
+                status, reason = "failed", failure_reason(entry.path, error)
             folder = job.out / entry.folder
             row = slide_row(folder, entry.path.name, entry.key, entry.roi, status, reason, label, model_sha)
             row["launch"] = job.launch
@@ -234,45 +205,6 @@ def _executor(launcher: str, out: Path, settings: dict[str, Any], gpus: int) -> 
     return executor
 
 
-class _Signals:
-    """SIGTERM and SIGINT as :class:`CohortStopped`, raised once (a second signal while the jobs are being stopped
-    is ignored), or held while jobs are submitted (so that none is left unknown) and raised right after."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self.holding = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        if self.received is not None:
-            return
-        self.received = signum
-        if not self.holding:
-            raise CohortStopped(signum)
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        """Handle SIGTERM and SIGINT in this block (signals are only caught in the main thread: elsewhere, not)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {number: signal.signal(number, self) for number in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-        if self.received is not None:
-            raise CohortStopped(self.received)
-
-
 def run_cohort(
     job: CohortJob,
     inputs: list[str],
@@ -280,7 +212,7 @@ def run_cohort(
     tracking_uri: str | None = None,
 ) -> Any:
     """Predict a cohort into ``job.out`` (see the module docstring); returns the cohort table (a DataFrame).
-    Raises :class:`CohortStopped` on SIGTERM or SIGINT, after stopping its jobs."""
+    Raises :class:`~nucleiseg.predict.cohort_jobs.CohortStopped` on SIGTERM or SIGINT, after stopping its jobs."""
     import pandas as pd
 
     from nucleiseg.util.locking import exclusive
@@ -291,7 +223,7 @@ def run_cohort(
     job.out.mkdir(parents=True, exist_ok=True)
     job.launch = uuid.uuid4().hex
     started = time.time()
-    signals = _Signals()
+    signals = StopSignals()
     with exclusive(job.out / LOCK, f"cohort folder {job.out}"), signals.installed():
         entries = _prepare(job.out, listing)
         try:
@@ -359,7 +291,7 @@ def _run_jobs(
         for submitted, group in zip(jobs, groups, strict=True):
             _wait(job, submitted, group)
     except BaseException:
-        _stop_jobs(jobs, job.out / STATE / "jobs")
+        stop_jobs(jobs, job.out / STATE / "jobs")
         raise
 
 
@@ -374,65 +306,6 @@ def _wait(job: CohortJob, submitted: submitit.Job, group: list[Entry]) -> None:
             if entry.key not in recorded:
                 row = {"slide": entry.path.name, "folder": entry.folder, "path": entry.key, "status": "failed"}
                 record_row(job.out, {**row, "reason": reason, "launch": job.launch})
-
-
-def _descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (Linux: read from /proc; elsewhere none are found)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):  # ended meanwhile
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    found, below = [], [pid]
-    while below:
-        for child in children.get(below.pop(), []):
-            found.append(child)
-            below.append(child)
-    return found
-
-
-def _signal_job_processes(pids: set[int], folder: Path, signum: int) -> None:
-    """Send ``signum`` to those of ``pids`` that still run a job of ``folder`` (their command line names it, so a
-    process id taken meanwhile by another program is left alone)."""
-    for pid in pids:
-        try:
-            if str(folder) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                os.kill(pid, signum)
-        except OSError:  # ended already, or no /proc here
-            pass
-
-
-def _stop_jobs(jobs: list[submitit.Job], folder: Path) -> None:
-    """Stop the cohort's jobs (submitit's job ``folder``) so that none outlives the cohort. A SLURM job is
-    cancelled (``scancel``). A local job's task is interrupted (its controller then ends by itself; a controller
-    that has not started its task yet is interrupted); what still runs after :data:`STOP_GRACE_SECONDS` is killed."""
-    import submitit
-
-    local = {int(j.job_id): j for j in jobs if isinstance(j, submitit.LocalJob) and str(j.job_id).isdigit()}
-    tasks = {pid: set(_descendants(pid)) for pid in local}
-    for submitted in jobs:
-        pid = int(submitted.job_id) if submitted in local.values() else None
-        try:
-            if pid is not None and tasks[pid]:
-                _signal_job_processes(tasks[pid], folder, signal.SIGINT)
-            else:
-                submitted.cancel(check=False)
-        except Exception as error:  # noqa: BLE001 - the others are stopped all the same
-            log.warning("could not cancel job %s: %s", submitted.job_id, first_line(error))
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while time.monotonic() < deadline and not all(j.done() for j in local.values()):
-        time.sleep(0.1)
-    for pid, submitted in local.items():
-        running = {pid} if not submitted.done() else set()  # done() reaps a controller that has ended
-        _signal_job_processes({*tasks[pid], *_descendants(pid), *running}, folder, signal.SIGKILL)
-        for _ in range(50):
-            if submitted.done():
-                break
-            time.sleep(0.02)
-    if jobs:
-        log.warning("cohort stopped: job(s) %s cancelled", ", ".join(str(j.job_id) for j in jobs))
 
 
 def _log_cohort(uri: str, job: CohortJob, table: Any, seconds: float) -> str:

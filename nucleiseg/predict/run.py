@@ -188,8 +188,9 @@ def _predict_whole(
     return n
 
 
-def _failure(path: Path, error: Exception) -> str:
-    """One line for a failed input: our errors say what they are; anything else also names its type."""
+def failure_reason(path: Path, error: Exception) -> str:
+    """One line for a failed input (an image, a slide of a cohort): our errors say what they are; anything else
+    also names its type."""
     log.debug("%s failed", path, exc_info=error)
     if isinstance(error, NucleisegError | OSError | MemoryError):
         return first_line(error)
@@ -224,7 +225,7 @@ def predict(
         raise ConfigError(f"no image or slide ({', '.join(INPUT_SUFFIXES)}) found in {[str(i) for i in inputs]}")
     roi = _checked_roi(roi, files)
     session.warn_if_synthetic("your images")
-    fingerprint = _outputs_fingerprint(session, slide_settings, roi)
+    fingerprint = outputs_fingerprint(session, slide_settings, roi)
     out = writable_folder(Path(out).expanduser(), "--out")
     nuclei = 0
     whole = exclusive(out / LOCK, f"output folder {out}", enabled=lock == "folder")
@@ -240,7 +241,7 @@ def predict(
                     session, path, folder, fingerprint, slide_settings, bars, summary, overwrite=overwrite, roi=roi
                 )
             except Exception as error:  # noqa: BLE001 - one bad input is reported and the batch goes on
-                summary.failed.append((str(path), _failure(path, error)))
+                summary.failed.append((str(path), failure_reason(path, error)))
             images_task.advance(note=f"{path.name}, {nuclei} nuclei so far")
     return summary
 
@@ -274,13 +275,55 @@ def _checked_roi(roi: str | Path | None, files: list[Path]) -> Path | None:
     return roi
 
 
-def _outputs_fingerprint(session: InferenceSession, slide_settings: SlideSettings, roi: Path | None) -> str:
+def outputs_fingerprint(session: InferenceSession, slide_settings: SlideSettings, roi: Path | None) -> str:
     """:func:`settings_fingerprint`, with the regions of interest and how they are used when there are some: other
     regions are other outputs, never "already done"."""
     fingerprint = settings_fingerprint(session)
     if roi is not None:
         fingerprint = hashlib.sha256((fingerprint + slide_settings.roi_mode).encode() + roi.read_bytes()).hexdigest()
     return fingerprint
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What :func:`predict_into` did with one input: ``predicted`` (``nuclei`` found), ``skipped`` (finished
+    before, same settings and input) or ``not_written`` (the folder holds other outputs, ``why``)."""
+
+    kind: str
+    nuclei: int = 0
+    why: str = ""
+
+
+def predict_into(
+    session: InferenceSession,
+    path: Path,
+    folder: Path,
+    fingerprint: str,
+    slide_settings: SlideSettings,
+    bars: Progress,
+    *,
+    overwrite: bool,
+    roi: Path | None,
+) -> Outcome:
+    """One input into ``folder``, as ``predict`` and each slide of a cohort do it: skipped when done already, not
+    written when ``folder`` holds other outputs (without ``overwrite``), else predicted, whole or as a slide
+    (resumed when an earlier run of the same settings was interrupted)."""
+    from nucleiseg.predict.input_identity import input_identity
+    from nucleiseg.predict.slides.reader import is_slide
+
+    identity = input_identity(path)
+    slide = roi is not None or is_slide(path, slide_settings.min_pixels)
+    state = folder_state(folder, fingerprint, identity, labels=slide and slide_settings.labels)
+    if state.kind == "done" and not overwrite:
+        return Outcome("skipped")
+    if state.kind in ("foreign", "other") and not overwrite:
+        return Outcome("not_written", why=state.why)
+    if slide:
+        fresh = overwrite or state.kind != "interrupted"
+        n = predict_slide_input(session, path, folder, fingerprint, identity, slide_settings, bars, fresh, roi)
+    else:
+        n = _predict_whole(session, path, folder, fingerprint, identity, bars)
+    return Outcome("predicted", n)
 
 
 def _predict_input(
@@ -295,28 +338,15 @@ def _predict_input(
     overwrite: bool,
     roi: Path | None,
 ) -> int:
-    """One input into ``folder`` as :func:`predict` does it: skipped when done already, listed as not written when
-    ``folder`` holds other outputs (without ``overwrite``), else predicted (whole, or as a slide) and listed as
-    done in ``summary``. Returns the nuclei it found (0 when it was not predicted)."""
-    from nucleiseg.predict.input_identity import input_identity
-    from nucleiseg.predict.slides.reader import is_slide
-
-    identity = input_identity(path)
-    slide = roi is not None or is_slide(path, slide_settings.min_pixels)
-    state = folder_state(folder, fingerprint, identity, labels=slide and slide_settings.labels)
-    if state.kind == "done" and not overwrite:
+    """:func:`predict_into`, listed in ``summary``; returns the nuclei found (0 when not predicted)."""
+    outcome = predict_into(session, path, folder, fingerprint, slide_settings, bars, overwrite=overwrite, roi=roi)
+    if outcome.kind == "skipped":
         summary.skipped.append(path.name)
-        return 0
-    if state.kind in ("foreign", "other") and not overwrite:
-        summary.not_written.append((path.name, state.why))
-        return 0
-    if slide:
-        fresh = overwrite or state.kind != "interrupted"
-        n = predict_slide_input(session, path, folder, fingerprint, identity, slide_settings, bars, fresh, roi)
+    elif outcome.kind == "not_written":
+        summary.not_written.append((path.name, outcome.why))
     else:
-        n = _predict_whole(session, path, folder, fingerprint, identity, bars)
-    summary.done.append((path.name, n))
-    return n
+        summary.done.append((path.name, outcome.nuclei))
+    return outcome.nuclei
 
 
 def print_summary(summary: PredictSummary, out: Path) -> None:
