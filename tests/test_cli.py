@@ -158,7 +158,7 @@ def test_evaluate_says_where_its_results_are_logged(trained_run, tmp_path, monke
 
 
 def test_the_logged_to_line_never_shows_a_password():
-    from nucleiseg.cli.predict import logged_to
+    from nucleiseg.tracking.mlflow_store import logged_to
 
     line = logged_to("postgresql://mlflow:secret@db:5432/mlflow", "cohorts")
     assert "secret" not in line and "postgresql://mlflow:***@db:5432/mlflow" in line

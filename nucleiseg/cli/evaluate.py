@@ -65,8 +65,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         speed=speed,
     )
     if not args.no_mlflow:
-        from nucleiseg.cli.predict import logged_to
-        from nucleiseg.tracking.mlflow_store import artifact_location, tracking_uri
+        from nucleiseg.tracking.mlflow_store import artifact_location, logged_to, tracking_uri
 
         log_evaluation(tracking_uri(cfg.logger), args.study, session, results, artifact_location(cfg.logger))
         print(logged_to(tracking_uri(cfg.logger), args.study), file=sys.stderr)

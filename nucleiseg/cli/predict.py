@@ -26,27 +26,6 @@ PREDICT_FLAGS = {  # predict's options, as the overrides they stand for (so they
 }
 
 
-def logged_to(uri: str, experiment: str) -> str:
-    """One line saying where results went: the MLflow experiment and store (a SQLite store's file by its absolute
-    path, a server without the password of its address)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    from nucleiseg.tracking.mlflow_store import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        where = f"{uri} (the file {uri.removeprefix('sqlite:///')})"
-    else:
-        parts = urlsplit(uri)
-        if parts.password:
-            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-        where = urlunsplit(parts)
-    return (
-        f"results logged to MLflow experiment {experiment!r} at {where}; "
-        "set MLFLOW_TRACKING_URI or logger.tracking_uri=URI to log elsewhere"
-    )
-
-
 def _predict_cohort(args: argparse.Namespace, inputs: list[str], overrides: list[str]) -> int:
     """Many slides: sharded over processes or a SLURM array, a cohort table, one MLflow run
     (:mod:`nucleiseg.predict.cohort`). Exit 0 when every listed slide is finished (or was before), 1 when one is
@@ -56,7 +35,7 @@ def _predict_cohort(args: argparse.Namespace, inputs: list[str], overrides: list
     from nucleiseg.config.settings import build
     from nucleiseg.predict.cohort import CohortJob, run_cohort
     from nucleiseg.predict.cohort_jobs import CohortStopped
-    from nucleiseg.tracking.mlflow_store import tracking_uri
+    from nucleiseg.tracking.mlflow_store import logged_to, tracking_uri
 
     cfg = compose(overrides)
     given = {"launcher": args.launcher, "shards": args.shards}  # the options replace the config's values

@@ -93,3 +93,22 @@ def git_commit(folder: str | Path = ".") -> str:
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def logged_to(uri: str, experiment: str) -> str:
+    """One line saying where results went: the MLflow experiment and store (a SQLite store's file by its absolute
+    path, a server without the password of its address)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        where = f"{uri} (the file {uri.removeprefix('sqlite:///')})"
+    else:
+        parts = urlsplit(uri)
+        if parts.password:
+            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+        where = urlunsplit(parts)
+    return (
+        f"results logged to MLflow experiment {experiment!r} at {where}; "
+        "set MLFLOW_TRACKING_URI or logger.tracking_uri=URI to log elsewhere"
+    )
