@@ -37,7 +37,8 @@ def summary_metrics(row: dict) -> dict[str, float]:
 
 
 def write_summary_runs(client: MlflowClient, study: str, runs: pd.DataFrame) -> list[str]:
-    """Replace the summary runs of ``study`` with one per configuration that has a finished seed; return ids."""
+    """Replace the summary runs of ``study`` with one per configuration; return their ids. A configuration whose
+    seeds all failed or were killed gets one too, with its counts and no medians: the UI shows it was tried."""
     from mlflow.entities import Metric
 
     experiment = client.get_experiment_by_name(study)
@@ -45,8 +46,6 @@ def write_summary_runs(client: MlflowClient, study: str, runs: pd.DataFrame) -> 
         client.delete_run(old.info.run_id)
     created = []
     for row in aggregate(runs, SUMMARISED).to_dict("records"):
-        if not row["n"]:
-            continue
         name = f"summary {row['configuration']}"
         run = client.create_run(
             experiment.experiment_id, run_name=name, tags={SUMMARY_TAG: "true", "configuration": row["configuration"]}
