@@ -54,7 +54,8 @@ def head_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def head_ranking(runs: pd.DataFrame, metric: str = "aji") -> tuple[pd.DataFrame, dict[str, float]]:
     """The heads ranked by median ``metric``: the gap of each to the next below it against the larger of their two
-    IQRs (``beyond_spread``: the gap exceeds it); and the ranking's stability over seeds (mean pairwise Kendall's
+    IQRs (``beyond_spread``: ``yes`` when the gap exceeds it, ``no``, or ``unknown (1 seed)`` when either head has
+    a single seed); and the ranking's stability over seeds (mean pairwise Kendall's
     tau of the per-seed rankings, over the seeds every head finished)."""
     from scipy.stats import kendalltau
 
@@ -66,8 +67,12 @@ def head_ranking(runs: pd.DataFrame, metric: str = "aji") -> tuple[pd.DataFrame,
     for upper, lower in itertools.pairwise(order.itertuples()):
         gap = getattr(upper, metric) - getattr(lower, metric)
         spread = max(getattr(upper, f"{metric}_iqr"), getattr(lower, f"{metric}_iqr"))
+        if min(upper.n, lower.n) < 2:  # one seed has no spread: the gap cannot be judged against it
+            spread, beyond = np.nan, "unknown (1 seed)"
+        else:
+            beyond = "yes" if gap > spread else "no"
         gaps.append({"above": upper.head, "below": lower.head, "gap": gap, "seed_spread": spread,
-                     "beyond_spread": bool(gap > spread)})  # fmt: skip
+                     "beyond_spread": beyond})  # fmt: skip
     own = own_metrics(runs)
     wide = own.pivot_table(index="seed", columns="head", values=metric).dropna()
     taus = [kendalltau(wide.loc[a], wide.loc[b]).statistic for a, b in itertools.combinations(wide.index, 2)]

@@ -188,9 +188,8 @@ def _sections(study: str, runs: pd.DataFrame, tables: dict, comparable: bool, di
             "",
             markdown_table(tables["heads"]),
             "",
-            "Ranked by median AJI; a gap counts when it exceeds the larger IQR of the two heads. Ranking stability "
-            f"over {tables['head_stability'].get('seeds', 0):.0f} seeds (mean pairwise Kendall's tau of the per-seed "
-            f"rankings): {tables['head_stability'].get('mean_kendall_tau', float('nan')):.2f}",
+            "Ranked by median AJI; a gap counts when it exceeds the larger IQR of the two heads. "
+            + head_stability_line(tables["head_stability"]),
             "",
             markdown_table(tables["head_ranking"]),
             "",
@@ -395,3 +394,11 @@ def write_report(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return out
+
+
+def head_stability_line(stability: dict[str, float]) -> str:
+    """The ranking's stability over seeds, in words; with fewer than two seeds that every head finished, said so."""
+    seeds, tau = stability.get("seeds", 0), stability.get("mean_kendall_tau", float("nan"))
+    if seeds < 2 or tau != tau:
+        return f"Ranking stability over seeds: not measured ({seeds:.0f} seed(s) finished by every head; needs 2)."
+    return f"Ranking stability over {seeds:.0f} seeds (mean pairwise Kendall's tau of the per-seed rankings): {tau:.2f}"

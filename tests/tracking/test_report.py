@@ -326,8 +326,25 @@ def test_the_heads_study_has_its_table_ranking_and_stability(tmp_path, tracking_
     assert heads.set_index("head").loc["binary", "count_error"] == pytest.approx(1801 / 1883 - 1)
     ranking = pd.read_csv(out / "table6_head_ranking.csv").set_index("head")
     assert ranking.loc["hv", "rank"] == 1 and ranking.loc["hv", "gap"] == pytest.approx(0.02)
-    assert not ranking.loc["hv", "beyond_spread"]  # a 0.02 gap, inside hv's IQR of 0.03: not beyond the seeds
-    assert ranking.loc["binary", "beyond_spread"]  # binary 0.55 is 0.04 over stardist 0.51: beyond their IQRs
+    assert ranking.loc["hv", "beyond_spread"] == "no"  # a 0.02 gap, inside hv's IQR of 0.03: not beyond the seeds
+    assert ranking.loc["binary", "beyond_spread"] == "yes"  # binary 0.55 is 0.04 over stardist 0.51: beyond their IQRs
     report = (out / "report.md").read_text()
     # seeds 0 and 1 rank hv > distance > binary > stardist; seed 2 puts distance above hv: tau 1, 2/3, 2/3
     assert "Ways of separating nuclei, by head" in report and "rankings): 0.78" in report
+
+
+def test_a_head_with_one_seed_has_no_spread_to_beat(tmp_path, tracking_uri):
+    """Two heads, one seed each: the gap is given, but whether it is beyond the seed spread is unknown (not "yes"
+    against an IQR of 0), and the ranking's stability is said to be unmeasured."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("report_heads_one_seed")
+    for head, method, value in (("binary", "watershed", 0.60), ("distance", "distance", 0.62)):
+        own = {f"aji_{method}": value, f"aji_plus_{method}": value, f"pq_{method}": value,
+               f"object_f1_{method}": value, f"n_predicted_nuclei_{method}": 1800.0,
+               f"n_true_nuclei_{method}": 1883.0}  # fmt: skip
+        add_run(client, experiment, "unet_bn", False, 0, 0.7, [(1.0, 1.1)], head=head, protocol="other", **own)
+    out = write_report(tracking_uri, "report_heads_one_seed", tmp_path / "r")
+    ranking = pd.read_csv(out / "table6_head_ranking.csv").set_index("head")
+    assert ranking.loc["distance", "beyond_spread"] == "unknown (1 seed)"
+    assert ranking.loc["distance", "gap"] == pytest.approx(0.02)
+    assert "Ranking stability over seeds: not measured" in (out / "report.md").read_text()
