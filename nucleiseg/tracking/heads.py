@@ -44,7 +44,8 @@ def head_table(runs: pd.DataFrame) -> pd.DataFrame:
         for name in OWN_METRICS:
             values = group[name].dropna()
             row[name] = values.median()
-            row[f"{name}_iqr"] = values.quantile(0.75) - values.quantile(0.25)
+            # one seed has no spread: "-" in the table, not an IQR of 0
+            row[f"{name}_iqr"] = values.quantile(0.75) - values.quantile(0.25) if len(values) > 1 else np.nan
         row["nuclei_found"] = group.n_predicted_nuclei.median()
         row["nuclei_true"] = group.n_true_nuclei.median()
         row["count_error"] = row["nuclei_found"] / row["nuclei_true"] - 1 if row["nuclei_true"] else np.nan

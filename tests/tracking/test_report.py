@@ -347,4 +347,5 @@ def test_a_head_with_one_seed_has_no_spread_to_beat(tmp_path, tracking_uri):
     ranking = pd.read_csv(out / "table6_head_ranking.csv").set_index("head")
     assert ranking.loc["distance", "beyond_spread"] == "unknown (1 seed)"
     assert ranking.loc["distance", "gap"] == pytest.approx(0.02)
+    assert pd.read_csv(out / "table5_heads.csv")["aji_iqr"].isna().all()  # one seed: no IQR
     assert "Ranking stability over seeds: not measured" in (out / "report.md").read_text()
