@@ -117,24 +117,30 @@ def _run_export(fmt: str, path: Path, model: torch.nn.Module, hparams: dict, exa
         raise NucleisegError("onnxruntime is missing from this environment (a dependency of nucleiseg): reinstall it")
     import onnxruntime
 
+    write_bytes_atomic(path, onnx_bytes(wrapped, example, "maps"))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": images.numpy()})[0]
+
+
+def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, output: str) -> bytes:
+    """``model`` as ONNX (opset 17, the TorchScript-based exporter: no onnxscript needed), one input ``image`` and
+    one output ``output``, batch, height and width dynamic; torch's TracerWarning kept from users."""
     buffer = io.BytesIO()
     with tracing_quietly():
         torch.onnx.export(
-            wrapped,
+            model.eval(),
             example,
             buffer,
             input_names=["image"],
-            output_names=["maps"],
+            output_names=[output],
             opset_version=17,
             dynamic_axes={
                 "image": {0: "batch", 2: "height", 3: "width"},
-                "maps": {0: "batch", 2: "height", 3: "width"},
+                output: {0: "batch", 2: "height", 3: "width"},
             },
-            dynamo=False,  # the TorchScript-based exporter: no onnxscript needed
+            dynamo=False,
         )
-    write_bytes_atomic(path, buffer.getvalue())
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"image": images.numpy()})[0]
+    return buffer.getvalue()
 
 
 def _portable(hparams: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import io
 import logging
 import threading
 from pathlib import Path
@@ -71,28 +70,14 @@ class OnnxModel(torch.nn.Module):
 def _export(model: torch.nn.Module, path: Path) -> None:
     """``model`` as ONNX at ``path``, written atomically (a temporary name, then a rename): a reader sees the whole
     file or none, and a SIGTERM leaves no temporary file."""
-    from nucleiseg.inference.export_model import tracing_quietly
+    from nucleiseg.inference.export_model import onnx_bytes
     from nucleiseg.models.fetch import cleanup_on_termination
     from nucleiseg.util.writing import write_bytes_atomic
 
-    buffer = io.BytesIO()
     example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-    with tracing_quietly():  # torch's TracerWarning, on every first predict of a model file: not for users
-        torch.onnx.export(
-            model.eval(),
-            example,
-            buffer,
-            input_names=["image"],
-            output_names=["logits"],
-            opset_version=17,
-            dynamic_axes={
-                "image": {0: "batch", 2: "height", 3: "width"},
-                "logits": {0: "batch", 2: "height", 3: "width"},
-            },
-            dynamo=False,
-        )
+    data = onnx_bytes(model, example, "logits")  # (torch's TracerWarning, on every first predict: not for users)
     with cleanup_on_termination():
-        write_bytes_atomic(path, buffer.getvalue())
+        write_bytes_atomic(path, data)
 
 
 def _loaded(path: Path, threads: int) -> OnnxModel | None:
