@@ -22,7 +22,8 @@ from typing import Any
 
 from nucleiseg.evaluation.tuning import TuneSettings, TuningResult, tune, tuning_tags
 from nucleiseg.inference.checkpoint import update_hyperparameters
-from nucleiseg.inference.session import InferenceSession, InferenceSettings, iterate_split
+from nucleiseg.inference.session import InferenceSession, iterate_split
+from nucleiseg.inference.settings import InferenceSettings
 from nucleiseg.util.errors import ConfigError
 from nucleiseg.util.writing import write_bytes_atomic, write_json_atomic
 

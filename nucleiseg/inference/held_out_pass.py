@@ -19,7 +19,8 @@ import lightning as L
 import numpy as np
 
 from nucleiseg.inference.overlays import comparison_panel
-from nucleiseg.inference.session import InferenceSession, InferenceSettings, Prediction, iterate_split
+from nucleiseg.inference.session import InferenceSession, Prediction, iterate_split
+from nucleiseg.inference.settings import InferenceSettings
 from nucleiseg.util.writing import png_bytes, write_bytes_atomic
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from nucleiseg.inference.session import InferenceSettings
+    from nucleiseg.inference.settings import InferenceSettings
 
 
 def _pyplot() -> ModuleType:

@@ -58,7 +58,7 @@ from nucleiseg.tracking.summary_runs import write_summary_runs
 from nucleiseg.util.writing import install_files, write_json_atomic
 
 if TYPE_CHECKING:
-    from nucleiseg.inference.session import InferenceSettings
+    from nucleiseg.inference.settings import InferenceSettings
 
 __all__ = ["ReportError", "load_runs", "table_one_order", "write_report"]
 

@@ -10,7 +10,7 @@ from PIL import Image
 import nucleiseg
 from nucleiseg.cli import main as cli
 from nucleiseg.data.synthetic_slide import discs_content, write_slide
-from nucleiseg.inference.session import PLAUSIBLE_MPP, check_pixel_size
+from nucleiseg.inference.settings import PLAUSIBLE_MPP, check_pixel_size
 from nucleiseg.util.errors import ConfigError
 
 
