@@ -191,11 +191,21 @@ def _content_hash(folder: Path, records: dict[str, list[dict]]) -> str:
     return digest.hexdigest()
 
 
+# Protocol keys added after prepared folders were named, with the value that means "as before": at that value they stay
+# out of the folder's name, so adding a key never orphans the datasets users already prepared (and the runs logged on
+# them); any other value names another folder. (The run identity does the same with its LATER_KEYS.)
+LATER_PROTOCOL_KEYS: dict[str, Any] = {"folds": None}
+
+
 def prepared_path(data_cfg: Mapping) -> Path:
     """Folder the processed dataset of ``data_cfg`` lives in: ``prepared_root/name-confighash``."""
+    protocol = dict(plain(data_cfg["protocol"]))
+    for name, neutral in LATER_PROTOCOL_KEYS.items():
+        if name in protocol and protocol[name] == neutral:
+            protocol.pop(name)
     key = {
         "sources": data_cfg["sources"],
-        "protocol": data_cfg["protocol"],
+        "protocol": protocol,
         "format": FORMAT_VERSION,
         "stain": data_cfg.get("stain"),
     }

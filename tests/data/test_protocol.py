@@ -268,3 +268,14 @@ def test_a_mask_changed_on_disk_makes_the_prepared_dataset_stale(tmp_path, raw):
     lines.clear()
     prepare_dataset(cfg, log=lines.append)
     assert lines == [f"reusing prepared dataset {folder}"]
+
+
+def test_a_protocol_key_added_later_keeps_earlier_prepared_folders(tmp_path, raw):
+    # data.protocol.folds came with the typed datasets; a config without it (as every config was before) must name
+    # the same prepared folder, or every dataset and run prepared before would be orphaned.
+    cfg = _data_cfg(tmp_path, *raw)
+    assert cfg.protocol.folds is None
+    before = OmegaConf.to_container(cfg, resolve=True)
+    before["protocol"].pop("folds")
+    assert prepared_path(cfg) == prepared_path(before)
+    assert prepared_path(_data_cfg(tmp_path, *raw, split="folds", folds="[[1],[2],[3]]")) != prepared_path(cfg)
