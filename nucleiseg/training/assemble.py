@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +32,14 @@ from nucleiseg.inference.held_out_pass import SessionTestPass
 from nucleiseg.models.factory import check_configuration, check_head, configuration_label
 from nucleiseg.models.lit_module import SegmentationModule
 from nucleiseg.models.weights import check_imagenet_weights
-from nucleiseg.tracking.mlflow_store import artifact_location, flatten, git_commit, tracking_uri
+from nucleiseg.tracking.mlflow_store import artifact_location, git_commit, tracking_uri
 from nucleiseg.tracking.pending import Pending
 from nucleiseg.training.epoch_lines import EpochLines
 from nucleiseg.training.identity import RunFolder, configuration_hash, variant_label
 from nucleiseg.training.protocol import differences_from_paper
+from nucleiseg.training.run_record import RunClock, mlflow_run_to_continue, start_logging
 from nucleiseg.util.devices import cuda_available, device_name, resolve_flag, resolve_precision
 from nucleiseg.util.errors import ConfigError
-from nucleiseg.util.writing import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -302,59 +301,6 @@ def build_test_pass(cfg: DictConfig, logger: MLFlowLogger) -> SessionTestPass:
         overlays=logger.overlays,
         log_artifact=logger.artifact,
     )
-
-
-class RunClock(L.Callback):
-    """Keeps ``run.json`` current at every epoch end: training seconds summed over every session of the run
-    (a resumed run counts its earlier sessions too)."""
-
-    def __init__(self, run: RunFolder, payload: dict[str, Any]) -> None:
-        self.run, self.payload = run, payload
-        self.before = float((run.previous or {}).get("train_seconds", 0.0))
-        self.started = time.perf_counter()
-
-    def seconds(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            write_json_atomic(self.run.run_file, {**self.payload, "train_seconds": self.seconds()})
-
-
-def mlflow_run_to_continue(cfg: DictConfig, run: RunFolder) -> str | None:
-    """The MLflow run of an unfinished earlier session of this run folder (resumed from its checkpoint, or
-    started afresh when it died before its first checkpoint), so a run folder never gets a second MLflow run."""
-    if run.previous is None or not run.previous.get("run_id"):
-        return None
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client, run_id = MlflowClient(tracking_uri(cfg.logger)), run.previous["run_id"]
-    try:
-        earlier = client.get_run(run_id)
-    except MlflowException:
-        return None  # the store was reset or moved: start a new MLflow run
-    client.update_run(run_id, status="RUNNING")
-    if "failure_reason" in earlier.data.tags:  # an earlier failure is history now
-        client.delete_tag(run_id, "failure_reason")
-    return run_id
-
-
-def start_logging(cfg: DictConfig, run: RunFolder, logger: MLFlowLogger, manifest: dict, continued: bool) -> None:
-    """Rank 0: the run folder's ``run.json`` and, for a new MLflow run, its params and config artifacts."""
-    run.path.mkdir(parents=True, exist_ok=True)
-    seconds = float((run.previous or {}).get("train_seconds", 0.0)) if continued else 0.0
-    write_json_atomic(
-        run.run_file, {"run_id": logger.run_id, "identity": run.identity, "name": run.name, "train_seconds": seconds}
-    )
-    (run.path / "failed.json").unlink(missing_ok=True)  # an earlier failure is history once the run goes on
-    if continued and logger.experiment.get_run(logger.run_id).data.params:
-        log.info("continuing %s in MLflow run %s", run.name, logger.run_id)
-        return
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    logger.log_hyperparams(flatten(resolved))
-    logger.experiment.log_dict(logger.run_id, resolved, "config.yaml")
-    logger.experiment.log_dict(logger.run_id, manifest, "data_manifest.json")
 
 
 @dataclass

@@ -40,7 +40,7 @@ from nucleiseg.models.factory import configuration_label
 from nucleiseg.models.lit_module import SegmentationModule
 from nucleiseg.tracking.mlflow_store import artifact_location, tracking_uri
 from nucleiseg.tracking.study import SUPERSEDED_TAG
-from nucleiseg.training.assemble import PYTREE_NOTICE, Setup, build_logger, mlflow_run_to_continue, setup_run, validate
+from nucleiseg.training.assemble import PYTREE_NOTICE, Setup, build_logger, setup_run, validate
 from nucleiseg.training.finish import FINISHING, MODEL_CHECKPOINT, publish, seal
 from nucleiseg.training.identity import (
     RunFolder,
@@ -50,6 +50,7 @@ from nucleiseg.training.identity import (
     run_folder,
     run_name,
 )
+from nucleiseg.training.run_record import mlflow_run_to_continue
 from nucleiseg.util.devices import resolve_precision
 from nucleiseg.util.errors import NucleisegError, first_line
 from nucleiseg.util.locking import LockedError, exclusive
