@@ -122,8 +122,8 @@ def _run_export(fmt: str, path: Path, model: torch.nn.Module, hparams: dict, exa
     return session.run(None, {"image": images.numpy()})[0]
 
 
-def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, output: str) -> bytes:
-    """``model`` as ONNX (opset 17, the TorchScript-based exporter: no onnxscript needed), one input ``image`` and
+def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, output: str, opset: int = 17) -> bytes:
+    """``model`` as ONNX (``opset``; the TorchScript-based exporter: no onnxscript needed), one input ``image`` and
     one output ``output``, batch, height and width dynamic; torch's TracerWarning kept from users."""
     buffer = io.BytesIO()
     with tracing_quietly():
@@ -133,7 +133,7 @@ def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, output: str) -> by
             buffer,
             input_names=["image"],
             output_names=[output],
-            opset_version=17,
+            opset_version=opset,
             dynamic_axes={
                 "image": {0: "batch", 2: "height", 3: "width"},
                 output: {0: "batch", 2: "height", 3: "width"},

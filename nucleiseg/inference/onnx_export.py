@@ -6,14 +6,13 @@ The exported graph takes ``float32 Bx3xHxW`` in [0, 1] (H, W multiples of 32) an
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nucleiseg.inference.checkpoint import load_checkpoint
-from nucleiseg.inference.export_model import check_image_size, check_writable, tracing_quietly
+from nucleiseg.inference.export_model import check_image_size, check_writable, onnx_bytes
 from nucleiseg.models.heads import activate
 from nucleiseg.util.errors import NucleisegError, first_line
 from nucleiseg.util.writing import write_bytes_atomic
@@ -30,24 +29,9 @@ def export_onnx(
     check_writable(out)
     model, hparams = load_checkpoint(checkpoint)
     example = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    buffer = io.BytesIO()
-    # the TorchScript-based exporter: no onnxscript needed, and dynamic axes for any batch and tile size
-    with tracing_quietly():
-        torch.onnx.export(
-            model,
-            example,
-            buffer,
-            input_names=["image"],
-            output_names=["logits"],
-            opset_version=opset,
-            dynamic_axes={
-                "image": {0: "batch", 2: "height", 3: "width"},
-                "logits": {0: "batch", 2: "height", 3: "width"},
-            },
-            dynamo=False,
-        )
+    onnx = onnx_bytes(model, example, "logits", opset=opset)
     try:
-        write_bytes_atomic(out, buffer.getvalue())
+        write_bytes_atomic(out, onnx)
     except OSError as error:
         raise NucleisegError(f"--out {out}: could not be written ({first_line(error)}); nothing kept") from None
     result: dict[str, float | str] = {"onnx": str(out), "encoder": hparams["encoder"]}
